@@ -156,7 +156,8 @@ def docs(
 def main() -> None:
     _offline_env()
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except TetherError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -32,8 +32,15 @@ def _stemmer():
     return _STEMMER
 
 
-def tokenize(texts: Sequence[str]) -> list[list[str]]:
+def _quiet_bm25s():
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    bm25s = _quiet_bm25s()
 
     return bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
 
@@ -46,7 +53,7 @@ class BM25Index:
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str], generation: int) -> "BM25Index":
-        import bm25s
+        bm25s = _quiet_bm25s()
 
         retriever = bm25s.BM25()
         if texts:
@@ -72,7 +79,7 @@ class BM25Index:
         meta_path = folder / "tether.json"
         if not meta_path.is_file():
             return None
-        import bm25s
+        bm25s = _quiet_bm25s()
 
         try:
             meta = json.loads(meta_path.read_text())

@@ -54,7 +54,7 @@ def resolve_model_path(name: str) -> Path:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model on the CPU (or CUDA when present)."""
 
-    def __init__(self, model: str = DEFAULT_EMBED_MODEL, batch_size: int = 64, device: str | None = None):
+    def __init__(self, model: str = DEFAULT_EMBED_MODEL, batch_size: int = 16, int8: bool = False, device: str | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -68,6 +68,14 @@ class SentenceTransformerEmbedder:
         except Exception as exc:  # a broken folder surfaces as many different errors
             raise BackendUnavailable(f"cannot load embedding model from {path}: {exc}") from exc
         self.model.eval()
+        if int8 and self.model.device.type == "cpu":
+            import warnings
+
+            import torch
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.name = model
         self.dim = int(self.model.get_embedding_dimension())
         self.batch_size = batch_size
@@ -95,7 +103,7 @@ class SentenceTransformerEmbedder:
         import torch
 
         with self._lock, torch.inference_mode():
-            features = self.model.tokenize([text])
+            features = self.model.preprocess([text])
             features = {k: v.to(self.model.device) for k, v in features.items() if isinstance(v, torch.Tensor)}
             out = self.model.forward(features)["sentence_embedding"]
             out = torch.nn.functional.normalize(out, dim=-1)
@@ -105,14 +113,20 @@ class SentenceTransformerEmbedder:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
 
-_CACHE: dict[tuple[str, int], SentenceTransformerEmbedder] = {}
+_CACHE: dict[tuple[str, int, bool], SentenceTransformerEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_embedder(model: str = DEFAULT_EMBED_MODEL, batch_size: int = 64) -> SentenceTransformerEmbedder:
-    """One embedder per (model, batch size) per process: loading costs about half a second."""
-    key = (model, batch_size)
+def get_embedder(model: str = DEFAULT_EMBED_MODEL, batch_size: int = 16, int8: bool = False) -> SentenceTransformerEmbedder:
+    """One embedder per (model, batch size, int8) per process: loading costs about half a second."""
+    key = (model, batch_size, int8)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = SentenceTransformerEmbedder(model, batch_size=batch_size)
+            _CACHE[key] = SentenceTransformerEmbedder(model, batch_size=batch_size, int8=int8)
         return _CACHE[key]
+
+
+def embedder_for(cfg) -> SentenceTransformerEmbedder:
+    """The embedder a TetherConfig asks for."""
+    r = cfg.retrieval
+    return get_embedder(r.embed_model, r.embed_batch_size, r.embed_int8)

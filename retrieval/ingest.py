@@ -201,7 +201,7 @@ def ingest(
 ) -> IngestSummary:
     """Ingest files and folders into a collection; see the module docstring."""
     from retrieval.bm25 import BM25Index
-    from retrieval.embeddings import get_embedder
+    from retrieval.embeddings import embedder_for
     from retrieval.store import ChromaStore
 
     started = time.perf_counter()
@@ -217,7 +217,7 @@ def ingest(
         ledger.ensure_collection(db, name, cfg.retrieval.embed_model)
         store = store or ChromaStore(cfg, name)
         _recover(db, store, name)
-        embedder = embedder or get_embedder(cfg.retrieval.embed_model, cfg.retrieval.embed_batch_size)
+        embedder = embedder or embedder_for(cfg)
         splitter = make_splitter(cfg.retrieval.chunk_size, cfg.retrieval.chunk_overlap, embedder.count_tokens)
         summary = IngestSummary(collection=name)
         gen_before = ledger.generation(db, name)

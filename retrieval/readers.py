@@ -198,7 +198,7 @@ def html_visible_text(html: str) -> tuple[str, str | None]:
 
     def walk(node: Any) -> None:
         for child in node.children:
-            if isinstance(child, NavigableString):
+            if type(child) is NavigableString:  # not Doctype, Declaration, CData, ProcessingInstruction
                 parts.append(str(child))
             elif isinstance(child, Tag):
                 block = child.name in _BLOCK_TAGS

