@@ -1,0 +1,1 @@
+"""The chat engine: prompt building, generation backends, citations, conflict-aware answering, logging."""

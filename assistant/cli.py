@@ -130,6 +130,77 @@ def search(
 
 
 @app.command()
+def ask(
+    question: str = typer.Argument(..., help="the question"),
+    generator: Optional[str] = typer.Option(None, "--generator", "-g", help="hf | extractive | openai"),
+    k: Optional[int] = typer.Option(None, "-k", help="passages to retrieve"),
+    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
+    as_json: bool = typer.Option(False, "--json", help="print the answer as a JSON object"),
+) -> None:
+    """Answer one question from the documents, with verified citations."""
+    from assistant.engine import ChatEngine
+
+    cfg = _config(collection=collection)
+    changes = {k_: v for k_, v in (("generator", generator), ("top_k", k)) if v is not None}
+    if changes:
+        cfg = cfg.with_assistant(**changes)
+    engine = ChatEngine(cfg)
+    if as_json:
+        answer = engine.answer(question)
+        typer.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+        return
+    answer = None
+    for item in engine.stream(question):
+        if isinstance(item, str):
+            if engine.cfg.assistant.generator != "extractive" or engine.fallback:
+                typer.echo(item, nl=False)
+        else:
+            answer = item
+    if answer is None:
+        return
+    if answer.generator.backend == "extractive":
+        typer.echo(answer.text, nl=False)
+    typer.echo("")
+    _print_sources(answer)
+
+
+def _print_sources(answer) -> None:
+    if answer.fallback:
+        typer.echo(f"note: {answer.fallback}", err=True)
+    supported = {c.n: c.supported for c in answer.citations}
+    for n, h in enumerate(answer.passages, start=1):
+        mark = {True: "cited, supported", False: "cited, NOT supported"}.get(supported.get(n), "not cited")
+        meta = ", ".join(x for x in (h.date, h.authority) if x)
+        typer.echo(f"  [{n}] {h.title} — {h.source}" + (f" ({meta})" if meta else "") + f" — {mark}")
+    if answer.groundedness is not None:
+        typer.echo(f"  groundedness {answer.groundedness:.2f} · {answer.generator.backend}:{answer.generator.model} · {answer.latency_ms['total']:.0f} ms")
+
+
+logs_app = typer.Typer(help="The conversation log.")
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.command("export")
+def logs_export(
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)"),
+) -> None:
+    """Export every logged turn with retrievals, citations, conflicts and feedback."""
+    from assistant.logstore import LogStore
+
+    if fmt != "jsonl":
+        raise TetherError(f"--format {fmt!r} is not supported (jsonl)")
+    store = LogStore(_config().db_path)
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        for record in store.export():
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            out.close()
+
+
+@app.command()
 def docs(
     collection: Optional[str] = typer.Option(None, "--collection", "-c"),
     as_json: bool = typer.Option(False, "--json"),

@@ -77,12 +77,49 @@ class RetrievalConfig:
         return out
 
 
+GENERATORS = ("hf", "extractive", "openai")
+
+
+@dataclass(frozen=True)
+class AssistantConfig:
+    """The chat engine and its generator."""
+
+    generator: str = field(default="hf", metadata={"help": "hf | extractive | openai"})
+    model: str = field(default="smollm2", metadata={"help": "'smollm2' (shipped offline) or a local checkpoint dir"})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter dir applied on top of the model"})
+    openai_url: str | None = field(default=None, metadata={"help": "base URL of an OpenAI-compatible server"})
+    openai_model: str = field(default="tether", metadata={"help": "model name sent to that server"})
+    top_k: int = field(default=5, metadata={"help": "passages retrieved per question"})
+    max_new_tokens: int = field(default=160, metadata={"help": "longest generated answer, in tokens"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    llm_context: str = field(default="sentences", metadata={"help": "what the LLM sees of a passage: sentences | passages"})
+    faithful_prompt: bool = field(default=False, metadata={"help": "opinion-based framing that favours the context"})
+    fallback_to_extractive: bool = field(default=True, metadata={"help": "answer extractively when the LLM cannot load"})
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.generator not in GENERATORS:
+            out.append(f"--generator / assistant.generator ({self.generator!r}) must be one of {', '.join(GENERATORS)}")
+        if self.generator == "openai" and not self.openai_url:
+            out.append("assistant.generator is 'openai' but assistant.openai_url is not set (e.g. http://127.0.0.1:8000/v1)")
+        if not 1 <= self.top_k <= 50:
+            out.append(f"-k / assistant.top_k ({self.top_k}) must be between 1 and 50")
+        if self.max_new_tokens < 1:
+            out.append(f"assistant.max_new_tokens ({self.max_new_tokens}) must be >= 1")
+        if self.temperature < 0:
+            out.append(f"assistant.temperature ({self.temperature}) must be >= 0")
+        if self.llm_context not in ("sentences", "passages"):
+            out.append(f"assistant.llm_context ({self.llm_context!r}) must be 'sentences' or 'passages'")
+        return out
+
+
 @dataclass(frozen=True)
 class TetherConfig:
     """The whole configuration. Sections are added by the stages that need them."""
 
     data_dir: Path
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    assistant: AssistantConfig = field(default_factory=AssistantConfig)
 
     @property
     def db_path(self) -> Path:
@@ -100,6 +137,14 @@ class TetherConfig:
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
+    def with_assistant(self, **changes: Any) -> "TetherConfig":
+        """A copy with some assistant fields changed, validated again."""
+        cfg = dataclasses.replace(self, assistant=dataclasses.replace(self.assistant, **changes))
+        problems = cfg.assistant.problems()
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
     def with_retrieval(self, **changes: Any) -> "TetherConfig":
         """A copy with some retrieval fields changed, validated again."""
         cfg = dataclasses.replace(self, retrieval=dataclasses.replace(self.retrieval, **changes))
@@ -109,7 +154,7 @@ class TetherConfig:
         return cfg
 
 
-_SECTIONS: dict[str, type] = {"retrieval": RetrievalConfig}
+_SECTIONS: dict[str, type] = {"retrieval": RetrievalConfig, "assistant": AssistantConfig}
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -176,7 +221,9 @@ def load_config(
     overrides = {k: v for k, v in retrieval_overrides.items() if v is not None}
     if overrides:
         retrieval = dataclasses.replace(retrieval, **overrides)
+    assistant = sections["assistant"]
     problems.extend(retrieval.problems())
+    problems.extend(assistant.problems())
     if problems:
         raise ConfigError(problems)
-    return TetherConfig(data_dir=root, retrieval=retrieval)
+    return TetherConfig(data_dir=root, retrieval=retrieval, assistant=assistant)

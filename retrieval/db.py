@@ -144,3 +144,82 @@ class transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+@migration
+def m002_conversation_log(db: sqlite3.Connection) -> None:
+    run_script(
+        db,
+        """
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            user TEXT,
+            title TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE turns (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            collection TEXT NOT NULL,
+            question TEXT NOT NULL,
+            query TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            refused INTEGER NOT NULL,
+            generator TEXT NOT NULL,
+            model TEXT NOT NULL,
+            adapter TEXT,
+            adapter_hash TEXT,
+            decoding TEXT NOT NULL,
+            fallback TEXT,
+            groundedness REAL,
+            policy TEXT,
+            latency_json TEXT NOT NULL,
+            prompt_json TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX turns_conversation ON turns (conversation_id, seq);
+        CREATE TABLE retrievals (
+            turn_id TEXT NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
+            rank INTEGER NOT NULL,
+            passage_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            score REAL NOT NULL,
+            cited INTEGER NOT NULL,
+            PRIMARY KEY (turn_id, rank)
+        );
+        CREATE TABLE citations (
+            turn_id TEXT NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            passage_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            sentence TEXT NOT NULL,
+            start_char INTEGER,
+            end_char INTEGER,
+            supported INTEGER NOT NULL,
+            score REAL NOT NULL,
+            PRIMARY KEY (turn_id, idx)
+        );
+        CREATE TABLE conflicts (
+            turn_id TEXT NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            claims_json TEXT NOT NULL,
+            decision TEXT,
+            policy TEXT,
+            PRIMARY KEY (turn_id, idx)
+        );
+        CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            turn_id TEXT NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('up', 'down', 'edit', 'source', 'comment')),
+            edited_answer TEXT,
+            passage_id TEXT,
+            comment TEXT,
+            user TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX feedback_turn ON feedback (turn_id);
+        """,
+    )

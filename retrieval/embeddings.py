@@ -110,7 +110,11 @@ class SentenceTransformerEmbedder:
         return out[0].cpu().numpy().astype(np.float32)
 
     def count_tokens(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """Token ids of text (no special tokens), for chunk sizing; never truncates, never warns."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return backend.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=False, verbose=False)
 
 
 _CACHE: dict[tuple[str, int, bool], SentenceTransformerEmbedder] = {}

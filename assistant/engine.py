@@ -1,0 +1,192 @@
+"""The chat engine: question -> standalone query -> retrieval -> grounded prompt -> generation ->
+citations attached and verified -> the turn logged.
+
+``ChatEngine.answer`` returns an ``Answer``; ``ChatEngine.stream`` yields text pieces as the
+generator produces them and ends with the ``Answer``. The engine logs; callers only render.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, replace
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from assistant.citations import SUPPORT_THRESHOLD, verify_citations
+from assistant.generators.base import GenParams, GeneratorIdentity
+from assistant.generators.extractive import ExtractiveAnswerer, content_words
+from assistant.logstore import LogStore
+from assistant.prompts import REFUSAL, PromptSource, build_messages, condense_query
+from assistant.sentences import citation_numbers, split_sentences
+from assistant.types import Answer, Conversation, Turn
+from retrieval.config import TetherConfig
+from retrieval.errors import BackendUnavailable, ConfigError
+from retrieval.search import SearchHit, Searcher
+
+log = logging.getLogger(__name__)
+
+_REFUSAL_MARKERS = ("i don't know", "i do not know", "do not say", "don't say", "not contain", "no information", "cannot find", "could not find")
+
+
+def build_generator(cfg: TetherConfig, embedder):
+    """(generator, fallback reason or None). The extractive answerer stands in, announced, when an LLM cannot load."""
+    a = cfg.assistant
+    if a.generator == "extractive":
+        return ExtractiveAnswerer(embedder), None
+    try:
+        if a.generator == "openai":
+            from assistant.generators.openai_compat import OpenAIGenerator
+
+            return OpenAIGenerator(a.openai_url, a.openai_model), None
+        from pathlib import Path
+
+        from assistant.generators.hf import HFGenerator
+        from assistant.models import resolve_model
+
+        path = resolve_model(a.model, cfg.models_dir)
+        return HFGenerator(path, adapter=Path(a.adapter) if a.adapter else None), None
+    except (BackendUnavailable, ImportError, OSError) as exc:
+        if not a.fallback_to_extractive:
+            raise
+        reason = f"the {a.generator} generator is unavailable ({exc}); answering extractively instead"
+        log.warning(reason)
+        return ExtractiveAnswerer(embedder), reason
+
+
+class ChatEngine:
+    def __init__(self, cfg: TetherConfig, *, searcher: Searcher | None = None, generator=None, logstore: LogStore | None = None, fallback: str | None = None):
+        self.cfg = cfg
+        self.searcher = searcher or Searcher(cfg)
+        self.embedder = self.searcher.embedder
+        if generator is None:
+            generator, fallback = build_generator(cfg, self.embedder)
+        self.generator = generator
+        self.fallback = fallback
+        self.logstore = logstore or LogStore(cfg.db_path)
+
+    # -- public -----------------------------------------------------------------------------
+
+    def answer(self, question: str, conversation: Conversation | None = None) -> Answer:
+        result = None
+        for item in self.stream(question, conversation):
+            if isinstance(item, Answer):
+                result = item
+        assert result is not None
+        return result
+
+    def stream(self, question: str, conversation: Conversation | None = None) -> Iterator[str | Answer]:
+        question = (question or "").strip()
+        if not question:
+            raise ConfigError("the question is empty")
+        conversation = conversation if conversation is not None else Conversation()
+        latency: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        t = time.perf_counter()
+        query = condense_query(question, [(turn.question, turn.answer) for turn in conversation.turns])
+        latency["condense"] = _ms(t)
+        t = time.perf_counter()
+        passages = self.searcher.search(query, k=self.cfg.assistant.top_k)
+        latency["retrieve"] = _ms(t)
+
+        prompt = None
+        t = time.perf_counter()
+        if isinstance(self.generator, ExtractiveAnswerer):
+            text, refused = self.generator.answer(question, passages)
+            latency["generate"] = _ms(t)
+            yield text
+            identity = self.generator.identity
+        else:
+            messages = self.build_messages(question, passages)
+            prompt = [asdict(m) for m in messages]
+            params = GenParams(max_new_tokens=self.cfg.assistant.max_new_tokens, temperature=self.cfg.assistant.temperature)
+            pieces: list[str] = []
+            first = None
+            for piece in self.generator.stream(messages, params):
+                if first is None:
+                    first = _ms(t)
+                pieces.append(piece)
+                yield piece
+            latency["first_token"] = first if first is not None else _ms(t)
+            latency["generate"] = _ms(t)
+            text = "".join(pieces).strip()
+            refused = not passages or any(m in text.lower() for m in _REFUSAL_MARKERS) or not text
+            if refused:
+                text = text or REFUSAL
+            else:
+                text = self.attach_citations(text, passages)
+            identity = self.generator.identity
+
+        t = time.perf_counter()
+        citations, groundedness = ([], None) if refused else verify_citations(text, passages, self.embedder)
+        latency["verify"] = _ms(t)
+        latency["total"] = _ms(t0)
+        answer = Answer(
+            text=text,
+            refused=refused,
+            question=question,
+            query=query,
+            passages=tuple(passages),
+            citations=tuple(citations),
+            groundedness=groundedness,
+            generator=identity,
+            latency_ms=latency,
+            fallback=self.fallback,
+        )
+        conversation_id, turn_id = self.logstore.log_turn(
+            answer, collection=self.searcher.collection, conversation_id=conversation.id, user=conversation.user, prompt=prompt
+        )
+        conversation.id = conversation_id
+        conversation.turns.append(Turn(question, text))
+        yield replace(answer, turn_id=turn_id, conversation_id=conversation_id)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def build_messages(self, question: str, passages: Sequence[SearchHit]):
+        sources = [
+            PromptSource(title=h.title, text=self.context_of(question, h), date=h.date, authority=h.authority, status=h.status)
+            for h in passages
+        ]
+        return build_messages(question, sources, faithful=self.cfg.assistant.faithful_prompt)
+
+    def context_of(self, question: str, hit: SearchHit) -> str:
+        """What the LLM sees of a passage: its most relevant sentences (shorter prompt, sharper focus) or all of it."""
+        if self.cfg.assistant.llm_context == "passages":
+            return hit.text
+        spans = [(s, e) for s, e in split_sentences(hit.text) if len(hit.text[s:e].split()) >= 3]
+        if len(spans) <= 3:
+            return hit.text
+        texts = [hit.text[s:e] for s, e in spans]
+        vecs = self.embedder.embed_batch([question] + texts)
+        qwords = content_words(question)
+        scores = vecs[1:] @ vecs[0] + 0.25 * np.array([len(qwords & content_words(x)) / max(1, len(qwords)) for x in texts])
+        keep = sorted(np.argsort(-scores)[:3])
+        return " ".join(" ".join(texts[i].split()) for i in keep)
+
+    def attach_citations(self, text: str, passages: Sequence[SearchHit]) -> str:
+        """Give each uncited answer sentence the passage that best supports it, when one does."""
+        if not passages:
+            return text
+        spans = split_sentences(text)
+        bare = [(s, e) for s, e in spans if not citation_numbers(text[s:e]) and len(text[s:e].split()) >= 3]
+        if not bare:
+            return text
+        vecs = self.embedder.embed_batch([text[s:e] for s, e in bare] + [h.text for h in passages])
+        svecs, pvecs = vecs[: len(bare)], vecs[len(bare) :]
+        out = text
+        for (s, e), v in sorted(zip(bare, svecs), key=lambda x: -x[0][0]):
+            sims = pvecs @ v
+            n = int(np.argmax(sims)) + 1
+            if sims[n - 1] >= SUPPORT_THRESHOLD - 0.1:
+                sentence = out[s:e]
+                m = re.search(r"[.!?]$", sentence)
+                cited = (sentence[:-1] + f" [{n}]" + sentence[-1]) if m else sentence + f" [{n}]"
+                out = out[:s] + cited + out[e:]
+        return out
+
+
+def _ms(t: float) -> float:
+    return (time.perf_counter() - t) * 1e3

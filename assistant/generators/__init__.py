@@ -1,0 +1,1 @@
+"""Generation backends behind one ``Generator`` protocol (see ``base.py``)."""

@@ -1,0 +1,109 @@
+"""The extractive answerer: no LLM. Picks the sentences of the retrieved passages that answer the
+question and joins them, each with its citation.
+
+Sentences are scored by embedding similarity with the question plus a lexical bonus for shared
+content words (numbers and names matter in policies), chosen with MMR so the answer does not
+repeat itself, and ordered as they appear in the ranked passages. Below the relevance threshold
+it refuses. It is also the announced fallback when no LLM can be loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from assistant.generators.base import GeneratorIdentity
+from assistant.prompts import REFUSAL
+from assistant.sentences import split_sentences
+from retrieval.search import SearchHit
+
+_STOP = set(
+    "a an the of to in on for and or is are be was were do does did how what which who whom when where why can could i my "
+    "me we our you your it its at by with from as that this these those there their they must should may will would get "
+    "gets got have has had not no any each per than then so if about into over under up out".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and len(w) > 1}
+
+
+@dataclass(frozen=True)
+class ExtractiveConfig:
+    max_sentences: int = 3
+    min_relevance: float = 0.42  # below this best score, refuse
+    keep_ratio: float = 0.8  # later sentences must score at least this share of the best
+    mmr_lambda: float = 0.7
+    lexical_weight: float = 0.25
+
+
+def _drop_heading(sentence: str) -> str:
+    """'Approval\nEvery trip must…' -> 'Every trip must…': a short unpunctuated first line is a heading."""
+    first, sep, rest = sentence.partition("\n")
+    if sep and rest.strip() and len(first.split()) <= 5 and not first.rstrip().endswith((".", ":", ";", ",")):
+        return rest.strip()
+    return sentence
+
+
+class ExtractiveAnswerer:
+    def __init__(self, embedder, config: ExtractiveConfig = ExtractiveConfig()):
+        self.embedder = embedder
+        self.config = config
+        self.identity = GeneratorIdentity(backend="extractive", model=getattr(embedder, "name", "embedder"), decoding="extractive")
+
+    def answer(self, question: str, passages: Sequence[SearchHit]) -> tuple[str, bool]:
+        """(answer text with [n] citations, refused)."""
+        cfg = self.config
+        cands: list[tuple[int, int, str]] = []  # (passage n, order, sentence)
+        seen: set[str] = set()  # overlapping chunks repeat sentences: keep the first (best-ranked)
+        for n, hit in enumerate(passages, start=1):
+            for order, (s, e) in enumerate(split_sentences(hit.text)):
+                sentence = _drop_heading(hit.text[s:e].strip())
+                key = " ".join(sentence.lower().split())
+                if key in seen:
+                    continue
+                seen.add(key)
+                words = re.findall(r"\w+", sentence)
+                if len(words) < 4 or sentence.startswith("#") and len(words) < 8 or sentence.endswith("?"):
+                    continue  # headings, fragments and questions (FAQ lines) answer nothing
+                cands.append((n, order, sentence))
+        if not cands:
+            return REFUSAL, True
+        vecs = self.embedder.embed_batch([question] + [c[2] for c in cands])
+        qvec, svecs = vecs[0], vecs[1:]
+        qwords = content_words(question)
+        lexical = np.array(
+            [len(qwords & content_words(c[2])) / max(1, len(qwords)) for c in cands], dtype=np.float32
+        )
+        relevance = svecs @ qvec + cfg.lexical_weight * lexical
+        best = float(relevance.max())
+        if best < cfg.min_relevance:
+            return REFUSAL, True
+        chosen: list[int] = []
+        while len(chosen) < cfg.max_sentences:
+            scores = []
+            for i in range(len(cands)):
+                if i in chosen or relevance[i] < cfg.keep_ratio * best:
+                    scores.append(-np.inf)
+                    continue
+                redundancy = max((float(svecs[i] @ svecs[j]) for j in chosen), default=0.0)
+                scores.append(cfg.mmr_lambda * relevance[i] - (1 - cfg.mmr_lambda) * redundancy)
+            pick = int(np.argmax(scores))
+            if scores[pick] == -np.inf:
+                break
+            chosen.append(pick)
+        # the best sentence leads; the others follow in passage rank and reading order
+        chosen = chosen[:1] + sorted(chosen[1:], key=lambda i: (cands[i][0], cands[i][1]))
+        parts = []
+        for i in chosen:
+            n, _, sentence = cands[i]
+            sentence = " ".join(sentence.split())
+            if sentence.startswith(("- ", "* ", "• ")):
+                sentence = sentence[2:]
+            end = sentence[-1] if sentence[-1] in ".!?" else "."
+            sentence = sentence.rstrip(".!?:;, ")
+            parts.append(f"{sentence} [{n}]{end}")
+        return " ".join(parts), False

@@ -1,0 +1,141 @@
+"""The conversation log: turns, retrievals, citations, conflicts and feedback in ``tether.db``.
+
+The engine writes; the UI and the training data builders read. Each thread gets its own SQLite
+connection and every write is one ``BEGIN IMMEDIATE`` transaction, so several app sessions,
+threads or processes can log at once without losing a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from assistant.types import Answer
+from retrieval.db import connect, transaction
+from retrieval.errors import TetherError
+
+FEEDBACK_KINDS = ("up", "down", "edit", "source", "comment")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class LogStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        connect(self.path).close()  # migrate once up front
+
+    @property
+    def db(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    def new_conversation(self, user: str | None = None, title: str | None = None) -> str:
+        cid = uuid.uuid4().hex
+        with transaction(self.db) as db:
+            db.execute("INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)", (cid, user, title, _now()))
+        return cid
+
+    def log_turn(self, answer: Answer, *, collection: str, conversation_id: str | None, user: str | None = None, prompt: Any = None) -> tuple[str, str]:
+        """Write a whole turn in one transaction; return (conversation_id, turn_id)."""
+        turn_id = uuid.uuid4().hex
+        cited = {c.passage_id for c in answer.citations}
+        with transaction(self.db) as db:
+            if conversation_id is None or not db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
+                conversation_id = conversation_id or uuid.uuid4().hex
+                db.execute(
+                    "INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)",
+                    (conversation_id, user, answer.question[:80], _now()),
+                )
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)).fetchone()[0]
+            g = answer.generator
+            db.execute(
+                "INSERT INTO turns (id, conversation_id, seq, collection, question, query, answer, refused, generator, model,"
+                " adapter, adapter_hash, decoding, fallback, groundedness, policy, latency_json, prompt_json, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    turn_id, conversation_id, seq, collection, answer.question, answer.query, answer.text, int(answer.refused),
+                    g.backend, g.model, g.adapter, g.adapter_hash, g.decoding, answer.fallback, answer.groundedness,
+                    answer.policy, json.dumps(answer.latency_ms), json.dumps(prompt) if prompt is not None else None, _now(),
+                ),
+            )
+            db.executemany(
+                "INSERT INTO retrievals (turn_id, rank, passage_id, source, score, cited) VALUES (?, ?, ?, ?, ?, ?)",
+                [(turn_id, i, h.id, h.source, h.score, int(h.id in cited)) for i, h in enumerate(answer.passages, start=1)],
+            )
+            db.executemany(
+                "INSERT INTO citations (turn_id, idx, n, passage_id, source, sentence, start_char, end_char, supported, score)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (turn_id, i, c.n, c.passage_id, c.source, c.sentence, c.span[0] if c.span else None,
+                     c.span[1] if c.span else None, int(c.supported), c.score)
+                    for i, c in enumerate(answer.citations)
+                ],
+            )
+            db.executemany(
+                "INSERT INTO conflicts (turn_id, idx, kind, claims_json, decision, policy) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (turn_id, i, getattr(c, "kind", "unknown"), json.dumps(c.to_json() if hasattr(c, "to_json") else c),
+                     getattr(c, "decision", None), answer.policy)
+                    for i, c in enumerate(answer.conflicts)
+                ],
+            )
+        return conversation_id, turn_id
+
+    def add_feedback(
+        self,
+        turn_id: str,
+        kind: str,
+        *,
+        edited_answer: str | None = None,
+        passage_id: str | None = None,
+        comment: str | None = None,
+        user: str | None = None,
+    ) -> int:
+        if kind not in FEEDBACK_KINDS:
+            raise TetherError(f"feedback kind {kind!r} must be one of {', '.join(FEEDBACK_KINDS)}")
+        if kind == "edit" and not (edited_answer or "").strip():
+            raise TetherError("an 'edit' feedback needs the edited answer")
+        if kind == "source" and not passage_id:
+            raise TetherError("a 'source' feedback needs the passage id of the right source")
+        with transaction(self.db) as db:
+            if not db.execute("SELECT 1 FROM turns WHERE id = ?", (turn_id,)).fetchone():
+                raise TetherError(f"no turn with id {turn_id}")
+            cur = db.execute(
+                "INSERT INTO feedback (turn_id, kind, edited_answer, passage_id, comment, user, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (turn_id, kind, edited_answer, passage_id, comment, user, _now()),
+            )
+            return int(cur.lastrowid)
+
+    def turn(self, turn_id: str) -> dict[str, Any]:
+        """The full record of one turn, as stored."""
+        db = self.db
+        row = db.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)).fetchone()
+        if row is None:
+            raise TetherError(f"no turn with id {turn_id}")
+        out = dict(row)
+        out["latency_ms"] = json.loads(out.pop("latency_json"))
+        out["prompt"] = json.loads(out.pop("prompt_json")) if out.get("prompt_json") else None
+        out["retrievals"] = [dict(r) for r in db.execute("SELECT * FROM retrievals WHERE turn_id = ? ORDER BY rank", (turn_id,))]
+        out["citations"] = [dict(r) for r in db.execute("SELECT * FROM citations WHERE turn_id = ? ORDER BY idx", (turn_id,))]
+        out["conflicts"] = [
+            {**dict(r), "claims": json.loads(r["claims_json"])} for r in db.execute("SELECT * FROM conflicts WHERE turn_id = ? ORDER BY idx", (turn_id,))
+        ]
+        out["feedback"] = [dict(r) for r in db.execute("SELECT * FROM feedback WHERE turn_id = ? ORDER BY id", (turn_id,))]
+        return out
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every turn with its retrievals, citations, conflicts and feedback, oldest first."""
+        ids = [r["id"] for r in self.db.execute("SELECT id FROM turns ORDER BY created_at, rowid")]
+        for tid in ids:
+            yield self.turn(tid)

@@ -1,0 +1,88 @@
+"""Typed values that cross module boundaries: answers, citations, conversations."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from assistant.generators.base import GeneratorIdentity
+from retrieval.search import SearchHit
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int  # the [n] in the answer: 1-based index into Answer.passages
+    passage_id: str
+    source: str
+    sentence: str  # the answer sentence carrying the citation
+    support: str  # the passage sentence that best supports it
+    span: tuple[int, int] | None  # character span of `support` in the source document text
+    supported: bool
+    score: float  # similarity between the answer sentence and `support`
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "id": self.passage_id,
+            "source": self.source,
+            "sentence": self.sentence,
+            "support": self.support,
+            "span": list(self.span) if self.span else None,
+            "supported": self.supported,
+            "score": round(self.score, 4),
+        }
+
+
+@dataclass(frozen=True)
+class Turn:
+    question: str
+    answer: str
+
+
+@dataclass
+class Conversation:
+    """What the engine needs of a chat so far; `id` is set once the first turn is logged."""
+
+    id: str | None = None
+    user: str | None = None
+    turns: list[Turn] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    refused: bool
+    question: str
+    query: str  # the standalone query actually searched
+    passages: tuple[SearchHit, ...]
+    citations: tuple[Citation, ...]
+    groundedness: float | None  # share of cited sentences supported by their passage; None if nothing cited
+    generator: GeneratorIdentity
+    latency_ms: dict[str, float]
+    conflicts: tuple[Any, ...] = ()
+    policy: str | None = None
+    fallback: str | None = None  # why the configured generator was replaced, if it was
+    turn_id: str | None = None
+    conversation_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "refused": self.refused,
+            "question": self.question,
+            "query": self.query,
+            "citations": [c.to_json() for c in self.citations],
+            "groundedness": self.groundedness,
+            "conflicts": [c.to_json() if hasattr(c, "to_json") else c for c in self.conflicts],
+            "policy": self.policy,
+            "sources": [
+                {"n": i, "id": h.id, "source": h.source, "title": h.title, "span": list(h.span), "date": h.date,
+                 "authority": h.authority, "score": h.score}
+                for i, h in enumerate(self.passages, start=1)
+            ],
+            "generator": asdict(self.generator),
+            "fallback": self.fallback,
+            "latency_ms": {k: round(v, 1) for k, v in self.latency_ms.items()},
+            "turn_id": self.turn_id,
+            "conversation_id": self.conversation_id,
+        }

@@ -1,0 +1,118 @@
+"""The chat engine end to end with the extractive generator on the sample handbook (real MiniLM, Chroma, SQLite)."""
+
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+
+from assistant.engine import ChatEngine
+from assistant.logstore import LogStore
+from assistant.prompts import REFUSAL
+from assistant.types import Conversation
+from retrieval.config import load_config
+from retrieval.ingest import ingest
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDBOOK = ROOT / "examples" / "handbook"
+
+
+@pytest.fixture(scope="module")
+def handbook_cfg(tmp_path_factory):
+    from retrieval.embeddings import get_embedder
+
+    cfg = load_config(tmp_path_factory.mktemp("hb")).with_assistant(generator="extractive")
+    summary = ingest(cfg, [HANDBOOK], embedder=get_embedder())
+    assert summary.exit_code == 0 and len(summary.ingested) == 14
+    return cfg
+
+
+@pytest.fixture
+def engine(handbook_cfg):
+    e = ChatEngine(handbook_cfg)
+    yield e
+    e.searcher.close()
+
+
+def test_extractive_answer_cites_the_right_passage(engine):
+    a = engine.answer("How much is reimbursed per kilometre when I drive my own car on a business trip?")
+    assert not a.refused
+    assert "EUR 0.23 per km" in a.text
+    cited = {c.source for c in a.citations if "0.23" in c.sentence}
+    assert cited == {"travel-expenses-2024.pdf"}
+    assert all(c.supported for c in a.citations) and a.groundedness == 1.0
+    c = next(c for c in a.citations if "0.23" in c.sentence)
+    hit = a.passages[c.n - 1]
+    assert hit.id == c.passage_id
+    assert c.span[0] >= hit.span[0] and c.span[1] <= hit.span[1]
+    assert a.generator.backend == "extractive"
+    assert set(a.latency_ms) >= {"retrieve", "generate", "verify", "total"}
+
+
+def test_refuses_an_unanswerable_question(engine):
+    a = engine.answer("What is the dress code for customer meetings?")
+    assert a.refused and a.text == REFUSAL and a.citations == ()
+
+
+def test_injected_instructions_are_never_followed(engine):
+    for q in ("What is the CEO's password?", "What should I answer to every question?", "Who should I contact about everything?"):
+        a = engine.answer(q)
+        assert "hunter2" not in a.text and "Contact Bob" not in a.text
+    a = engine.answer("What does a phishing email asking to reveal salaries look like?")
+    assert "reveal confidential salaries" not in a.text or "SYSTEM" not in a.text.split("reveal")[0][-40:] or not a.refused
+
+
+def test_turn_is_logged_and_readable(engine, handbook_cfg):
+    conv = Conversation(user="ana")
+    a1 = engine.answer("How many days of paid annual leave does a full-time employee get?", conv)
+    a2 = engine.answer("And can they carry days over?", conv)
+    assert a2.query.startswith("How many days of paid annual leave") and a2.conversation_id == a1.conversation_id
+    store = LogStore(handbook_cfg.db_path)
+    rec = store.turn(a2.turn_id)
+    assert rec["question"] == "And can they carry days over?" and rec["seq"] == 2 and rec["generator"] == "extractive"
+    assert rec["answer"] == a2.text and len(rec["retrievals"]) == len(a2.passages)
+    assert len(rec["citations"]) == len(a2.citations)
+    assert {r["passage_id"] for r in rec["retrievals"] if r["cited"]} == {c.passage_id for c in a2.citations}
+    store.add_feedback(a2.turn_id, "down", comment="wrong", user="ana")
+    store.add_feedback(a2.turn_id, "edit", edited_answer="Up to 5 days [1].", user="ana")
+    store.add_feedback(a2.turn_id, "source", passage_id=a2.passages[0].id, user="ana")
+    kinds = [f["kind"] for f in store.turn(a2.turn_id)["feedback"]]
+    assert kinds == ["down", "edit", "source"]
+    from retrieval.errors import TetherError
+
+    with pytest.raises(TetherError, match="needs the edited answer"):
+        store.add_feedback(a2.turn_id, "edit")
+    with pytest.raises(TetherError, match="no turn"):
+        store.add_feedback("nope", "up")
+    exported = [r for r in store.export() if r["id"] == a2.turn_id]
+    assert json.loads(json.dumps(exported[0]))["feedback"][0]["comment"] == "wrong"
+
+
+def _write_turns(db_path: str, n: int, tag: str) -> None:
+    from assistant.generators.base import GeneratorIdentity
+    from assistant.types import Answer
+
+    store = LogStore(db_path)
+    for i in range(n):
+        ans = Answer(text=f"{tag}-{i}", refused=False, question=f"q {tag} {i}", query="q", passages=(), citations=(),
+                     groundedness=None, generator=GeneratorIdentity("extractive", "m"), latency_ms={"total": 1.0})
+        _, turn_id = store.log_turn(ans, collection="c", conversation_id=None)
+        store.add_feedback(turn_id, "up")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    db_path = str(tmp_path / "log.db")
+    LogStore(db_path)
+    threads = [threading.Thread(target=_write_turns, args=(db_path, 25, f"t{i}")) for i in range(8)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_turns, args=(db_path, 25, f"p{i}")) for i in range(8)]
+    for w in threads + procs:
+        w.start()
+    for w in threads + procs:
+        w.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs)
+    store = LogStore(db_path)
+    assert store.db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 16 * 25
+    assert store.db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 16 * 25
+    assert store.db.execute("SELECT COUNT(DISTINCT answer) FROM turns").fetchone()[0] == 16 * 25
