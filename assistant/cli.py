@@ -176,6 +176,64 @@ def _print_sources(answer) -> None:
         typer.echo(f"  groundedness {answer.groundedness:.2f} · {answer.generator.backend}:{answer.generator.model} · {answer.latency_ms['total']:.0f} ms")
 
 
+@app.command()
+def chat(
+    generator: Optional[str] = typer.Option(None, "--generator", "-g", help="hf | extractive | openai"),
+    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
+    user: Optional[str] = typer.Option(None, "--user", help="who is chatting (stored with feedback)"),
+) -> None:
+    """Interactive multi-turn chat. Commands: /sources, /feedback up|down [comment], /new, /quit."""
+    from assistant.engine import ChatEngine
+    from assistant.types import Conversation
+
+    cfg = _config(collection=collection)
+    if generator:
+        cfg = cfg.with_assistant(generator=generator)
+    engine = ChatEngine(cfg)
+    if engine.fallback:
+        typer.echo(f"note: {engine.fallback}", err=True)
+    conversation = Conversation(user=user)
+    last = None
+    typer.echo("Ask about your documents. /sources, /feedback up|down [comment], /new, /quit")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            typer.echo("")
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/new":
+            conversation, last = Conversation(user=user), None
+            typer.echo("(new conversation)")
+            continue
+        if line == "/sources":
+            if last is None:
+                typer.echo("(no answer yet)")
+            else:
+                _print_sources(last)
+            continue
+        if line.startswith("/feedback"):
+            parts = line.split(maxsplit=2)
+            if last is None or len(parts) < 2 or parts[1] not in ("up", "down"):
+                typer.echo("usage: /feedback up|down [comment]  (after an answer)")
+                continue
+            engine.logstore.add_feedback(last.turn_id, parts[1], comment=parts[2] if len(parts) > 2 else None, user=user)
+            typer.echo("(thanks: feedback stored)")
+            continue
+        typer.echo("tether> ", nl=False)
+        for item in engine.stream(line, conversation):
+            if isinstance(item, str):
+                typer.echo(item, nl=False)
+            else:
+                last = item
+        typer.echo("")
+        if last is not None and last.groundedness is not None:
+            typer.echo(f"        (groundedness {last.groundedness:.2f}; /sources for the passages)")
+
+
 logs_app = typer.Typer(help="The conversation log.")
 app.add_typer(logs_app, name="logs")
 

@@ -116,3 +116,21 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert store.db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 16 * 25
     assert store.db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 16 * 25
     assert store.db.execute("SELECT COUNT(DISTINCT answer) FROM turns").fetchone()[0] == 16 * 25
+
+
+@pytest.mark.slow
+def test_cli_chat_session_with_feedback(handbook_cfg):
+    import os
+    import subprocess
+    import sys
+
+    script = "How long is the probation period?\n/sources\n/feedback up clear answer\n/quit\n"
+    out = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "--data-dir", str(handbook_cfg.data_dir), "chat", "-g", "extractive", "--user", "bo"],
+        input=script, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "two months [1]" in out.stdout and "onboarding.md" in out.stdout and "feedback stored" in out.stdout
+    store = LogStore(handbook_cfg.db_path)
+    row = store.db.execute("SELECT f.kind, f.comment, f.user FROM feedback f JOIN turns t ON t.id = f.turn_id WHERE t.question LIKE 'How long is the probation%'").fetchone()
+    assert tuple(row) == ("up", "clear answer", "bo")
