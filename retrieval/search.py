@@ -69,12 +69,19 @@ class SearchTimings:
 
 
 def rrf_fuse(rankings: Sequence[Sequence[str]], k: int) -> list[tuple[str, float]]:
-    """Reciprocal rank fusion of ranked id lists (rank 1 = best)."""
+    """Reciprocal rank fusion of ranked id lists (rank 1 = best).
+
+    Ties (the same ranks swapped between lists) go to the better rank in the first list, so the
+    order never depends on ids; pass the dense ranking first.
+    """
     scores: dict[str, float] = {}
-    for ranking in rankings:
+    first_rank: dict[str, int] = {}
+    for i, ranking in enumerate(rankings):
         for rank, cid in enumerate(ranking, start=1):
             scores[cid] = scores.get(cid, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+            if i == 0:
+                first_rank[cid] = rank
+    return sorted(scores.items(), key=lambda kv: (-round(kv[1], 12), first_rank.get(kv[0], 1 << 30), kv[0]))
 
 
 class Searcher:

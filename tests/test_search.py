@@ -24,6 +24,9 @@ def test_rrf_fuse_by_hand():
     assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
     assert fused["b"] == pytest.approx(1 / 62)
     assert [cid for cid, _ in rrf_fuse([["a", "b", "c"], ["c", "a"]], k=60)] == ["a", "c", "b"]
+    # a tie (ranks swapped between the lists) goes to the first list's better rank, whatever the ids
+    assert [cid for cid, _ in rrf_fuse([["z", "y"], ["y", "z"]], k=60)] == ["z", "y"]
+    assert [cid for cid, _ in rrf_fuse([["a", "b"], ["b", "a"]], k=60)] == ["a", "b"]
 
 
 @pytest.fixture
