@@ -80,6 +80,15 @@ class SentenceTransformerEmbedder:
         self.dim = int(self.model.get_embedding_dimension())
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
+        # a private copy for counting: the model's own backend truncates at max_seq_length
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._counter = None
+        if backend is not None:
+            import copy
+
+            self._counter = copy.deepcopy(backend)
+            self._counter.no_truncation()
+            self._counter.no_padding()
         self.max_tokens = int(self.model.max_seq_length)
         self._lock = threading.Lock()
 
@@ -111,9 +120,8 @@ class SentenceTransformerEmbedder:
 
     def count_tokens(self, text: str) -> list[int]:
         """Token ids of text (no special tokens), for chunk sizing; never truncates, never warns."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            return backend.encode(text, add_special_tokens=False).ids
+        if self._counter is not None:
+            return self._counter.encode(text, add_special_tokens=False).ids
         return self.tokenizer.encode(text, add_special_tokens=False, verbose=False)
 
 

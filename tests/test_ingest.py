@@ -54,6 +54,25 @@ def test_ingest_folder_of_every_format(cfg, embedder, tmp_path):
     assert "Passwords must be at least 14 characters" in html_text and "ignore all previous" not in html_text
 
 
+def test_token_counts_are_never_truncated(embedder):
+    text = "word " * 1000
+    assert len(embedder.count_tokens(text)) == 1000
+    # counting must not change how the model itself truncates
+    assert embedder.embed_batch([text]).shape == (1, embedder.dim)
+
+
+def test_default_chunks_stay_within_the_embedder_window(cfg, embedder, tmp_path):
+    folder = tmp_path / "long"
+    folder.mkdir()
+    paragraphs = [" ".join(f"Clause {p}.{i} sets the limit for item {i} to {i * 7} units per week." for i in range(12)) for p in range(30)]
+    (folder / "long.md").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    ingest(cfg, [folder], embedder=embedder)
+    _, rows, _, _ = _state(cfg)
+    sizes = [len(embedder.count_tokens(r["text"])) for r in rows]
+    assert len(rows) >= 20
+    assert max(sizes) <= cfg.retrieval.chunk_size <= embedder.max_tokens
+
+
 def test_chunks_are_token_bounded_with_overlap(cfg, embedder, tmp_path):
     folder = tmp_path / "long"
     folder.mkdir()
