@@ -19,10 +19,53 @@ from retrieval.search import SearchHit
 
 SUPPORT_THRESHOLD = 0.55
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_WORDS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9",
+    "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
+}
+_QUANTITY = re.compile(r"\b(\d+(?:[.,]\d+)?|" + "|".join(_WORDS) + r")\s*(%|[a-z]+)?", re.I)
 
 
 def _numbers(text: str) -> set[str]:
-    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+    return {n.replace(",", "") for n in _NUMBER.findall(text)} | {_WORDS[w.lower()] for w in re.findall(r"\b(" + "|".join(_WORDS) + r")\b", text, re.I)}
+
+
+def _quantities(text: str) -> set[tuple[str, str]]:
+    """(value, unit word) pairs: '2 years' and 'two years' both give ('2', 'year')."""
+    out = set()
+    for value, unit in _QUANTITY.findall(text):
+        value = _WORDS.get(value.lower(), value.replace(",", ""))
+        unit = (unit or "").lower().rstrip("s")
+        out.add((value, unit))
+    return out
+
+
+def unsupported_quantities(claim: str, passage: str) -> set[tuple[str, str]]:
+    """Quantities the claim states with a unit that the passage never states with that unit."""
+    have = _quantities(passage)
+    values_with_units = {(v, u) for v, u in have}
+    missing = set()
+    for value, unit in _quantities(claim):
+        if not unit or unit in ("the", "and", "of", "to", "a", "an", "per", "in", "on", "at", "for", "or"):
+            if value not in {v for v, _ in have}:
+                missing.add((value, unit))
+            continue
+        if (value, unit) not in values_with_units:
+            missing.add((value, unit))
+    return missing
+
+
+def supports(similarity: float, claim: str, evidence: str, threshold: float = SUPPORT_THRESHOLD) -> bool:
+    """Does evidence support claim? Similar enough and stating every quantity the claim states,
+    or, for a claim that is mostly a number ("The number is 2222."), stating that number in a
+    moderately similar sentence."""
+    claim_numbers = _numbers(claim)
+    missing = (claim_numbers - _numbers(evidence)) or unsupported_quantities(claim, evidence)
+    if missing:
+        return False
+    if similarity >= threshold:
+        return True
+    return bool(claim_numbers) and similarity >= threshold - 0.25
 
 
 def verify_citations(answer: str, passages: Sequence[SearchHit], embedder, threshold: float = SUPPORT_THRESHOLD) -> tuple[list[Citation], float | None]:
@@ -55,13 +98,13 @@ def verify_citations(answer: str, passages: Sequence[SearchHit], embedder, thres
         hit = passages[n - 1]
         rows = [index[(n, i)] for i in range(len(passage_sents[n]))]
         sims = sent_vecs[rows] @ cvec
-        best = int(np.argmax(sims))
+        order = [int(i) for i in np.argsort(-sims)]
+        best = next((i for i in order[:3] if supports(float(sims[i]), claim, hit.text[slice(*passage_sents[n][i])], threshold)), order[0])
         score = float(sims[best])
-        # a window of two neighbouring sentences can support a claim that merges them
         s, e = passage_sents[n][best]
-        missing_numbers = _numbers(claim) - _numbers(hit.text)
-        supported = score >= threshold and not missing_numbers
-        if not supported and not missing_numbers:
+        supported = supports(score, claim, hit.text[s:e], threshold)
+        if not supported and supports(1.0, claim, hit.text, threshold):
+            # a claim that merges neighbouring sentences: judge it against the whole passage
             whole = float(embedder.embed_batch([hit.text])[0] @ cvec)
             if whole >= threshold + 0.1:
                 supported, score = True, max(score, whole)

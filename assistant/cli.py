@@ -161,6 +161,8 @@ def ask(
     if answer.generator.backend == "extractive":
         typer.echo(answer.text, nl=False)
     typer.echo("")
+    if answer.generator.backend != "extractive" and not answer.refused:
+        typer.echo(f"with citations: {answer.text}")
     _print_sources(answer)
 
 

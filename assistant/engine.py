@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from assistant.citations import SUPPORT_THRESHOLD, verify_citations
+from assistant.citations import supports, verify_citations
 from assistant.generators.base import GenParams, GeneratorIdentity
 from assistant.generators.extractive import ExtractiveAnswerer, content_words
 from assistant.logstore import LogStore
@@ -68,6 +68,7 @@ class ChatEngine:
         self.generator = generator
         self.fallback = fallback
         self.logstore = logstore or LogStore(cfg.db_path)
+        self._sentence_cache: dict[tuple[str, str], list[tuple[float, str]]] = {}
 
     # -- public -----------------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class ChatEngine:
             yield text
             identity = self.generator.identity
         else:
+            passages = self.focus(question, passages)
             messages = self.build_messages(question, passages)
             prompt = [asdict(m) for m in messages]
             params = GenParams(max_new_tokens=self.cfg.assistant.max_new_tokens, temperature=self.cfg.assistant.temperature)
@@ -148,46 +150,94 @@ class ChatEngine:
     # -- steps ------------------------------------------------------------------------------
 
     def build_messages(self, question: str, passages: Sequence[SearchHit]):
+        contexts = self.contexts(question, passages)
         sources = [
-            PromptSource(title=h.title, text=self.context_of(question, h), date=h.date, authority=h.authority, status=h.status)
-            for h in passages
+            PromptSource(title=h.title, text=contexts[i], date=h.date, authority=h.authority, status=h.status)
+            for i, h in enumerate(passages)
         ]
         return build_messages(question, sources, faithful=self.cfg.assistant.faithful_prompt)
 
-    def context_of(self, question: str, hit: SearchHit) -> str:
-        """What the LLM sees of a passage: its most relevant sentences (shorter prompt, sharper focus) or all of it."""
+    def focus(self, question: str, passages: Sequence[SearchHit]) -> list[SearchHit]:
+        """The passages worth showing a small LLM: those whose best sentence is close to the best overall.
+
+        Distractors hurt a 135M model more than a missing runner-up helps it.
+        """
+        if self.cfg.assistant.llm_context == "passages" or len(passages) <= 1:
+            return list(passages)
+        scores = [max(s for s, _ in self._scored_sentences(question, h)) for h in passages]
+        best = max(scores)
+        return [h for h, s in zip(passages, scores) if s >= best - FOCUS_MARGIN]
+
+    def contexts(self, question: str, passages: Sequence[SearchHit]) -> list[str]:
+        """What the LLM sees of each passage: its three most relevant sentences in reading order
+        (shorter prompt, sharper focus), or the whole passage."""
         if self.cfg.assistant.llm_context == "passages":
-            return hit.text
-        spans = [(s, e) for s, e in split_sentences(hit.text) if len(hit.text[s:e].split()) >= 3]
-        if len(spans) <= 3:
-            return hit.text
-        texts = [hit.text[s:e] for s, e in spans]
-        vecs = self.embedder.embed_batch([question] + texts)
-        qwords = content_words(question)
-        scores = vecs[1:] @ vecs[0] + 0.25 * np.array([len(qwords & content_words(x)) / max(1, len(qwords)) for x in texts])
-        keep = sorted(np.argsort(-scores)[:3])
-        return " ".join(" ".join(texts[i].split()) for i in keep)
+            return [h.text for h in passages]
+        out = []
+        for h in passages:
+            scored = self._scored_sentences(question, h)
+            keep = sorted(sorted(range(len(scored)), key=lambda i: -scored[i][0])[:3])
+            out.append(" ".join(_clip(scored[i][1], 60) for i in keep))
+        return out
+
+    def _scored_sentences(self, question: str, hit: SearchHit) -> list[tuple[float, str]]:
+        key = (question, hit.id)
+        if key not in self._sentence_cache:
+            spans = [(s, e) for s, e in split_sentences(hit.text) if len(hit.text[s:e].split()) >= 3] or [(0, len(hit.text))]
+            texts = [" ".join(hit.text[s:e].split()) for s, e in spans]
+            vecs = self.embedder.embed_batch([question] + texts)
+            qwords = content_words(question)
+            scores = vecs[1:] @ vecs[0] + 0.25 * np.array([len(qwords & content_words(x)) / max(1, len(qwords)) for x in texts])
+            if len(self._sentence_cache) > 256:
+                self._sentence_cache.clear()
+            self._sentence_cache[key] = [(float(sc), t) for sc, t in zip(scores, texts)]
+        return self._sentence_cache[key]
 
     def attach_citations(self, text: str, passages: Sequence[SearchHit]) -> str:
-        """Give each uncited answer sentence the passage that best supports it, when one does."""
+        """Give each uncited answer sentence the passage whose sentence best supports it, when one does.
+
+        Sentence against sentence (not against a whole passage), so a short answer such as
+        "The number is 2222." still finds its source; a sentence whose numbers appear in no
+        passage sentence is left uncited rather than given a wrong source.
+        """
         if not passages:
             return text
         spans = split_sentences(text)
-        bare = [(s, e) for s, e in spans if not citation_numbers(text[s:e]) and len(text[s:e].split()) >= 3]
+        bare = [(s, e) for s, e in spans if not citation_numbers(text[s:e]) and len(text[s:e].split()) >= 2]
         if not bare:
             return text
-        vecs = self.embedder.embed_batch([text[s:e] for s, e in bare] + [h.text for h in passages])
-        svecs, pvecs = vecs[: len(bare)], vecs[len(bare) :]
+        cands = [(n, sent) for n, h in enumerate(passages, start=1) for sent in split_sentences_text(h.text)]
+        if not cands:
+            return text
+        vecs = self.embedder.embed_batch([text[s:e] for s, e in bare] + [c[1] for c in cands])
+        svecs, cvecs = vecs[: len(bare)], vecs[len(bare) :]
         out = text
         for (s, e), v in sorted(zip(bare, svecs), key=lambda x: -x[0][0]):
-            sims = pvecs @ v
-            n = int(np.argmax(sims)) + 1
-            if sims[n - 1] >= SUPPORT_THRESHOLD - 0.1:
-                sentence = out[s:e]
-                m = re.search(r"[.!?]$", sentence)
-                cited = (sentence[:-1] + f" [{n}]" + sentence[-1]) if m else sentence + f" [{n}]"
-                out = out[:s] + cited + out[e:]
+            sims = cvecs @ v
+            pick = None
+            for i in np.argsort(-sims)[:5]:
+                n, sent = cands[i]
+                if supports(float(sims[i]), out[s:e], sent):
+                    pick = n
+                    break
+            if pick is None:
+                continue
+            sentence = out[s:e]
+            cited = (sentence[:-1] + f" [{pick}]" + sentence[-1]) if sentence[-1] in ".!?" else sentence + f" [{pick}]"
+            out = out[:s] + cited + out[e:]
         return out
+
+
+def split_sentences_text(text: str) -> list[str]:
+    return [" ".join(text[s:e].split()) for s, e in split_sentences(text) if len(text[s:e].split()) >= 3]
+
+
+FOCUS_MARGIN = 0.15  # show the LLM passages whose best sentence scores within this of the best
+
+
+def _clip(sentence: str, words: int) -> str:
+    parts = sentence.split()
+    return sentence if len(parts) <= words else " ".join(parts[:words]) + " …"
 
 
 def _ms(t: float) -> float:

@@ -52,3 +52,13 @@ def test_sentences_and_citations():
     assert parts == ["Leave is 25 days, e.g. for full-time staff [1].", "The rate is EUR 0.23 per km [2, 3].", "- Bullet one", "- Bullet two"]
     assert citation_numbers(parts[1]) == [2, 3]
     assert strip_citations(parts[0]) == "Leave is 25 days, e.g. for full-time staff."
+
+
+def test_quantity_check_catches_a_wrong_unit_or_value():
+    from assistant.citations import unsupported_quantities
+
+    passage = "The probation period is two months. Laptops are replaced every 4 years."
+    assert unsupported_quantities("The probation period is 2 months.", passage) == set()
+    assert unsupported_quantities("The probation period is 2 years.", passage) == {("2", "year")}
+    assert unsupported_quantities("Laptops are replaced every four years.", passage) == set()
+    assert unsupported_quantities("Laptops are replaced every 5 years.", passage) == {("5", "year")}
