@@ -49,3 +49,11 @@ def cfg(tmp_path):
     from retrieval.config import load_config
 
     return load_config(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct, converted once per test session from the shipped GGUF."""
+    from assistant.models import install_smollm2
+
+    return install_smollm2(tmp_path_factory.mktemp("models"))

@@ -228,11 +228,7 @@ def test_install_names_the_missing_package(absent, advice, monkeypatch, tmp_path
 # -- the real default model -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    from assistant.models import install_smollm2
 
-    return install_smollm2(tmp_path_factory.mktemp("models"))
 
 
 @pytest.mark.slow
