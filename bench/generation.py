@@ -1,0 +1,160 @@
+"""Answer latency of Tether's default generator against plain transformers, on the CPU.
+
+    .venv/bin/python bench/generation.py --questions 8 --out bench/out/generation.json
+
+For each question from ``examples/eval/qa.jsonl`` (answerable ones) over the sample handbook:
+
+* **tether**: ``ChatEngine.stream`` with the ``hf`` generator and SmolLM2-135M-Instruct: retrieval,
+  the focused grounded prompt (closest passages, their most relevant sentences), greedy decoding,
+  citations attached and verified. Time to first token and time to the full answer, both from the
+  moment the question is asked (retrieval included).
+* **plain**: what a user would write with transformers alone: the same five retrieved passages
+  pasted whole into a chat prompt, ``pipeline("text-generation")`` on the same checkpoint, greedy,
+  with a streamer recording the first token.
+
+Both generate at most ``--max-new-tokens`` (80) tokens. Figures are medians/p95 over the questions,
+measured interleaved in one run; on these shared 2-core machines only the ratios are meaningful.
+The GPU part of the issue's benchmark (8B-shaped model, bf16/nf4) is not in this script yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench.generation")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--questions", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=80)
+    ap.add_argument("--data-dir", type=Path, default=None, help="reuse a data dir (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "generation.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    from transformers.generation.streamers import BaseStreamer
+
+    from assistant.engine import ChatEngine
+    from assistant.models import install_smollm2
+    from assistant.prompts import PromptSource, build_messages
+    from retrieval.config import load_config
+    from retrieval.ingest import ingest
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="tether-genbench-"))
+    cfg = load_config(data_dir)
+    model_dir = install_smollm2(cfg.models_dir)
+    ingest(cfg, [ROOT / "examples" / "handbook"])
+    cfg = cfg.with_assistant(generator="hf", model=str(model_dir), max_new_tokens=args.max_new_tokens)
+    engine = ChatEngine(cfg)
+
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    pipe = pipeline("text-generation", model=model, tokenizer=tok, device="cpu")
+
+    class FirstToken(BaseStreamer):
+        def __init__(self):
+            self.calls = 0
+            self.first = None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2 and self.first is None:  # the first put() is the prompt
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    questions = [json.loads(line) for line in (ROOT / "examples" / "eval" / "qa.jsonl").read_text().splitlines() if line.strip()]
+    questions = [q for q in questions if not q.get("unanswerable")][: args.questions]
+    rows = []
+    engine.answer("warm-up: how long is the probation period?")
+    for q in questions:
+        t0 = time.perf_counter()
+        first = None
+        answer = None
+        for item in engine.stream(q["question"]):
+            if isinstance(item, str) and first is None:
+                first = time.perf_counter()
+            elif not isinstance(item, str):
+                answer = item
+        t_total = time.perf_counter() - t0
+        t_first = (first or time.perf_counter()) - t0
+        prompt_tokens = engine.generator.last_stats.get("prompt_tokens")
+
+        t0 = time.perf_counter()
+        hits = engine.searcher.search(q["question"], k=cfg.assistant.top_k)
+        messages = build_messages(q["question"], [PromptSource(h.title, h.text, h.date, h.authority, h.status) for h in hits])
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        streamer = FirstToken()
+        out = pipe(chat, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer, return_full_text=False)
+        p_total = time.perf_counter() - t0
+        p_first = (streamer.first or time.perf_counter()) - t0
+        plain_prompt_tokens = len(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        gold = q.get("answers") or []
+        row = {
+            "id": q["id"],
+            "tether_first_s": t_first,
+            "tether_total_s": t_total,
+            "tether_prompt_tokens": prompt_tokens,
+            "tether_correct": any(g.lower() in answer.text.lower() for g in gold),
+            "tether_groundedness": answer.groundedness,
+            "plain_first_s": p_first,
+            "plain_total_s": p_total,
+            "plain_prompt_tokens": plain_prompt_tokens,
+            "plain_correct": any(g.lower() in out[0]["generated_text"].lower() for g in gold),
+        }
+        log.info("%s", row)
+        rows.append(row)
+
+    def summary(key):
+        vals = [r[key] for r in rows]
+        return statistics.median(vals), _pct(vals, 0.95)
+
+    table = {k: summary(k) for k in ("tether_first_s", "tether_total_s", "plain_first_s", "plain_total_s")}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "questions": len(rows),
+        "max_new_tokens": args.max_new_tokens,
+        "rows": rows,
+        "summary": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    tf, tt, pf, pt = (table[k][0] for k in ("tether_first_s", "tether_total_s", "plain_first_s", "plain_total_s"))
+    lines = [
+        "| pipeline | first token p50 s | p95 s | full answer p50 s | p95 s | prompt tokens p50 | correct |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| tether (hf, SmolLM2) | {tf:.2f} | {table['tether_first_s'][1]:.2f} | {tt:.2f} | {table['tether_total_s'][1]:.2f} | "
+        f"{statistics.median(r['tether_prompt_tokens'] or 0 for r in rows):.0f} | {sum(r['tether_correct'] for r in rows)}/{len(rows)} |",
+        f"| plain pipeline | {pf:.2f} | {table['plain_first_s'][1]:.2f} | {pt:.2f} | {table['plain_total_s'][1]:.2f} | "
+        f"{statistics.median(r['plain_prompt_tokens'] for r in rows):.0f} | {sum(r['plain_correct'] for r in rows)}/{len(rows)} |",
+        "",
+        f"Speed-up (p50): first token {pf / tf:.1f}x, full answer {pt / tt:.1f}x. {result['date']}, {result['platform']}, {result['cpus']} CPUs.",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
