@@ -181,3 +181,33 @@ def test_server_down_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TETHER_CHROMA_URL", f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(BackendUnavailable, match="not answering"):
         ChromaStore(load_config(tmp_path / "d"))
+
+
+def test_cross_encoder_rerank_reorders_the_fused_candidates(cfg, embedder, tmp_path):
+    """The rerank path with a real CrossEncoder (tiny, random, built here: none ships offline)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from retrieval.embeddings import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")), local_files_only=True)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=1)
+    )
+    rdir = tmp_path / "reranker"
+    model.save_pretrained(rdir)
+    tok.save_pretrained(rdir)
+
+    folder = make_corpus(tmp_path / "kb")
+    cfg = cfg.with_retrieval(reranker=str(rdir), rerank_top=6)
+    ingest(cfg, [folder], embedder=embedder)
+    s = Searcher(cfg, embedder=embedder)
+    hits = s.search("finance director approval", k=4)
+    s.close()
+    assert all(h.rerank_score is not None for h in hits)
+    assert [h.rerank_score for h in hits] == sorted((h.rerank_score for h in hits), reverse=True)
+    expected = CrossEncoder(str(rdir), local_files_only=True).predict([("finance director approval", hits[0].text)])[0]
+    assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
+    assert s.last_timings.rerank_ms > 0
