@@ -220,22 +220,27 @@ def html_visible_text(html: str) -> tuple[str, str | None]:
 def _read_html(data: bytes, path: Path) -> ParsedDocument:
     html, warning = decode_text(data)
     text, html_title = html_visible_text(html)
-    meta = _sidecar_meta(path)
-    return ParsedDocument(
-        kind="html",
-        text=text,
-        body_start=0,
-        title=meta.get("title") or html_title or path.stem,
-        date=meta.get("date"),
-        status=meta.get("status"),
-        authority=meta.get("authority"),
-        warnings=(warning,) if warning else (),
-    )
+    return _with_sidecar(path, "html", text, html_title, warnings=(warning,) if warning else ())
 
 
 def _sidecar_meta(path: Path) -> dict[str, str | None]:
     sidecar = sidecar_for(path)
     return _load_yaml_meta(sidecar.read_text(encoding="utf-8"), sidecar.name) if sidecar else {}
+
+
+def _with_sidecar(path: Path, kind: str, text: str, own_title: str | None, **extra: Any) -> ParsedDocument:
+    """A document whose metadata comes from its sidecar; the title falls back to the file's own, then its name."""
+    meta = _sidecar_meta(path)
+    return ParsedDocument(
+        kind=kind,
+        text=text,
+        body_start=0,
+        title=meta.get("title") or own_title or path.stem,
+        date=meta.get("date"),
+        status=meta.get("status"),
+        authority=meta.get("authority"),
+        **extra,
+    )
 
 
 # --- PDF -----------------------------------------------------------------------------------
@@ -273,17 +278,7 @@ def _read_pdf(path: Path) -> ParsedDocument:
     text = "\n\n".join(buf)
     if not text.strip():
         raise FileRejected("no extractable text (a scanned PDF? run OCR on it first)", skipped=True)
-    meta = _sidecar_meta(path)
-    return ParsedDocument(
-        kind="pdf",
-        text=text,
-        body_start=0,
-        title=meta.get("title") or info_title or path.stem,
-        date=meta.get("date"),
-        status=meta.get("status"),
-        authority=meta.get("authority"),
-        page_starts=tuple(starts),
-    )
+    return _with_sidecar(path, "pdf", text, info_title, page_starts=tuple(starts))
 
 
 # --- DOCX ----------------------------------------------------------------------------------
@@ -339,18 +334,12 @@ def _read_docx(path: Path) -> ParsedDocument:
             if rows:
                 blocks.append("\n".join(rows))
     text = "\n\n".join(blocks)
-    meta = _sidecar_meta(path)
     core_title = (document.core_properties.title or "").strip() or None
-    heading = next((p.text.strip() for p in document.paragraphs if p.style is not None and (p.style.name or "").startswith(("Title", "Heading")) and p.text.strip()), None)
-    return ParsedDocument(
-        kind="docx",
-        text=text,
-        body_start=0,
-        title=meta.get("title") or core_title or heading or path.stem,
-        date=meta.get("date"),
-        status=meta.get("status"),
-        authority=meta.get("authority"),
+    heading = next(
+        (p.text.strip() for p in document.paragraphs if p.style is not None and (p.style.name or "").startswith(("Title", "Heading")) and p.text.strip()),
+        None,
     )
+    return _with_sidecar(path, "docx", text, core_title or heading)
 
 
 # --- entry point ---------------------------------------------------------------------------
