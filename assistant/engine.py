@@ -164,6 +164,9 @@ class ChatEngine:
         """
         if self.cfg.assistant.llm_context == "passages" or len(passages) <= 1:
             return list(passages)
+        if self.cfg.assistant.llm_context == "focused":
+            top = self._top_sentences(question, passages)
+            return [h for h in passages if h.id in top]
         scores = [max(s for s, _ in self._scored_sentences(question, h)) for h in passages]
         best = max(scores)
         return [h for h, s in zip(passages, scores) if s >= best - FOCUS_MARGIN]
@@ -173,11 +176,24 @@ class ChatEngine:
         (shorter prompt, sharper focus), or the whole passage."""
         if self.cfg.assistant.llm_context == "passages":
             return [h.text for h in passages]
+        if self.cfg.assistant.llm_context == "focused":
+            top = self._top_sentences(question, passages)
+            return [" ".join(_clip(t, 60) for t in top.get(h.id, [])) or _clip(h.text, 60) for h in passages]
         out = []
         for h in passages:
             scored = self._scored_sentences(question, h)
             keep = sorted(sorted(range(len(scored)), key=lambda i: -scored[i][0])[:3])
             out.append(" ".join(_clip(scored[i][1], 60) for i in keep))
+        return out
+
+    def _top_sentences(self, question: str, passages: Sequence[SearchHit], n: int = 3) -> dict[str, list[str]]:
+        """The n best sentences over all passages, grouped by passage id, in reading order."""
+        scored = [(sc, h.id, i, t) for h in passages for i, (sc, t) in enumerate(self._scored_sentences(question, h))]
+        best = sorted(scored, key=lambda x: -x[0])[:n]
+        out: dict[str, list[str]] = {}
+        for _, pid, i, t in sorted(best, key=lambda x: (x[1], x[2])):
+            if t not in out.setdefault(pid, []):
+                out[pid].append(t)
         return out
 
     def _scored_sentences(self, question: str, hit: SearchHit) -> list[tuple[float, str]]:

@@ -92,7 +92,10 @@ class AssistantConfig:
     top_k: int = field(default=5, metadata={"help": "passages retrieved per question"})
     max_new_tokens: int = field(default=160, metadata={"help": "longest generated answer, in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    llm_context: str = field(default="sentences", metadata={"help": "what the LLM sees of a passage: sentences | passages"})
+    llm_context: str = field(
+        default="focused",
+        metadata={"help": "what the LLM sees: focused (the 3 best sentences overall) | sentences (3 per passage) | passages"},
+    )
     faithful_prompt: bool = field(default=False, metadata={"help": "opinion-based framing that favours the context"})
     fallback_to_extractive: bool = field(default=True, metadata={"help": "answer extractively when the LLM cannot load"})
 
@@ -108,8 +111,8 @@ class AssistantConfig:
             out.append(f"assistant.max_new_tokens ({self.max_new_tokens}) must be >= 1")
         if self.temperature < 0:
             out.append(f"assistant.temperature ({self.temperature}) must be >= 0")
-        if self.llm_context not in ("sentences", "passages"):
-            out.append(f"assistant.llm_context ({self.llm_context!r}) must be 'sentences' or 'passages'")
+        if self.llm_context not in ("focused", "sentences", "passages"):
+            out.append(f"assistant.llm_context ({self.llm_context!r}) must be 'focused', 'sentences' or 'passages'")
         return out
 
 
