@@ -93,7 +93,7 @@ class AssistantConfig:
     max_new_tokens: int = field(default=160, metadata={"help": "longest generated answer, in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     llm_context: str = field(
-        default="focused",
+        default="sentences",
         metadata={"help": "what the LLM sees: focused (the 3 best sentences overall) | sentences (3 per passage) | passages"},
     )
     faithful_prompt: bool = field(default=False, metadata={"help": "opinion-based framing that favours the context"})
