@@ -68,8 +68,40 @@ def supports(similarity: float, claim: str, evidence: str, threshold: float = SU
     return bool(claim_numbers) and similarity >= threshold - 0.25
 
 
-def verify_citations(answer: str, passages: Sequence[SearchHit], embedder, threshold: float = SUPPORT_THRESHOLD) -> tuple[list[Citation], float | None]:
-    """(citations, groundedness). Citations of a number outside 1..len(passages) are unsupported."""
+class NLIJudge:
+    """An NLI cross-encoder (premise = cited sentence, hypothesis = answer sentence), when one is
+    configured by local path (``assistant.nli_model``); none ships offline. The entailment label is
+    found from the model's ``id2label`` ("entailment"), else taken as ``entailment_index``."""
+
+    def __init__(self, path: str, entailment_index: int | None = None):
+        from sentence_transformers import CrossEncoder
+
+        from retrieval.embeddings import resolve_model_path
+
+        self.model = CrossEncoder(str(resolve_model_path(path)), local_files_only=True)
+        labels = {int(k): str(v).lower() for k, v in (self.model.config.id2label or {}).items()}
+        found = next((i for i, name in labels.items() if name.startswith("entail")), None)
+        self.entailment = found if found is not None else (entailment_index if entailment_index is not None else 0)
+
+    def entails(self, premises: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
+        """Probability of entailment for each (premise, hypothesis) pair."""
+        if not premises:
+            return []
+        scores = np.asarray(self.model.predict(list(zip(premises, hypotheses)), show_progress_bar=False), dtype=np.float64)
+        if scores.ndim == 1:  # a single-logit model: sigmoid
+            return list(1 / (1 + np.exp(-scores)))
+        exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return list((exp / exp.sum(axis=1, keepdims=True))[:, self.entailment])
+
+
+def verify_citations(
+    answer: str, passages: Sequence[SearchHit], embedder, threshold: float = SUPPORT_THRESHOLD, nli: NLIJudge | None = None
+) -> tuple[list[Citation], float | None]:
+    """(citations, groundedness). Citations of a number outside 1..len(passages) are unsupported.
+
+    With an NLI judge, a citation is supported when the best-matching passage sentence entails the
+    answer sentence (probability >= 0.5) and the quantity check passes; without one, by similarity.
+    """
     claims: list[tuple[str, int]] = []
     for start, end in split_sentences(answer):
         sentence = answer[start:end]
@@ -121,5 +153,12 @@ def verify_citations(answer: str, passages: Sequence[SearchHit], embedder, thres
                 score=score,
             )
         )
+    if nli is not None:
+        judged = [i for i, c in enumerate(citations) if c.passage_id]
+        probs = nli.entails([citations[i].support for i in judged], [strip_citations(citations[i].sentence) for i in judged])
+        for i, p in zip(judged, probs):
+            c = citations[i]
+            numbers_ok = supports(1.0, strip_citations(c.sentence), c.support)
+            citations[i] = Citation(c.n, c.passage_id, c.source, c.sentence, c.support, c.span, bool(p >= 0.5 and numbers_ok), float(p))
     groundedness = sum(c.supported for c in citations) / len(citations)
     return citations, groundedness

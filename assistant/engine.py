@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from assistant.citations import supports, verify_citations
+from assistant.citations import NLIJudge, supports, verify_citations
 from assistant.generators.base import GenParams, GeneratorIdentity
 from assistant.generators.extractive import ExtractiveAnswerer, content_words
 from assistant.logstore import LogStore
@@ -69,6 +69,7 @@ class ChatEngine:
         self.fallback = fallback
         self.logstore = logstore or LogStore(cfg.db_path)
         self._sentence_cache: dict[tuple[str, str], list[tuple[float, str]]] = {}
+        self.nli = NLIJudge(cfg.assistant.nli_model) if cfg.assistant.nli_model else None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class ChatEngine:
             identity = self.generator.identity
 
         t = time.perf_counter()
-        citations, groundedness = ([], None) if refused else verify_citations(text, passages, self.embedder)
+        citations, groundedness = ([], None) if refused else verify_citations(text, passages, self.embedder, nli=self.nli)
         latency["verify"] = _ms(t)
         latency["total"] = _ms(t0)
         answer = Answer(

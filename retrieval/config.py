@@ -97,6 +97,7 @@ class AssistantConfig:
         metadata={"help": "what the LLM sees: focused (the 3 best sentences overall) | sentences (3 per passage) | passages"},
     )
     faithful_prompt: bool = field(default=False, metadata={"help": "opinion-based framing that favours the context"})
+    nli_model: str | None = field(default=None, metadata={"help": "local NLI cross-encoder for citation verification"})
     fallback_to_extractive: bool = field(default=True, metadata={"help": "answer extractively when the LLM cannot load"})
 
     def problems(self) -> list[str]:

@@ -62,3 +62,36 @@ def test_quantity_check_catches_a_wrong_unit_or_value():
     assert unsupported_quantities("The probation period is 2 years.", passage) == {("2", "year")}
     assert unsupported_quantities("Laptops are replaced every four years.", passage) == set()
     assert unsupported_quantities("Laptops are replaced every 5 years.", passage) == {("5", "year")}
+
+
+def test_nli_judge_decides_support_when_configured(tmp_path, embedder):
+    """The NLI path with a real (tiny, random, built here) 3-label cross-encoder: the verdict follows
+    the model's entailment probability, and the quantity check still applies."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from assistant.citations import NLIJudge, verify_citations
+    from retrieval.embeddings import resolve_model_path
+    from retrieval.search import SearchHit
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")), local_files_only=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        num_labels=3, id2label={0: "contradiction", 1: "entailment", 2: "neutral"}, label2id={"contradiction": 0, "entailment": 1, "neutral": 2})
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():  # make "entailment" win for every input: bias the classifier
+        model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    model.save_pretrained(tmp_path / "nli")
+    tok.save_pretrained(tmp_path / "nli")
+    judge = NLIJudge(str(tmp_path / "nli"))
+    assert judge.entailment == 1
+    hit = SearchHit(id="p1", text="The probation period is two months.", source="a.md", title="A", span=(10, 45), page=None,
+                    score=1.0, rank=1, dense_score=1.0, bm25_score=None, date=None, status=None, authority=None, document_id=1)
+    cits, g = verify_citations("Probation lasts two months [1]. Probation lasts 3 years [1].", [hit], embedder, nli=judge)
+    assert [c.supported for c in cits] == [True, False]  # entailed; the second states a quantity the passage lacks
+    assert cits[0].score > 0.9 and g == 0.5
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    model.save_pretrained(tmp_path / "nli")
+    cits, g = verify_citations("Probation lasts two months [1].", [hit], embedder, nli=NLIJudge(str(tmp_path / "nli")))
+    assert [c.supported for c in cits] == [False] and g == 0.0
