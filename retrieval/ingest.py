@@ -160,7 +160,7 @@ def _inside(path: Path, root: Path) -> bool:
 def content_hash(path: Path, cfg: TetherConfig) -> str:
     h = hashlib.sha256()
     r = cfg.retrieval
-    h.update(f"chunk={r.chunk_size}/{r.chunk_overlap};model={r.embed_model}\0".encode())
+    h.update(f"chunk={r.chunk_size}/{r.chunk_overlap};model={r.embed_identity}\0".encode())
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -214,7 +214,7 @@ def ingest(
             raise TetherError(f"{p} does not exist: give a file or a folder to ingest")
     db = connect(cfg.db_path)
     try:
-        ledger.ensure_collection(db, name, cfg.retrieval.embed_model)
+        ledger.ensure_collection(db, name, cfg.retrieval.embed_identity)
         store = store or ChromaStore(cfg, name)
         _recover(db, store, name)
         embedder = embedder or embedder_for(cfg)

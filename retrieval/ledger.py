@@ -45,8 +45,8 @@ def ensure_collection(db: sqlite3.Connection, name: str, embed_model: str) -> No
         )
     elif row["embed_model"] != embed_model:
         raise ConfigError(
-            f"collection '{name}' was embedded with {row['embed_model']!r} but retrieval.embed_model is "
-            f"{embed_model!r}: use another --collection, or set the model back"
+            f"collection '{name}' was embedded with {row['embed_model']!r} but the configuration asks for "
+            f"{embed_model!r} (retrieval.embed_model / retrieval.embed_int8): use another --collection, or set them back"
         )
 
 

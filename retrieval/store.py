@@ -40,23 +40,24 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
 
 
-def _tether_embedding_function(model: str):
+def _tether_embedding_function(model: str, int8: bool = False):
     """Chroma's EmbeddingFunction over our embedder, loaded only when Chroma calls it."""
     from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
     from chromadb.utils.embedding_functions import register_embedding_function
 
     if "tether" in _EF_CLASSES:
-        return _EF_CLASSES["tether"](model)
+        return _EF_CLASSES["tether"](model, int8)
 
     @register_embedding_function
     class TetherEmbeddingFunction(EmbeddingFunction[Documents]):
-        def __init__(self, model: str):
+        def __init__(self, model: str, int8: bool = False):
             self.model = model
+            self.int8 = int8
 
         def __call__(self, input: Documents) -> Embeddings:
             from retrieval.embeddings import get_embedder
 
-            return list(get_embedder(self.model).embed_batch(list(input)))
+            return list(get_embedder(self.model, int8=self.int8).embed_batch(list(input)))
 
         @staticmethod
         def name() -> str:
@@ -66,11 +67,11 @@ def _tether_embedding_function(model: str):
             return "cosine"
 
         def get_config(self) -> dict[str, Any]:
-            return {"model": self.model}
+            return {"model": self.model, "int8": self.int8}
 
         @staticmethod
         def build_from_config(config: dict[str, Any]) -> "TetherEmbeddingFunction":
-            return TetherEmbeddingFunction(config.get("model", ""))
+            return TetherEmbeddingFunction(config.get("model", ""), bool(config.get("int8", False)))
 
     _EF_CLASSES["tether"] = TetherEmbeddingFunction
     return TetherEmbeddingFunction(model)
@@ -112,18 +113,18 @@ class ChromaStore:
     def __init__(self, cfg: TetherConfig, collection: str | None = None, client: Any = None):
         name = collection or cfg.retrieval.collection
         self.client = client or chroma_client(cfg)
-        self.model = cfg.retrieval.embed_model
+        self.model = cfg.retrieval.embed_identity
         self.collection = self.client.get_or_create_collection(
             name=name,
             configuration={"hnsw": {"space": "cosine"}},
             metadata={"embed_model": self.model},
-            embedding_function=_tether_embedding_function(self.model),
+            embedding_function=_tether_embedding_function(cfg.retrieval.embed_model, cfg.retrieval.embed_int8),
         )
         stored = (self.collection.metadata or {}).get("embed_model")
         if stored and stored != self.model:
             raise ConfigError(
-                f"collection '{name}' was embedded with {stored!r} but retrieval.embed_model is {self.model!r}: "
-                "use another --collection, or set the model back"
+                f"collection '{name}' was embedded with {stored!r} but the configuration asks for {self.model!r} "
+                "(retrieval.embed_model / retrieval.embed_int8): use another --collection, or set them back"
             )
 
     def upsert(self, ids: Sequence[str], embeddings: np.ndarray, metadatas: Sequence[dict[str, Any]]) -> None:

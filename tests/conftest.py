@@ -38,10 +38,12 @@ def _isolated_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def embedder():
-    from retrieval.embeddings import get_embedder
+def embedder(tmp_path_factory):
+    """The embedder the default configuration uses."""
+    from retrieval.config import load_config
+    from retrieval.embeddings import embedder_for
 
-    return get_embedder()
+    return embedder_for(load_config(tmp_path_factory.mktemp("defaults")))
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ HANDBOOK = ROOT / "examples" / "handbook"
 
 @pytest.fixture(scope="module")
 def handbook_cfg(tmp_path_factory):
-    from retrieval.embeddings import get_embedder
+    from retrieval.embeddings import embedder_for
 
     cfg = load_config(tmp_path_factory.mktemp("hb")).with_assistant(generator="extractive")
-    summary = ingest(cfg, [HANDBOOK], embedder=get_embedder())
+    summary = ingest(cfg, [HANDBOOK], embedder=embedder_for(cfg))
     assert summary.exit_code == 0 and len(summary.ingested) == 14
     return cfg
 

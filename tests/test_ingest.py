@@ -247,3 +247,14 @@ def test_missing_path_is_a_clear_error(cfg, tmp_path):
 
     with pytest.raises(TetherError, match="does not exist"):
         ingest(cfg, [tmp_path / "nope"])
+
+
+def test_a_collection_refuses_vectors_from_another_embedder(cfg, embedder, tmp_path):
+    from retrieval.errors import ConfigError
+
+    folder = make_corpus(tmp_path / "kb")
+    ingest(cfg, [folder], embedder=embedder)
+    other = cfg.with_retrieval(embed_int8=not cfg.retrieval.embed_int8)
+    with pytest.raises(ConfigError, match="was embedded with"):
+        ingest(other, [folder])
+    ingest(other.with_retrieval(collection="other-one"), [folder])  # a new collection is fine
