@@ -26,8 +26,12 @@ import os
 import platform
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
+
+# bench/retrieval.py would shadow the retrieval package: import from the repository root
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 log = logging.getLogger("bench.generation")
 ROOT = Path(__file__).resolve().parent.parent
