@@ -1183,12 +1183,19 @@ def run_scale_cached(args, label: str, n_files: int, shards: list[Path], work: P
         "breakdown_s": {k: round(v, 3) for k, v in sorted(t32.timers.s.items(), key=lambda kv: -kv[1])},
     }
     sc["chunks"]["tether fp32"] = res["chunks"]
+    if recycle and not emb.recycled:  # everything was cached: real vectors after all
+        label = sc["label"] = label.replace(" (recycled vectors)", "")
+        sc["vectors"] = "real"
     log.info("%s: Tether: %d chunks, %.0fs (%.0fs embedding %d texts; %d cached, %d recycled)", label, res["chunks"],
              res["seconds"], res["embed_s"], emb.embedded, emb.cache_hits, emb.recycled)
     t32.open()
     rows = t32.chunk_rows()
-    t8 = TetherPipe("tether int8", work / "tether-fp32", True, fix_tokens, None, "embed")
-    t8.open()  # same index (fp32 document vectors), int8 query embedder
+    # same index (fp32 document vectors), int8 query embedder: the fp32 config (the store checks that the
+    # collection's model matches it) with the int8 embedder passed to the Searcher
+    from retrieval.embeddings import embedder_for
+
+    t8 = TetherPipe("tether int8", work / "tether-fp32", False, fix_tokens, None, "embed")
+    t8.open(query_embedder=embedder_for(t8.cfg.with_retrieval(embed_int8=True)))
     sc["chunks"]["tether int8"] = res["chunks"]
     plain = PlainPipe(work / "plain", model_path)
     log.info("%s: plain: indexing %d nodes with precomputed vectors", label, len(rows))

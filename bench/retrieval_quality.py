@@ -7,8 +7,9 @@ version 2.100, in ``/usr/share/debian-reference``). QA set: ``bench/data/debian_
 Pipelines, measured in the same run over a temporary copy of the pages:
 
 * **tether**: ``retrieval.ingest.ingest`` with the default config, then ``Searcher.search(q, k=5)``
-  (hybrid dense + BM25, RRF). Optional variants: other chunk sizes/overlaps (``--variants``), int8
-  embeddings (``--int8``) and search settings over the default index (``--search-variant``).
+  (hybrid dense + BM25, RRF). Optional variants: other chunk sizes/overlaps (``--variants``), the
+  other embedding precision (``--precision``: fp32 if the default is int8, and vice versa) and
+  search settings over the default index (``--search-variant``).
   Diagnostic rows reuse the default index: its dense half alone, its BM25 half alone, and a what-if
   fusion (not Tether's code) that keeps each half's #1 in the top 5. Each Tether miss is diagnosed:
   is the evidence in the extracted page, whole inside one chunk, and at what rank the dense, BM25
@@ -31,11 +32,11 @@ Run from the repository root (about 5 minutes on 2 CPU cores; about 20 with the 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False TOKENIZERS_PARALLELISM=false \\
         .venv/bin/python bench/retrieval_quality.py --out bench/out/quality.json
 
-With the chunking and int8 variants as well::
+With the chunking, precision and search variants as well::
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False TOKENIZERS_PARALLELISM=false \\
         .venv/bin/python bench/retrieval_quality.py --out bench/out/quality.json \\
-        --variants 128/20,128/40,160/40,250/50 --int8 \\
+        --variants 128/20,128/40,160/40,250/50 --precision \\
         --search-variant rrf_k=10 --search-variant rrf_k=20 --search-variant candidates=100
 
 Needs ``apt-get install debian-reference-en``. Writes the full results (per question, per
@@ -430,8 +431,8 @@ def tether_search_row(label: str, data_dir: Path, questions: Sequence[Question],
 
     cfg = load_config(data_dir=data_dir).with_retrieval(**changes)
     r = cfg.retrieval
-    settings = {"chunk_size": r.chunk_size, "chunk_overlap": r.chunk_overlap, "candidates": r.candidates,
-                "rrf_k": r.rrf_k, "reused_index": str(data_dir.name)}
+    settings = {"chunk_size": r.chunk_size, "chunk_overlap": r.chunk_overlap, "embed_int8": r.embed_int8,
+                "candidates": r.candidates, "rrf_k": r.rrf_k, "reused_index": str(data_dir.name)}
     searcher = Searcher(cfg)
     try:
         searcher.search("warm-up query", k=K)
@@ -516,6 +517,11 @@ def plain_row(work: Path, html: Path, questions: Sequence[Question], model_path:
 # --- report ------------------------------------------------------------------------------
 
 
+def retrieval_sha1() -> str:
+    """One hash over retrieval/*.py, to tie the numbers to the code they measured."""
+    return hashlib.sha1(b"".join(f.read_bytes() for f in sorted((REPO / "retrieval").glob("*.py")))).hexdigest()
+
+
 def versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -584,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="extra Tether chunkings to measure, SIZE/OVERLAP in tokens, comma-separated (e.g. 128/20,256/40)")
     ap.add_argument("--search-variant", type=parse_search_variant, action="append", default=[], metavar="KEY=N[,KEY=N]",
                     help="extra search settings over the default index, e.g. rrf_k=10 or candidates=100 (repeatable)")
-    ap.add_argument("--int8", action="store_true", help="also measure Tether's defaults with embed_int8=True")
+    ap.add_argument("--precision", action="store_true",
+                    help="also measure the defaults with the other embed_int8 setting (fp32 vs int8 embeddings)")
     ap.add_argument("--skip-plain", action="store_true", help="do not measure the plain llama-index pipeline")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
@@ -604,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     questions = load_qa(args.qa)
     log.info("%d questions from %s", len(questions), args.qa)
+    code_at_start = retrieval_sha1()
 
     tmp = Path(tempfile.mkdtemp(prefix="tether-quality-"))
     try:
@@ -643,9 +651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += tether_rows(f"tether chunk {size}/{overlap}" + (", token-count fix" if counter_bug else ""),
                                 tmp / f"tether-{size}-{overlap}", html, questions, fix_counter=counter_bug,
                                 chunk_size=size, chunk_overlap=overlap)
-        if args.int8:
-            rows += tether_rows("tether int8" + (", token-count fix" if counter_bug else ""), tmp / "tether-int8",
-                                html, questions, fix_counter=counter_bug, embed_int8=True)
+        if args.precision:
+            flipped = not load_config(data_dir=tmp / "tether-default").retrieval.embed_int8
+            rows += tether_rows(f"tether defaults, {'int8' if flipped else 'fp32'} embeddings"
+                                + (", token-count fix" if counter_bug else ""), tmp / "tether-precision",
+                                html, questions, fix_counter=counter_bug, embed_int8=flipped)
         plain = None
         if not args.skip_plain:
             plain = plain_row(tmp / "plain", html, questions, model_path)
@@ -665,8 +675,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "token_counter_probe": probe,
             # the retrieval code changes under active development: tie the numbers to its state
-            "retrieval_sha1": hashlib.sha1(b"".join(f.read_bytes() for f in sorted((REPO / "retrieval").glob("*.py")))).hexdigest(),
+            "retrieval_sha1": code_at_start,
         }
+        if retrieval_sha1() != code_at_start:
+            log.warning("retrieval/*.py changed during the run; the results mix code versions")
+            env["retrieval_sha1_at_end"] = retrieval_sha1()
         by_q = {q.id: q for q in questions}
         report = {
             "env": env,
