@@ -59,7 +59,7 @@ def build_generator(cfg: TetherConfig, embedder):
 
 
 class ChatEngine:
-    def __init__(self, cfg: TetherConfig, *, searcher: Searcher | None = None, generator=None, logstore: LogStore | None = None, fallback: str | None = None):
+    def __init__(self, cfg: TetherConfig, *, searcher: Searcher | None = None, generator=None, logstore: LogStore | None = None, fallback: str | None = None, log_turns: bool = True):
         self.cfg = cfg
         self.searcher = searcher or Searcher(cfg)
         self.embedder = self.searcher.embedder
@@ -68,6 +68,7 @@ class ChatEngine:
         self.generator = generator
         self.fallback = fallback
         self.logstore = logstore or LogStore(cfg.db_path)
+        self.log_turns = log_turns  # evaluation runs keep their own records (eval_items) instead
         self._sentence_cache: dict[tuple[str, str], list[tuple[float, str]]] = {}
         self.nli = NLIJudge(cfg.assistant.nli_model) if cfg.assistant.nli_model else None
 
@@ -141,9 +142,11 @@ class ChatEngine:
             latency_ms=latency,
             fallback=self.fallback,
         )
-        conversation_id, turn_id = self.logstore.log_turn(
-            answer, collection=self.searcher.collection, conversation_id=conversation.id, user=conversation.user, prompt=prompt
-        )
+        conversation_id, turn_id = conversation.id, None
+        if self.log_turns:
+            conversation_id, turn_id = self.logstore.log_turn(
+                answer, collection=self.searcher.collection, conversation_id=conversation.id, user=conversation.user, prompt=prompt
+            )
         conversation.id = conversation_id
         conversation.turns.append(Turn(question, text))
         yield replace(answer, turn_id=turn_id, conversation_id=conversation_id)

@@ -97,7 +97,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
     applied = []
-    for name, fn in MIGRATIONS:
+    for name, fn in sorted(MIGRATIONS):  # by number, whatever order they were defined in
         if name in done:
             continue
         db.execute("BEGIN IMMEDIATE")
