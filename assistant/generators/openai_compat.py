@@ -293,7 +293,16 @@ class OpenAIGenerator:
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]:
         """The reply as text pieces, as the server sends them. Fills ``last_stats``
         (``prompt_tokens``/``new_tokens`` when the server reports usage, ``finish_reason``, timings)."""
-        body = json.dumps(self.payload(messages, params, stream=True)).encode()
+        yield from self._request(messages, params, stream=True)
+
+    def complete(self, messages: Sequence[Message], params: GenParams) -> str:
+        """The whole reply from one non-streaming request (``"stream": false``); same retries."""
+        return "".join(self._request(messages, params, stream=False))
+
+    def _request(self, messages: Sequence[Message], params: GenParams, *, stream: bool) -> Iterator[str]:
+        """One chat completion with retries: transient failures (connection refused or lost, 429/5xx,
+        a stream cut before ``[DONE]``) are retried with backoff until the reply has started."""
+        body = json.dumps(self.payload(messages, params, stream=stream)).encode()
         self.identity = replace(self.identity, decoding="greedy" if params.temperature == 0 else "sample")
         stats: dict = {"ttft_ms": 0.0, "total_ms": 0.0, "finish_reason": None}
         self.last_stats = stats
@@ -303,44 +312,19 @@ class OpenAIGenerator:
             conn = None
             yielded = False
             try:
-                conn, resp = self._send(body, "text/event-stream")
-                if (resp.getheader("Content-Type") or "").startswith("application/json"):
-                    # the server ignored "stream": true and sent the whole reply
+                conn, resp = self._send(body, "text/event-stream" if stream else "application/json")
+                if not stream or (resp.getheader("Content-Type") or "").startswith("application/json"):
+                    # asked for the whole reply, or the server ignored "stream": true and sent it
                     text = self._parse_completion(resp.read(), stats)
                     stats["total_ms"] = stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
                     if text:
                         yield text
                     return
-                done = False
-                for data in _sse_data(resp):
-                    if data.strip() == "[DONE]":
-                        done = True
-                        break
-                    try:
-                        obj = json.loads(data)
-                    except ValueError as exc:
-                        raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {data[:200]!r}") from exc
-                    if not isinstance(obj, dict):
-                        raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {data[:200]!r}")
-                    if obj.get("error"):
-                        raise BackendUnavailable(
-                            f"OpenAI-compatible server at {self.base_url} failed while generating: {_error_message(data.encode())}"
-                        )
-                    self._record_end(stats, obj)
-                    choices = obj.get("choices") or []
-                    if not choices:
-                        continue
-                    choice = choices[0]
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        if not yielded:
-                            stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
-                        yielded = True
-                        yield piece
-                    if choice.get("finish_reason"):
-                        stats["finish_reason"] = choice["finish_reason"]
-                if not done and stats["finish_reason"] is None:
-                    raise _Transient("the stream ended before data: [DONE]")
+                for piece in self._events(resp, stats):
+                    if not yielded:
+                        stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
+                    yielded = True
+                    yield piece
                 stats["total_ms"] = (time.perf_counter() - t0) * 1000
                 return
             except TimeoutError as exc:
@@ -360,33 +344,35 @@ class OpenAIGenerator:
                 if conn is not None:
                     conn.close()
 
-    def complete(self, messages: Sequence[Message], params: GenParams) -> str:
-        """The whole reply from one non-streaming request (``"stream": false``); same retries."""
-        body = json.dumps(self.payload(messages, params, stream=False)).encode()
-        self.identity = replace(self.identity, decoding="greedy" if params.temperature == 0 else "sample")
-        stats: dict = {"ttft_ms": 0.0, "total_ms": 0.0, "finish_reason": None}
-        self.last_stats = stats
-        t0 = time.perf_counter()
-        attempt = 0
-        while True:
-            conn = None
+    def _events(self, resp, stats: dict) -> Iterator[str]:
+        """The content pieces of a server-sent-event stream, up to ``data: [DONE]``."""
+        done = False
+        for data in _sse_data(resp):
+            if data.strip() == "[DONE]":
+                done = True
+                break
             try:
-                conn, resp = self._send(body, "application/json")
-                raw = resp.read()
-                text = self._parse_completion(raw, stats)
-                stats["total_ms"] = stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
-                return text
-            except TimeoutError as exc:
-                raise self._unavailable(f"no data for {self.timeout:g} s") from exc
-            except (OSError, http.client.HTTPException, _Transient) as exc:
-                transient = exc if isinstance(exc, _Transient) else _Transient(f"connection lost: {exc!r}")
-                if attempt >= self.retries:
-                    raise self._give_up(transient, attempt + 1) from exc
-                self._wait(attempt, transient)
-                attempt += 1
-            finally:
-                if conn is not None:
-                    conn.close()
+                obj = json.loads(data)
+            except ValueError as exc:
+                raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {data[:200]!r}") from exc
+            if not isinstance(obj, dict):
+                raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {data[:200]!r}")
+            if obj.get("error"):
+                raise BackendUnavailable(
+                    f"OpenAI-compatible server at {self.base_url} failed while generating: {_error_message(data.encode())}"
+                )
+            self._record_end(stats, obj)
+            choices = obj.get("choices") or []
+            if not choices:
+                continue
+            choice = choices[0]
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                yield piece
+            if choice.get("finish_reason"):
+                stats["finish_reason"] = choice["finish_reason"]
+        if not done and stats["finish_reason"] is None:
+            raise _Transient("the stream ended before data: [DONE]")
 
     def _parse_completion(self, raw: bytes, stats: dict) -> str:
         try:
