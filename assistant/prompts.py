@@ -94,7 +94,12 @@ def build_messages(
 
 
 def build_context_free_messages(question: str) -> list[Message]:
-    """The same question without sources: the second pass of context-aware decoding."""
+    """The same question without sources: the second pass of context-aware decoding
+    (``GenParams(cad_alpha=a, cad_context_free=tuple(build_context_free_messages(q)))``).
+
+    Its user message is the grounded prompt's last line (``Question: ...``), and the system prompt
+    asks for an answer without the refusal rule, so the pass measures what the model believes
+    without the documents; CAD then subtracts that belief."""
     return [Message("system", "You are Tether. Answer the question."), Message("user", f"Question: {question.strip()}")]
 
 

@@ -14,7 +14,16 @@ For each question from ``examples/eval/qa.jsonl`` (answerable ones) over the sam
 
 Both generate at most ``--max-new-tokens`` (80) tokens. Figures are medians/p95 over the questions,
 measured interleaved in one run; on these shared 2-core machines only the ratios are meaningful.
-The GPU part of the issue's benchmark (8B-shaped model, bf16/nf4) is not in this script yet.
+
+GPU part (``--gpu``; skipped with a message when torch sees no CUDA device):
+
+    python bench/generation.py --gpu --out bench/out/generation_gpu.json
+
+Decode tokens/s at batch 1 of a Llama-3.1-8B-shaped random-init model (bf16, and NF4 via
+bitsandbytes) with the ``hf`` generator's loop (static cache + compiled decode step, the CUDA
+default) against plain ``model.generate`` on the same model in the same run, plus a CAD row
+(alpha 0.5, two rows batched per step). Decode speed = (new tokens - 1) / (total - TTFT).
+Targets: hf loop >= 7x plain generate in bf16; CAD <= 1.3x plain hf per token.
 """
 
 from __future__ import annotations
@@ -42,8 +51,113 @@ def _pct(values, q):
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+
+
+# -- GPU: 8B-shaped random model, hf loop vs model.generate ---------------------------------------
+
+LLAMA_8B = dict(
+    hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False,
+)
+
+
+def _save_random_8b(out_dir: Path, layers: int) -> Path:
+    """A random-init Llama-3.1-8B-shaped checkpoint (bf16) with a tiny offline tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny_llm import make_tokenizer
+
+    tok = make_tokenizer()
+    config = LlamaConfig(**{**LLAMA_8B, "num_hidden_layers": layers}, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # the vocabulary stays 128k (the real LM head cost); EOS is never the argmax of random logits in practice
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    del model
+    torch.cuda.empty_cache()
+    return out_dir
+
+
+def gpu_main(args) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        log.warning("--gpu: torch sees no CUDA device; the GPU benchmark is skipped")
+        return
+    from assistant.generators.base import GenParams, Message
+    from assistant.generators.hf import HFGenerator
+
+    work = Path(tempfile.mkdtemp(prefix="tether-gpubench-"))
+    model_dir = _save_random_8b(work / "llama8b", args.gpu_layers)
+    messages = [Message("system", "Answer from the sources."), Message("user", "Sources: " + "The canteen opens at 07:45. " * 40 + "Question: when?")]
+    free = (Message("system", "Answer the question."), Message("user", "Question: when?"))
+    n = args.gpu_new_tokens
+    rows = []
+
+    def timed(fn):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    for quant in args.gpu_quant:
+        gen = HFGenerator(model_dir, device="cuda", load_in_4bit=quant == "nf4", dtype="bfloat16")
+        ids = gen.prompt_ids(messages)
+        plain_in = torch.tensor([ids], device="cuda")
+
+        def plain():
+            with torch.inference_mode():
+                return gen.model.generate(plain_in, attention_mask=torch.ones_like(plain_in), max_new_tokens=n,
+                                          min_new_tokens=n, do_sample=False)
+
+        def hf(cad: float = 0.0):
+            params = GenParams(max_new_tokens=n, cad_alpha=cad, cad_context_free=free if cad else ())
+            return list(gen.stream(messages, params)), dict(gen.last_stats)
+
+        for _ in range(2):  # warm-up: compilation (static cache + CUDA graphs) and allocator
+            hf()
+            hf(0.5)
+        plain()
+        measured = {}
+        for rep in range(args.gpu_repeats):
+            _, t_plain = timed(plain)
+            measured.setdefault("plain generate", []).append((n - 1) / t_plain)  # includes prefill: a lower bound
+            for name, cad in (("hf loop", 0.0), ("hf loop + CAD 0.5", 0.5)):
+                (_, st), _ = timed(lambda: hf(cad))
+                tok_s = (st["new_tokens"] - 1) / max(1e-9, (st["total_ms"] - st["ttft_ms"]) / 1000)
+                measured.setdefault(name, []).append(tok_s)
+        for name, vals in measured.items():
+            rows.append({"quant": quant, "loop": name, "tokens_per_s": statistics.median(vals), "compiled": gen.compile,
+                         "cache": gen.cache_kind})
+            log.info("%s %s: %.1f tokens/s", quant, name, statistics.median(vals))
+        del gen
+        torch.cuda.empty_cache()
+
+    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "layers": args.gpu_layers, "new_tokens": n, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    lines = ["| weights | loop | decode tokens/s (batch 1) | vs plain generate | per-token cost vs hf loop |", "|---|---|---:|---:|---:|"]
+    for quant in args.gpu_quant:
+        mine = {r["loop"]: r["tokens_per_s"] for r in rows if r["quant"] == quant}
+        for loop, tps in mine.items():
+            lines.append(f"| {quant} | {loop} | {tps:.1f} | {tps / mine['plain generate']:.2f}x | {mine['hf loop'] / tps:.2f}x |")
+    lines.append(f"\nLlama-3.1-8B shape ({args.gpu_layers} layers), random init, {n} new tokens, {result['device']}, {result['date']}.")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", action="store_true", help="run the GPU part instead of the CPU one")
+    ap.add_argument("--gpu-layers", type=int, default=32)
+    ap.add_argument("--gpu-new-tokens", type=int, default=128)
+    ap.add_argument("--gpu-repeats", type=int, default=3)
+    ap.add_argument("--gpu-quant", nargs="+", default=["bf16", "nf4"], choices=["bf16", "nf4"])
     ap.add_argument("--questions", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=80)
     ap.add_argument("--data-dir", type=Path, default=None, help="reuse a data dir (default: a temp dir)")
@@ -52,6 +166,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.gpu:
+        if args.out == ROOT / "bench" / "out" / "generation.json":
+            args.out = ROOT / "bench" / "out" / "generation_gpu.json"
+        return gpu_main(args)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline

@@ -145,6 +145,70 @@ def test_invalid_params_raise_once(gen):
     assert len(err.value.problems) == 2
 
 
+# -- caches: static, prefix reuse; int8 ------------------------------------------------------------
+
+
+OTHER = [MESSAGES[0], Message("user", "Context: Coffee is free on the second floor.\nQuestion: Is coffee free?")]
+
+
+def test_static_cache_gives_the_same_greedy_tokens(tiny_dir, gen):
+    from assistant.generators.hf import HFGenerator
+
+    static = HFGenerator(tiny_dir, device="cpu", cache="static")
+    assert static.cache_kind == "static" and not static.compile and not static.prefix_cache
+    for messages in (MESSAGES, OTHER):  # the second call reuses (resets) the same StaticCache
+        ids = gen.prompt_ids(messages)
+        params = GenParams(max_new_tokens=24, repetition_penalty=1.2)
+        assert list(static.tokens(ids, params)) == list(gen.tokens(ids, params))
+    assert len(static._static) == 1
+
+
+def test_prefix_reuse_gives_identical_output(tiny_dir):
+    from assistant.generators.hf import HFGenerator
+
+    reuse = HFGenerator(tiny_dir, device="cpu")
+    fresh = HFGenerator(tiny_dir, device="cpu", prefix_cache=False)
+    params = GenParams(max_new_tokens=24)
+    first = list(reuse.tokens(reuse.prompt_ids(MESSAGES), params))
+    assert reuse.last_stats["reused_prefix_tokens"] == 0
+    for messages in (OTHER, MESSAGES, MESSAGES):
+        ids = reuse.prompt_ids(messages)
+        shared = next(i for i, (a, b) in enumerate(zip(ids, reuse._kept[0])) if a != b) if ids != reuse._kept[0] else len(ids) - 1
+        ours = list(reuse.tokens(ids, params))
+        assert reuse.last_stats["reused_prefix_tokens"] == shared > 5
+        assert ours == list(fresh.tokens(ids, params)) == _generate_ids(fresh, ids, do_sample=False, max_new_tokens=24)
+    assert ours == first
+    assert fresh.last_stats["reused_prefix_tokens"] == 0
+
+
+def test_int8_quantizes_the_linear_layers_and_still_decodes(tiny_dir, gen):
+    import torch
+
+    from assistant.generators.hf import HFGenerator
+
+    q = HFGenerator(tiny_dir, device="cpu", quantize="int8")
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
+    assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 2 * 7 + 1  # q k v o gate up down per layer + head
+    ids = gen.prompt_ids(MESSAGES)
+    with torch.inference_mode():
+        ref = gen.model(torch.tensor([ids])).logits[0, -1]
+        got = q.model(torch.tensor([ids])).logits[0, -1]
+    assert torch.nn.functional.cosine_similarity(ref, got, dim=0) > 0.99
+    assert len(list(q.tokens(ids, GenParams(max_new_tokens=8)))) == 8
+
+
+def test_cache_compile_and_quantize_options_are_validated(tiny_dir):
+    from assistant.generators.hf import HFGenerator
+
+    with pytest.raises(ConfigError) as err:
+        HFGenerator(tiny_dir, device="cpu", cache="paged", quantize="int4", compile="yes")
+    assert len(err.value.problems) == 3
+    with pytest.raises(ConfigError, match="compile=True needs cache='static'"):
+        HFGenerator(tiny_dir, device="cpu", cache="dynamic", compile=True)
+
+
 # -- adapter, errors ------------------------------------------------------------------------------
 
 

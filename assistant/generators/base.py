@@ -29,7 +29,10 @@ class GenParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    # context-aware decoding (Shi et al. 2023): alpha 0 = off; filled by the conflict issue
+    # context-aware decoding (Shi et al. 2023, arXiv 2305.14739): logits = (1+a)*logit(y|context, question)
+    # - a*logit(y|question). alpha 0 = off. With alpha > 0, cad_context_free must hold the same chat
+    # without the sources (assistant.prompts.build_context_free_messages(question)); the hf backend
+    # raises ConfigError when it is empty, and backends without logits (openai) refuse alpha > 0.
     cad_alpha: float = 0.0
     cad_context_free: tuple[Message, ...] = field(default=())
 
@@ -54,7 +57,7 @@ class GeneratorIdentity:
     model: str  # path, hub id or server model name
     adapter: str | None = None  # adapter dir
     adapter_hash: str | None = None  # sha256 of the adapter weights, first 16 hex
-    decoding: str = "greedy"  # greedy | sample | cad(alpha=…)
+    decoding: str = "greedy"  # greedy | sample | cad(alpha=0.5) | cad(alpha=0.5),sample
 
 
 class Generator(Protocol):

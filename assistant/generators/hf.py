@@ -3,16 +3,28 @@ by our own token loop so that later features can change one step at a time.
 
 The loop, top to bottom (``HFGenerator.tokens``):
 
-    prefill   next_token_logits(model, prompt_ids, cache)    -> logits of the first new token
-    repeat    _penalize(logits, seen ids)                     repetition penalty (HF semantics)
-              _sample(logits, params, rng)                    argmax, or temperature/top-k/top-p
+    prefill   each prompt row through the model into its own KV cache   -> logits of the first token
+              (row 0: the prompt, reusing the KV of the prefix it shares with the previous prompt;
+               row 1, with CAD only: the context-free prompt)
+    repeat    _cad_combine(logits, alpha)                  (1+a)*ctx - a*free, with CAD; else row 0
+              _penalize(logits, seen ids)                  repetition penalty (HF semantics)
+              _sample(logits, params, rng)                 argmax, or temperature/top-k/top-p
               stop at EOS or max_new_tokens
-              next_token_logits(model, [token], cache)        one token through the KV cache
+              _Rows.step(token)                            the token through every row: ONE forward
 
-Context-aware decoding (two batched passes per step) and prompt-prefix KV reuse slot into
-``next_token_logits`` and the prefill. ``stream`` turns the token ids into text pieces with
-``_Detokenizer`` (never splits a multi-byte character) and cuts at ``params.stop`` strings without
-ever yielding part of one.
+Context-aware decoding (Shi et al. 2023, arXiv 2305.14739) decodes the prompt and the same question
+without its sources in lockstep: after their prefills the two KV caches are merged into one batch of
+two rows, the shorter left-padded with zero keys/values that the attention mask hides, and each
+row's position ids continue from its own length, so each row computes what it would alone. On the
+CPU (``cad_batched=False`` by default there) each row keeps its own cache and forward instead.
+
+On CUDA the decode step runs on a ``StaticCache`` and is compiled (``torch.compile``,
+``mode="reduce-overhead"``: CUDA graphs) the first time it is needed; on the CPU the cache is a
+``DynamicCache`` and nothing is compiled unless asked. ``quantize="int8"`` swaps the Linear layers
+for dynamically quantized int8 ones (CPU only).
+
+``stream`` turns the token ids into text pieces with ``_Detokenizer`` (never splits a multi-byte
+character) and cuts at ``params.stop`` strings without ever yielding part of one.
 
 Greedy output is token-for-token that of ``model.generate(do_sample=False)`` (tested).
 """
@@ -21,10 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 from assistant.generators.base import GenParams, GeneratorIdentity, Message
 from retrieval.errors import BackendUnavailable, ConfigError
@@ -34,6 +47,9 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+CACHES = ("auto", "dynamic", "static")
+QUANTIZE = ("none", "int8")
+STATIC_BUCKET = 256  # static caches are sized in multiples of this, so a compiled step is reused across prompts
 
 
 def adapter_hash(adapter: Path) -> str:
@@ -52,14 +68,15 @@ def adapter_hash(adapter: Path) -> str:
 # -- the decode loop's parts ------------------------------------------------------------------
 
 
-def next_token_logits(model, input_ids, past_key_values):
+def next_token_logits(model, input_ids, past_key_values, **kwargs):
     """Run ``input_ids`` (shape [batch, n], the tokens the cache has not seen) through the model,
     extending ``past_key_values`` in place; returns float32 logits of the next token, [batch, vocab].
+    ``kwargs`` (attention_mask, position_ids) go to the model.
 
     Only the last position goes through the LM head (``logits_to_keep=1``): at a 600-token prompt
     that saves a 600 x vocab matmul.
     """
-    out = model(input_ids=input_ids, past_key_values=past_key_values, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, past_key_values=past_key_values, use_cache=True, logits_to_keep=1, **kwargs)
     return out.logits[:, -1, :].float()
 
 
@@ -96,6 +113,130 @@ def _sample(logits, params: GenParams, generator):
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def _cad_combine(logits, alpha: float):
+    """Context-aware decoding: ``(1 + alpha) * logits[0] - alpha * logits[1]`` -> [1, vocab].
+    Row 0 is the prompt with its context, row 1 the same question without it; one row passes through."""
+    if logits.shape[0] == 1:
+        return logits
+    return (1 + alpha) * logits[0:1] - alpha * logits[1:2]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class _Rows:
+    """One generation's model state: prompt rows decoded in lockstep, one forward per step for all rows.
+
+    Each row is prefilled on its own (a short row costs no padded compute), then, with several rows,
+    their KV caches are merged into one batch cache: row r left-padded with zero keys/values that
+    ``attention_mask`` hides, its ``position_ids`` continuing from its own length. One row keeps the
+    plain path (no mask, no position ids): exactly ``model.generate``'s computation.
+
+    ``batched=False`` keeps one cache and one forward per row instead: on the CPU a 2-row matmul
+    is far slower than two 1-row ones (measured here: Linear 576->1536, 2 rows 24 ms, 1 row
+    0.28 ms, with torch 2.13+cpu on 2 cores), while on a GPU one batched forward is the cheap way.
+
+    Args:
+        model: the causal LM.
+        rows: prompt token ids per row.
+        make_cache: ``() -> Cache`` for the batch (DynamicCache, or a reset StaticCache).
+        prefix: ``(cache, n)``: a DynamicCache already holding row 0's first ``n`` tokens (prefix reuse).
+        step_fn: the one-token forward, ``(input_ids, position_ids, attention_mask, cache) -> logits``
+            (compiled on CUDA); None: eager.
+    """
+
+    def __init__(self, model, rows: Sequence[Sequence[int]], *, device, make_cache, prefix=None, step_fn=None, batched=True):
+        self.model, self.device, self.step_fn, self.batched = model, device, step_fn, batched
+        self.row_caches = None  # batched=False: each row keeps its own cache and its own forward
+        self.rows = [list(r) for r in rows]
+        self.make_cache, self.prefix = make_cache, prefix
+        self.cache = None
+        self.mask = None  # [rows, kv] bool, several rows only
+        self.positions = None  # [rows, 1], several rows only
+        self.static = False
+
+    def _forward(self, input_ids, cache, **kwargs):
+        return next_token_logits(self.model, input_ids, cache, **kwargs)
+
+    def prefill(self):
+        """Every row's prompt through the model; returns the next-token logits, [rows, vocab]."""
+        import torch
+        from transformers import DynamicCache, StaticCache
+
+        ids = self.rows[0]
+        if len(self.rows) == 1:
+            if self.prefix is not None:
+                self.cache, done = self.prefix
+            else:
+                self.cache, done = self.make_cache(), 0
+            self.static = isinstance(self.cache, StaticCache)
+            x = torch.tensor([ids[done:]], dtype=torch.long, device=self.device)
+            return self._forward(x, self.cache)
+        logits, caches = [], []
+        for r, ids in enumerate(self.rows):
+            if r == 0 and self.prefix is not None:
+                cache, done = self.prefix
+            else:
+                cache, done = DynamicCache(config=self.model.config), 0
+            x = torch.tensor([ids[done:]], dtype=torch.long, device=self.device)
+            logits.append(self._forward(x, cache))
+            caches.append(cache)
+        if not self.batched:
+            self.row_caches = caches
+            return torch.cat(logits)
+        self.cache = self.make_cache()
+        self.static = isinstance(self.cache, StaticCache)
+        width = max(len(r) for r in self.rows)
+        kv_len = self.cache.get_max_length() if self.static else width
+        self.mask = torch.zeros(len(self.rows), kv_len, dtype=torch.long, device=self.device)
+        for r, ids in enumerate(self.rows):
+            # a static cache: every slot past the prompt is visible too; the causal mask hides the unwritten ones
+            self.mask[r, width - len(ids) : (kv_len if self.static else width)] = 1
+        self.positions = torch.tensor([[len(r)] for r in self.rows], dtype=torch.long, device=self.device)
+        for layer in range(len(caches[0].layers)):
+            keys, values = [], []
+            for cache, ids in zip(caches, self.rows):
+                k, v = cache.layers[layer].keys, cache.layers[layer].values
+                pad = width - k.shape[-2]
+                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+            self.cache.layers[layer].update(torch.cat(keys), torch.cat(values))
+        return torch.cat(logits)
+
+    def step(self, token):
+        """``token`` [1, 1] appended to every row; returns the next logits, [rows, vocab]."""
+        n = len(self.rows)
+        if self.row_caches is not None:
+            import torch
+
+            return torch.cat([self._forward(token, cache) for cache in self.row_caches])
+        token = token.expand(n, 1)
+        if n == 1 and not self.static:
+            return self._forward(token, self.cache)
+        if n == 1:
+            if self.positions is None:
+                self.positions = token.new_full((1, 1), len(self.rows[0]))
+            position_ids, mask = self.positions, None
+        else:
+            if not self.static:
+                import torch
+
+                self.mask = torch.cat([self.mask, self.mask.new_ones(n, 1)], dim=-1)
+            position_ids, mask = self.positions, self.mask
+        if self.step_fn is not None:
+            logits = self.step_fn(token, position_ids, mask, self.cache)
+        else:
+            logits = self._forward(token, self.cache, position_ids=position_ids, attention_mask=mask)
+        self.positions = self.positions + 1
+        return logits
 
 
 class _Detokenizer:
@@ -147,9 +288,18 @@ class HFGenerator:
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
         load_in_4bit: NF4 weights via bitsandbytes, bf16 compute; CUDA only.
         dtype: "auto" (bfloat16 on CUDA when supported, else float32), "float32", "bfloat16", "float16".
+        cache: KV cache of the decode loop: "dynamic" (grows per token), "static" (preallocated, needed
+            by the compiled step), "auto" (static when compiling, else dynamic).
+        compile: compile the one-token decode step (torch.compile, CUDA graphs) on first use:
+            "auto" = on CUDA only; True also on the CPU (slow first call); False never.
+        quantize: "int8": dynamic int8 quantization of every Linear layer (CPU only, no adapter).
+        prefix_cache: keep the KV cache of the last prompt and reuse the part the next prompt shares
+            with it (the system prompt and chat header are the same every turn); dynamic cache only.
+        cad_batched: decode CAD's two rows in one batched forward per step (None: on CUDA only;
+            on the CPU two 1-row forwards are faster, see ``_Rows``).
 
     Raises:
-        ConfigError: invalid device/dtype, or 4-bit without CUDA.
+        ConfigError: invalid device/dtype/cache/quantize, 4-bit without CUDA, int8 on CUDA.
         BackendUnavailable: the folder, its tokenizer/chat template, the adapter or bitsandbytes is missing.
     """
 
@@ -161,6 +311,11 @@ class HFGenerator:
         device: str = "auto",
         load_in_4bit: bool = False,
         dtype: str = "auto",
+        cache: Literal["auto", "dynamic", "static"] = "auto",
+        compile: Literal["auto"] | bool = "auto",
+        quantize: Literal["none", "int8"] = "none",
+        prefix_cache: bool = True,
+        cad_batched: bool | None = None,
     ):
         import torch
 
@@ -179,6 +334,17 @@ class HFGenerator:
                 "load_in_4bit needs a CUDA GPU (bitsandbytes NF4); this machine has none or device='cpu' was given: "
                 "drop load_in_4bit"
             )
+        if cache not in CACHES:
+            problems.append(f"cache ({cache!r}) must be one of {', '.join(CACHES)}")
+        if compile not in ("auto", True, False):
+            problems.append(f"compile ({compile!r}) must be 'auto', True or False")
+        if quantize not in QUANTIZE:
+            problems.append(f"quantize ({quantize!r}) must be one of {', '.join(QUANTIZE)}")
+        on_cuda = device.startswith("cuda") or (device == "auto" and has_cuda)
+        if quantize == "int8" and (on_cuda or adapter is not None or load_in_4bit):
+            problems.append("quantize='int8' is for the CPU without an adapter or 4-bit: use device='cpu', or drop quantize")
+        if compile is True and cache == "dynamic":
+            problems.append("compile=True needs cache='static' (or 'auto')")
         if problems:
             raise ConfigError(problems)
         if not (model_path / "config.json").is_file():
@@ -227,7 +393,20 @@ class HFGenerator:
             a_hash = adapter_hash(adapter)
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         model.eval()
+        if quantize == "int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            # the LM head is a Linear too: quantized with the rest (greedy agreement measured in bench/generation.py)
+            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model = model
+        self.compile = self.device.type == "cuda" if compile == "auto" else bool(compile)
+        self.cache_kind = ("static" if self.compile else "dynamic") if cache == "auto" else cache
+        self.prefix_cache = prefix_cache and self.cache_kind == "dynamic"
+        self.cad_batched = self.device.type == "cuda" if cad_batched is None else cad_batched
+        self._kept = None  # (prompt ids, DynamicCache) of the last generation, for prefix reuse
+        self._lock = threading.Lock()
+        self._static: dict = {}  # (rows, length) -> StaticCache, reset and reused
+        self._step_fn = None  # the compiled decode step, built on first use
         self.load_ms = (time.perf_counter() - t0) * 1000
         self.eos_ids = self._eos_ids()
         self.identity = GeneratorIdentity(
@@ -257,22 +436,104 @@ class HFGenerator:
 
     # -- decoding --------------------------------------------------------------------------------
 
-    def tokens(self, prompt_ids: Sequence[int], params: GenParams) -> Iterator[int]:
+    def _make_cache(self, rows: int, needed: int):
+        """A fresh cache factory for one generation: DynamicCache, or a reset StaticCache of
+        ``needed`` tokens rounded up to STATIC_BUCKET (kept per size, so a compiled step is reused)."""
+        from transformers import DynamicCache, StaticCache
+
+        if self.cache_kind == "dynamic":
+            return lambda: DynamicCache(config=self.model.config)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or needed
+        length = min(-(-needed // STATIC_BUCKET) * STATIC_BUCKET, max(limit, needed))
+
+        def make():
+            cache = self._static.get((rows, length))
+            if cache is None:
+                cache = self._static[(rows, length)] = StaticCache(config=self.model.config, max_cache_len=length)
+            else:
+                cache.reset()
+            return cache
+
+        return make
+
+    def _decode_step(self):
+        """The one-token forward, compiled on first use when ``self.compile``; None: eager."""
+        if not self.compile:
+            return None
+        if self._step_fn is None:
+            import torch
+
+            model = self.model
+
+            def step(input_ids, position_ids, attention_mask, cache):
+                out = model(
+                    input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                )
+                return out.logits[:, -1, :].float()
+
+            compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+
+            def run(*args):
+                if self._step_fn is step:
+                    return step(*args)
+                try:
+                    # CUDA graphs reuse the output buffer on the next replay: copy the logits out
+                    return compiled(*args).clone()
+                except torch._dynamo.exc.TorchDynamoException as exc:  # e.g. a 4-bit kernel dynamo cannot trace
+                    log.warning("the compiled decode step failed (%s); decoding eagerly from now on", exc)
+                    self._step_fn = step
+                    return step(*args)
+
+            self._step_fn = run
+            log.info("compiling the decode step (torch.compile, reduce-overhead) on first use")
+        return self._step_fn
+
+    def _take_prefix(self, prompt_ids: Sequence[int]):
+        """``(cache, n)``: the kept cache cropped to the first ``n`` tokens this prompt shares with the
+        last one (at least one token is left to prefill), or None."""
+        if not self.prefix_cache:
+            return None
+        with self._lock:
+            kept, self._kept = self._kept, None  # taken: a concurrent generation starts fresh
+        if kept is None:
+            return None
+        old_ids, cache = kept
+        n = min(_common_prefix(old_ids, prompt_ids), len(prompt_ids) - 1)
+        if n <= 0:
+            return None
+        cache.crop(n - cache.get_seq_length())
+        return cache, n
+
+    def tokens(
+        self, prompt_ids: Sequence[int], params: GenParams, context_free_ids: Sequence[int] | None = None
+    ) -> Iterator[int]:
         """The decode loop: yields new token ids one at a time, up to EOS (not yielded) or
-        ``params.max_new_tokens``. Fills ``last_stats``."""
+        ``params.max_new_tokens``. Fills ``last_stats``.
+
+        With ``params.cad_alpha > 0``, ``context_free_ids`` (the prompt of the same question without
+        its sources) is decoded in lockstep and the logits are ``(1+a)*ctx - a*free``."""
         import torch
-        from transformers import DynamicCache
 
         problems = params.problems()
-        if params.cad_alpha > 0:
-            problems.append(f"cad_alpha ({params.cad_alpha}): context-aware decoding is not implemented in the hf backend yet")
+        cad = params.cad_alpha > 0
+        if cad and not context_free_ids:
+            problems.append(
+                f"cad_alpha ({params.cad_alpha}) > 0 needs the context-free prompt: set GenParams.cad_context_free to "
+                "the messages without the sources (assistant.prompts.build_context_free_messages(question)), or cad_alpha=0"
+            )
+        rows = [list(prompt_ids)] + ([list(context_free_ids)] if cad and context_free_ids else [])
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit and len(prompt_ids) >= limit:
-            problems.append(f"the prompt ({len(prompt_ids)} tokens) does not fit the model's context ({limit} tokens)")
+        longest = max(len(r) for r in rows)
+        if limit and longest >= limit:
+            problems.append(f"the prompt ({longest} tokens) does not fit the model's context ({limit} tokens)")
         if problems:
             raise ConfigError(problems)
-        max_new = min(params.max_new_tokens, limit - len(prompt_ids)) if limit else params.max_new_tokens
-        self.identity = replace(self.identity, decoding="greedy" if params.temperature == 0 else "sample")
+        max_new = min(params.max_new_tokens, limit - longest) if limit else params.max_new_tokens
+        decoding = "greedy" if params.temperature == 0 else "sample"
+        if cad:
+            decoding = f"cad(alpha={params.cad_alpha:g})" + ("" if params.temperature == 0 else ",sample")
+        self.identity = replace(self.identity, decoding=decoding)
 
         rng = None
         if params.temperature > 0:
@@ -281,39 +542,57 @@ class HFGenerator:
                 rng.manual_seed(params.seed)
             else:
                 rng.seed()
-        stats = {"prompt_tokens": len(prompt_ids), "new_tokens": 0, "ttft_ms": 0.0, "total_ms": 0.0}
+        prefix = self._take_prefix(rows[0])
+        stats = {
+            "prompt_tokens": len(rows[0]), "new_tokens": 0, "ttft_ms": 0.0, "total_ms": 0.0,
+            "reused_prefix_tokens": prefix[1] if prefix else 0, "rows": len(rows),
+        }
         self.last_stats = stats
+        state = _Rows(
+            self.model, rows, device=self.device, make_cache=self._make_cache(len(rows), longest + max_new),
+            prefix=prefix, step_fn=self._decode_step(), batched=self.cad_batched,
+        )
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            seen = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
-            cache = DynamicCache(config=self.model.config)
-            logits = next_token_logits(self.model, seen, cache)
-            for step in range(max_new):
-                logits = _penalize(logits, seen, params.repetition_penalty)
-                token = _sample(logits, params, rng)  # [1, 1]
-                token_id = int(token.item())
-                now = (time.perf_counter() - t0) * 1000
-                if step == 0:
-                    stats["ttft_ms"] = now
-                stats["total_ms"] = now
-                if token_id in self.eos_ids:
-                    break
-                stats["new_tokens"] = step + 1
-                yield token_id
-                if step + 1 == max_new:
-                    break
-                if params.repetition_penalty != 1.0:
-                    seen = torch.cat([seen, token], dim=-1)
-                logits = next_token_logits(self.model, token, cache)
-        stats["total_ms"] = (time.perf_counter() - t0) * 1000
+        try:
+            with torch.inference_mode():
+                seen = torch.tensor([rows[0]], dtype=torch.long, device=self.device)
+                logits = state.prefill()
+                for step in range(max_new):
+                    logits = _cad_combine(logits, params.cad_alpha)
+                    logits = _penalize(logits, seen, params.repetition_penalty)
+                    token = _sample(logits, params, rng)  # [1, 1]
+                    token_id = int(token.item())
+                    now = (time.perf_counter() - t0) * 1000
+                    if step == 0:
+                        stats["ttft_ms"] = now
+                    stats["total_ms"] = now
+                    if token_id in self.eos_ids:
+                        break
+                    stats["new_tokens"] = step + 1
+                    yield token_id
+                    if step + 1 == max_new:
+                        break
+                    if params.repetition_penalty != 1.0:
+                        seen = torch.cat([seen, token], dim=-1)
+                    logits = state.step(token)
+        finally:
+            stats["total_ms"] = (time.perf_counter() - t0) * 1000
+            if self.prefix_cache and len(rows) == 1 and state.cache is not None:
+                with self._lock:
+                    self._kept = (rows[0], state.cache)
 
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]:
         """The reply as text pieces, as the tokens come; stops at EOS, ``max_new_tokens`` or the
-        first ``params.stop`` string (which is not included)."""
+        first ``params.stop`` string (which is not included).
+
+        Context-aware decoding: ``params.cad_alpha > 0`` with ``params.cad_context_free`` = the
+        same chat without the sources (``build_context_free_messages(question)``); without them
+        it raises ConfigError."""
         detok = _Detokenizer(self.tokenizer)
         text, emitted = "", 0  # text decoded so far; how much of it has been yielded
         ids = self.prompt_ids(messages)
-        tokens = self.tokens(ids, params)
+        free = self.prompt_ids(params.cad_context_free) if params.cad_alpha > 0 and params.cad_context_free else None
+        tokens = self.tokens(ids, params, free)
         try:
             for token_id in tokens:
                 text += detok.push(token_id)
