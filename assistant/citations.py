@@ -56,16 +56,31 @@ def unsupported_quantities(claim: str, passage: str) -> set[tuple[str, str]]:
 
 
 def supports(similarity: float, claim: str, evidence: str, threshold: float = SUPPORT_THRESHOLD) -> bool:
-    """Does evidence support claim? Similar enough and stating every quantity the claim states,
+    """Does evidence support claim? Similar enough, about the same scope, and stating every quantity the claim states,
     or, for a claim that is mostly a number ("The number is 2222."), stating that number in a
     moderately similar sentence."""
     claim_numbers = _numbers(claim)
     missing = (claim_numbers - _numbers(evidence)) or unsupported_quantities(claim, evidence)
-    if missing:
+    if missing or _other_scope(claim, evidence):
         return False
     if similarity >= threshold:
         return True
     return bool(claim_numbers) and similarity >= threshold - 0.25
+
+
+def _other_scope(claim: str, evidence: str) -> bool:
+    """The evidence speaks of another scope ("outside the EU" for a claim about "inside the EU",
+    Brno for Rotterdam): similar words, different fact. The conflict detector's scope rules decide."""
+    from retrieval.conflicts import claim_features, scope_differs
+
+    return scope_differs(claim_features(claim), claim_features(evidence)) is not None
+
+
+def _same_scope_somewhere(claim: str, text: str, spans) -> bool:
+    """Some sentence of the passage that states the claim's numbers speaks of the claim's scope."""
+    numbers = _numbers(claim)
+    stating = [text[s:e] for s, e in spans if numbers <= _numbers(text[s:e])] if numbers else []
+    return not stating or any(not _other_scope(claim, sentence) for sentence in stating)
 
 
 class NLIJudge:
@@ -135,7 +150,7 @@ def verify_citations(
         score = float(sims[best])
         s, e = passage_sents[n][best]
         supported = supports(score, claim, hit.text[s:e], threshold)
-        if not supported and supports(1.0, claim, hit.text, threshold):
+        if not supported and supports(1.0, claim, hit.text, threshold) and _same_scope_somewhere(claim, hit.text, passage_sents[n]):
             # a claim that merges neighbouring sentences: judge it against the whole passage
             whole = float(embedder.embed_batch([hit.text])[0] @ cvec)
             if whole >= threshold + 0.1:

@@ -19,9 +19,12 @@ from assistant.citations import NLIJudge, supports, verify_citations
 from assistant.generators.base import GenParams, GeneratorIdentity
 from assistant.generators.extractive import ExtractiveAnswerer, content_words
 from assistant.logstore import LogStore
-from assistant.prompts import REFUSAL, PromptSource, build_messages, condense_query
+from assistant.conflict_answering import conflict_statement, drop_overridden, names_conflict, prompt_notes
+from assistant.consistency import check_consistency
+from assistant.prompts import REFUSAL, PromptSource, build_context_free_messages, build_messages, condense_query
+from assistant.resolution import Decision, resolve
 from assistant.sentences import citation_numbers, split_sentences
-from assistant.types import Answer, Conversation, Turn
+from assistant.types import Answer, Conversation, Rewrite, Turn
 from retrieval.config import TetherConfig
 from retrieval.errors import BackendUnavailable, ConfigError
 from retrieval.search import SearchHit, Searcher
@@ -48,6 +51,10 @@ def build_generator(cfg: TetherConfig, embedder):
         from assistant.generators.hf import HFGenerator
         from assistant.models import resolve_model
 
+        promoted = _promoted(cfg)
+        if promoted is not None:
+            path, adapter = promoted
+            return HFGenerator(path, adapter=adapter), None
         path = resolve_model(a.model, cfg.models_dir)
         return HFGenerator(path, adapter=Path(a.adapter) if a.adapter else None), None
     except (BackendUnavailable, ImportError, OSError) as exc:
@@ -56,6 +63,17 @@ def build_generator(cfg: TetherConfig, embedder):
         reason = f"the {a.generator} generator is unavailable ({exc}); answering extractively instead"
         log.warning(reason)
         return ExtractiveAnswerer(embedder), reason
+
+
+def _promoted(cfg: TetherConfig):
+    """The registry's promoted model (training/registry.py), served when the config names the
+    default model; an explicitly configured model or adapter always wins."""
+    a = cfg.assistant
+    if a.model != "smollm2" or a.adapter:
+        return None
+    from training.registry import promoted_model
+
+    return promoted_model(cfg)
 
 
 class ChatEngine:
@@ -71,6 +89,16 @@ class ChatEngine:
         self.log_turns = log_turns  # evaluation runs keep their own records (eval_items) instead
         self._sentence_cache: dict[tuple[str, str], list[tuple[float, str]]] = {}
         self.nli = NLIJudge(cfg.assistant.nli_model) if cfg.assistant.nli_model else None
+        self._detector = None
+
+    @property
+    def detector(self):
+        """The conflict detector (built on first use): rules, plus the NLI model when one is configured."""
+        if self._detector is None:
+            from retrieval.conflicts import get_detector
+
+            self._detector = get_detector(self.embedder, nli_model=self.cfg.assistant.nli_model)
+        return self._detector
 
     # -- public -----------------------------------------------------------------------------
 
@@ -82,10 +110,12 @@ class ChatEngine:
         assert result is not None
         return result
 
-    def stream(self, question: str, conversation: Conversation | None = None) -> Iterator[str | Answer]:
+    def stream(self, question: str, conversation: Conversation | None = None) -> Iterator[str | Rewrite | Answer]:
+        """Text pieces as they are generated (a ``Rewrite`` when the text so far is replaced), then the ``Answer``."""
         question = (question or "").strip()
         if not question:
             raise ConfigError("the question is empty")
+        a = self.cfg.assistant
         conversation = conversation if conversation is not None else Conversation()
         latency: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -94,41 +124,66 @@ class ChatEngine:
         query = condense_query(question, [(turn.question, turn.answer) for turn in conversation.turns])
         latency["condense"] = _ms(t)
         t = time.perf_counter()
-        passages = self.searcher.search(query, k=self.cfg.assistant.top_k)
+        passages = self.searcher.search(query, k=a.top_k)
         latency["retrieve"] = _ms(t)
+        t = time.perf_counter()
+        conflicts, decisions = self.find_conflicts(passages)
+        relevant = self.relevant_conflicts(question, conflicts)
+        latency["conflicts"] = _ms(t)
 
         prompt = None
+        identity = self.generator.identity
         t = time.perf_counter()
         if isinstance(self.generator, ExtractiveAnswerer):
             text, refused = self.generator.answer(question, passages)
+            if not refused and relevant:
+                text = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
             latency["generate"] = _ms(t)
             yield text
-            identity = self.generator.identity
         else:
-            passages = self.focus(question, passages)
-            messages = self.build_messages(question, passages)
+            passages = self.focus(question, passages, keep=self._conflict_passage_ids(conflicts, relevant))
+            numbers = {h.id: n for n, h in enumerate(passages, start=1)}
+            notes = prompt_notes([conflicts[i] for i in relevant], [decisions[i] for i in relevant], numbers)
+            messages = self.build_messages(question, passages, notes=notes, keep=self._conflict_sentences(conflicts, relevant))
             prompt = [asdict(m) for m in messages]
-            params = GenParams(max_new_tokens=self.cfg.assistant.max_new_tokens, temperature=self.cfg.assistant.temperature)
+            use_cad = self._cad_supported() and (a.cad == "on" or (a.cad == "auto" and bool(relevant)))
             pieces: list[str] = []
             first = None
-            for piece in self.generator.stream(messages, params):
+            for piece in self.generator.stream(messages, self._params(question, use_cad)):
                 if first is None:
                     first = _ms(t)
                 pieces.append(piece)
                 yield piece
             latency["first_token"] = first if first is not None else _ms(t)
-            latency["generate"] = _ms(t)
-            text = "".join(pieces).strip()
-            refused = not passages or any(m in text.lower() for m in _REFUSAL_MARKERS) or not text
-            if refused:
-                text = text or REFUSAL
-            else:
-                text = self.attach_citations(text, passages)
+            text, refused = self._finish("".join(pieces), passages)
+            if not refused and a.cad == "auto" and not use_cad and self._cad_supported():
+                _, g = verify_citations(text, passages, self.embedder, nli=self.nli)
+                if g is not None and g < a.cad_min_groundedness:
+                    yield Rewrite(f"groundedness {g:.2f} < {a.cad_min_groundedness}: regenerating with context-aware decoding")
+                    pieces = []
+                    for piece in self.generator.stream(messages, self._params(question, True)):
+                        pieces.append(piece)
+                        yield piece
+                    text, refused = self._finish("".join(pieces), passages)
             identity = self.generator.identity
+            if not refused and relevant:
+                before = text
+                text = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
+                if text.startswith(before) and len(text) > len(before):
+                    yield text[len(before):]
+                elif text != before:
+                    yield Rewrite("conflicting sources: the answer now names the conflict and applies the policy")
+                    yield text
+            latency["generate"] = _ms(t)
 
         t = time.perf_counter()
         citations, groundedness = ([], None) if refused else verify_citations(text, passages, self.embedder, nli=self.nli)
         latency["verify"] = _ms(t)
+        consistency = None
+        if a.consistency and not isinstance(self.generator, ExtractiveAnswerer):
+            t = time.perf_counter()
+            consistency = check_consistency(self.generator, question, text, self.embedder)
+            latency["consistency"] = _ms(t)
         latency["total"] = _ms(t0)
         answer = Answer(
             text=text,
@@ -140,6 +195,11 @@ class ChatEngine:
             groundedness=groundedness,
             generator=identity,
             latency_ms=latency,
+            conflicts=tuple(conflicts),
+            decisions=tuple(decisions),
+            policy=a.conflict_policy if conflicts else None,
+            relevant_conflicts=tuple(relevant),
+            consistency=consistency,
             fallback=self.fallback,
         )
         conversation_id, turn_id = conversation.id, None
@@ -151,18 +211,97 @@ class ChatEngine:
         conversation.turns.append(Turn(question, text))
         yield replace(answer, turn_id=turn_id, conversation_id=conversation_id)
 
+    # -- conflicts --------------------------------------------------------------------------
+
+    def find_conflicts(self, passages: Sequence[SearchHit]) -> tuple[list, list[Decision]]:
+        """Conflicts among the retrieved passages and the configured policy's decision on each."""
+        if not self.cfg.assistant.conflicts or len(passages) < 2:
+            return [], []
+        conflicts = self.detector.detect(passages)
+        return conflicts, [resolve(c, self.cfg.assistant.conflict_policy) for c in conflicts]
+
+    def relevant_conflicts(self, question: str, conflicts: Sequence) -> list[int]:
+        """Indexes of the conflicts the question is about: a claim close to the question.
+
+        The passages retrieved for one question often disagree about something else (the hotel
+        cap while the question asks about meals); those conflicts are shown, not put in the answer.
+        """
+        if not conflicts:
+            return []
+        texts = [c.claims[k].text for c in conflicts for k in (0, 1)]
+        vecs = self.embedder.embed_batch([question] + texts)
+        qwords = content_words(question)
+        out = []
+        for i in range(len(conflicts)):
+            best = 0.0
+            for k in (0, 1):
+                text = texts[2 * i + k]
+                lexical = len(qwords & content_words(text)) / max(1, len(qwords))
+                best = max(best, float(vecs[1 + 2 * i + k] @ vecs[0]) + 0.25 * lexical)
+            if best >= RELEVANT_CONFLICT:
+                out.append(i)
+        return out
+
+    def add_conflict_statements(self, text, passages, conflicts, decisions, relevant) -> str:
+        """Name every relevant conflict the answer does not already name: quote and cite both
+        claims, drop any sentence stating the overridden claim as fact, and give the decision."""
+        numbers = {h.id: n for n, h in enumerate(passages, start=1)}
+        statements = []
+        for i in relevant:
+            conflict, decision = conflicts[i], decisions[i]
+            if names_conflict(text, conflict, numbers):
+                continue
+            statement = conflict_statement(conflict, decision, numbers, answer=text)
+            if statement:
+                text = drop_overridden(text, conflict, decision, numbers)
+                statements.append(statement)
+        return " ".join(x for x in [text.strip(), *statements] if x)
+
+    def _conflict_passage_ids(self, conflicts, relevant) -> set[str]:
+        return {c.passage_id for i in relevant for c in conflicts[i].claims if c.passage_id}
+
+    def _conflict_sentences(self, conflicts, relevant) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for i in relevant:
+            for c in conflicts[i].claims:
+                if c.passage_id:
+                    out.setdefault(c.passage_id, []).append(c.text)
+        return out
+
+    # -- generation helpers -----------------------------------------------------------------
+
+    def _cad_supported(self) -> bool:
+        return getattr(self.generator.identity, "backend", "") == "hf"
+
+    def _params(self, question: str, cad: bool) -> GenParams:
+        a = self.cfg.assistant
+        params = GenParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature)
+        if cad:
+            params = replace(params, cad_alpha=a.cad_alpha, cad_context_free=tuple(build_context_free_messages(question)))
+        return params
+
+    def _finish(self, raw: str, passages: Sequence[SearchHit]) -> tuple[str, bool]:
+        """(answer text with citations attached, refused) from the generator's raw reply."""
+        text = raw.strip()
+        refused = not passages or not text or any(m in text.lower() for m in _REFUSAL_MARKERS)
+        if refused:
+            return text or REFUSAL, True
+        return self.attach_citations(text, passages), False
+
     # -- steps ------------------------------------------------------------------------------
 
-    def build_messages(self, question: str, passages: Sequence[SearchHit]):
-        contexts = self.contexts(question, passages)
+    def build_messages(self, question: str, passages: Sequence[SearchHit], *, notes: Sequence[str] = (), keep: dict[str, list[str]] | None = None):
+        """The grounded prompt: each passage's context (see ``contexts``), the notes (conflicts), the question."""
+        contexts = self.contexts(question, passages, keep=keep)
         sources = [
             PromptSource(title=h.title, text=contexts[i], date=h.date, authority=h.authority, status=h.status)
             for i, h in enumerate(passages)
         ]
-        return build_messages(question, sources, faithful=self.cfg.assistant.faithful_prompt)
+        return build_messages(question, sources, notes=notes, faithful=self.cfg.assistant.faithful_prompt)
 
-    def focus(self, question: str, passages: Sequence[SearchHit]) -> list[SearchHit]:
-        """The passages worth showing a small LLM: those whose best sentence is close to the best overall.
+    def focus(self, question: str, passages: Sequence[SearchHit], keep: set[str] = frozenset()) -> list[SearchHit]:
+        """The passages worth showing a small LLM: those whose best sentence is close to the best
+        overall, plus those in ``keep`` (passages holding a conflicting claim), in rank order.
 
         Distractors hurt a 135M model more than a missing runner-up helps it.
         """
@@ -170,24 +309,30 @@ class ChatEngine:
             return list(passages)
         if self.cfg.assistant.llm_context == "focused":
             top = self._top_sentences(question, passages)
-            return [h for h in passages if h.id in top]
+            return [h for h in passages if h.id in top or h.id in keep]
         scores = [max(s for s, _ in self._scored_sentences(question, h)) for h in passages]
         best = max(scores)
-        return [h for h, s in zip(passages, scores) if s >= best - FOCUS_MARGIN]
+        return [h for h, s in zip(passages, scores) if s >= best - FOCUS_MARGIN or h.id in keep]
 
-    def contexts(self, question: str, passages: Sequence[SearchHit]) -> list[str]:
+    def contexts(self, question: str, passages: Sequence[SearchHit], keep: dict[str, list[str]] | None = None) -> list[str]:
         """What the LLM sees of each passage: its three most relevant sentences in reading order
-        (shorter prompt, sharper focus), or the whole passage."""
+        (shorter prompt, sharper focus), or the whole passage. Sentences in ``keep`` (conflicting
+        claims, by passage id) are always shown."""
+        keep = keep or {}
         if self.cfg.assistant.llm_context == "passages":
             return [h.text for h in passages]
-        if self.cfg.assistant.llm_context == "focused":
-            top = self._top_sentences(question, passages)
-            return [" ".join(_clip(t, 60) for t in top.get(h.id, [])) or _clip(h.text, 60) for h in passages]
         out = []
+        top = self._top_sentences(question, passages) if self.cfg.assistant.llm_context == "focused" else {}
         for h in passages:
             scored = self._scored_sentences(question, h)
-            keep = sorted(sorted(range(len(scored)), key=lambda i: -scored[i][0])[:3])
-            out.append(" ".join(_clip(scored[i][1], 60) for i in keep))
+            forced = {" ".join(t.split()) for t in keep.get(h.id, [])}
+            if self.cfg.assistant.llm_context == "focused":
+                chosen = set(top.get(h.id, []))
+            else:
+                chosen = {scored[i][1] for i in sorted(range(len(scored)), key=lambda i: -scored[i][0])[:3]}
+            picked = [t for _, t in scored if t in chosen or t in forced]
+            picked += sorted(forced - {t for _, t in scored})  # a claim the splitter cut differently
+            out.append(" ".join(_clip(t, 60) for t in picked) or _clip(h.text, 60))
         return out
 
     def _top_sentences(self, question: str, passages: Sequence[SearchHit], n: int = 3) -> dict[str, list[str]]:
@@ -252,6 +397,7 @@ def split_sentences_text(text: str) -> list[str]:
     return [" ".join(text[s:e].split()) for s, e in split_sentences(text) if len(text[s:e].split()) >= 3]
 
 
+RELEVANT_CONFLICT = 0.55  # question-claim relevance (cosine + 0.25 x shared content words) for a conflict to enter the answer
 FOCUS_MARGIN = 0.15  # show the LLM passages whose best sentence scores within this of the best
 
 

@@ -86,10 +86,13 @@ class LogStore:
                 "INSERT INTO conflicts (turn_id, idx, kind, claims_json, decision, policy) VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (turn_id, i, getattr(c, "kind", "unknown"), json.dumps(c.to_json() if hasattr(c, "to_json") else c),
-                     getattr(c, "decision", None), answer.policy)
-                    for i, c in enumerate(answer.conflicts)
+                     json.dumps({**d.to_json(), "relevant": i in answer.relevant_conflicts}) if d is not None else None,
+                     answer.policy)
+                    for i, (c, d) in enumerate(zip(answer.conflicts, answer.decisions or (None,) * len(answer.conflicts)))
                 ],
             )
+            if answer.consistency is not None:
+                db.execute("UPDATE turns SET consistency_json = ? WHERE id = ?", (json.dumps(answer.consistency), turn_id))
         return conversation_id, turn_id
 
     def add_feedback(
@@ -128,8 +131,10 @@ class LogStore:
         out["prompt"] = json.loads(out.pop("prompt_json")) if out.get("prompt_json") else None
         out["retrievals"] = [dict(r) for r in db.execute("SELECT * FROM retrievals WHERE turn_id = ? ORDER BY rank", (turn_id,))]
         out["citations"] = [dict(r) for r in db.execute("SELECT * FROM citations WHERE turn_id = ? ORDER BY idx", (turn_id,))]
+        out["consistency"] = json.loads(out.pop("consistency_json")) if out.get("consistency_json") else None
         out["conflicts"] = [
-            {**dict(r), "claims": json.loads(r["claims_json"])} for r in db.execute("SELECT * FROM conflicts WHERE turn_id = ? ORDER BY idx", (turn_id,))
+            {**dict(r), "claims": json.loads(r["claims_json"]), "decision": json.loads(r["decision"]) if r["decision"] else None}
+            for r in db.execute("SELECT * FROM conflicts WHERE turn_id = ? ORDER BY idx", (turn_id,))
         ]
         out["feedback"] = [dict(r) for r in db.execute("SELECT * FROM feedback WHERE turn_id = ? ORDER BY id", (turn_id,))]
         return out

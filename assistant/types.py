@@ -49,6 +49,15 @@ class Conversation:
 
 
 @dataclass(frozen=True)
+class Rewrite:
+    """Yielded by ``ChatEngine.stream`` when the text streamed so far is replaced by a new attempt
+    (cad=auto regenerating a poorly grounded answer with context-aware decoding); the pieces that
+    follow are the new answer."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     refused: bool
@@ -59,8 +68,11 @@ class Answer:
     groundedness: float | None  # share of cited sentences supported by their passage; None if nothing cited
     generator: GeneratorIdentity
     latency_ms: dict[str, float]
-    conflicts: tuple[Any, ...] = ()
+    conflicts: tuple[Any, ...] = ()  # retrieval.conflicts.Conflict, all found among the passages
+    decisions: tuple[Any, ...] = ()  # assistant.resolution.Decision, one per conflict
     policy: str | None = None
+    relevant_conflicts: tuple[int, ...] = ()  # indexes of the conflicts the answer speaks about
+    consistency: dict[str, Any] | None = None  # intra-memory check (assistant/consistency.py), when asked for
     fallback: str | None = None  # why the configured generator was replaced, if it was
     turn_id: str | None = None
     conversation_id: str | None = None
@@ -73,8 +85,17 @@ class Answer:
             "query": self.query,
             "citations": [c.to_json() for c in self.citations],
             "groundedness": self.groundedness,
-            "conflicts": [c.to_json() if hasattr(c, "to_json") else c for c in self.conflicts],
+            "conflicts": [
+                {
+                    **(c.to_json() if hasattr(c, "to_json") else dict(c)),
+                    "decision": d.to_json() if d is not None else None,
+                    "policy": self.policy,
+                    "relevant": i in self.relevant_conflicts,
+                }
+                for i, (c, d) in enumerate(zip(self.conflicts, self.decisions or (None,) * len(self.conflicts)))
+            ],
             "policy": self.policy,
+            "consistency": self.consistency,
             "sources": [
                 {"n": i, "id": h.id, "source": h.source, "title": h.title, "span": list(h.span), "date": h.date,
                  "authority": h.authority, "score": h.score}

@@ -83,6 +83,8 @@ class RetrievalConfig:
 
 
 GENERATORS = ("hf", "extractive", "openai")
+CONFLICT_POLICIES = ("prefer-recent", "prefer-official", "present-both")  # assistant/resolution.py
+CAD_MODES = ("off", "on", "auto")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,21 @@ class AssistantConfig:
     faithful_prompt: bool = field(default=False, metadata={"help": "opinion-based framing that favours the context"})
     nli_model: str | None = field(default=None, metadata={"help": "local NLI cross-encoder for citation verification"})
     fallback_to_extractive: bool = field(default=True, metadata={"help": "answer extractively when the LLM cannot load"})
+    conflicts: bool = field(default=True, metadata={"help": "detect contradicting claims among the retrieved passages"})
+    conflict_policy: str = field(
+        default="prefer-official",
+        metadata={"help": "prefer-official (superseded loses, then authority, then date) | prefer-recent | present-both"},
+    )
+    cad: str = field(
+        default="off",
+        metadata={"help": "context-aware decoding (hf only): off | on | auto (on when sources conflict or the answer is poorly grounded)"},
+    )
+    cad_alpha: float = field(default=0.5, metadata={"help": "CAD strength: logits (1+a)*with context - a*without"})
+    cad_min_groundedness: float = field(default=0.5, metadata={"help": "cad=auto: regenerate with CAD below this groundedness"})
+    consistency: bool = field(
+        default=False,
+        metadata={"help": "intra-memory check: also answer the question and two paraphrases without sources and compare"},
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -119,6 +136,14 @@ class AssistantConfig:
             out.append(f"assistant.temperature ({self.temperature}) must be >= 0")
         if self.llm_context not in ("focused", "sentences", "passages"):
             out.append(f"assistant.llm_context ({self.llm_context!r}) must be 'focused', 'sentences' or 'passages'")
+        if self.conflict_policy not in CONFLICT_POLICIES:
+            out.append(f"--policy / assistant.conflict_policy ({self.conflict_policy!r}) must be one of {', '.join(CONFLICT_POLICIES)}")
+        if self.cad not in CAD_MODES:
+            out.append(f"--cad / assistant.cad ({self.cad!r}) must be one of {', '.join(CAD_MODES)}")
+        if not 0 < self.cad_alpha <= 5:
+            out.append(f"assistant.cad_alpha ({self.cad_alpha}) must be in (0, 5]; turn CAD off with assistant.cad: off")
+        if not 0 <= self.cad_min_groundedness <= 1:
+            out.append(f"assistant.cad_min_groundedness ({self.cad_min_groundedness}) must be between 0 and 1")
         return out
 
 

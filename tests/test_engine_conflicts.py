@@ -1,0 +1,110 @@
+"""Conflict-aware answering end to end on the sample handbook (real MiniLM, Chroma, SQLite, the
+built-in conflict detector, the extractive generator): the 2022 and 2024 travel policies disagree."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from assistant.engine import ChatEngine
+from assistant.logstore import LogStore
+from retrieval.config import load_config
+from retrieval.ingest import ingest
+
+ROOT = Path(__file__).resolve().parent.parent
+MEALS = "What is the daily meal allowance for a business trip inside the EU?"
+
+
+@pytest.fixture(scope="module")
+def handbook_cfg(tmp_path_factory):
+    from retrieval.embeddings import embedder_for
+
+    cfg = load_config(tmp_path_factory.mktemp("hbc")).with_assistant(generator="extractive", top_k=8)
+    assert ingest(cfg, [ROOT / "examples" / "handbook"], embedder=embedder_for(cfg)).exit_code == 0
+    return cfg
+
+
+def _answer(cfg, question, **changes):
+    engine = ChatEngine(cfg.with_assistant(**changes) if changes else cfg)
+    try:
+        return engine.answer(question)
+    finally:
+        engine.searcher.close()
+
+
+def _meal_conflict(answer):
+    for i, c in enumerate(answer.conflicts):
+        sources = {x.source for x in c.claims}
+        if sources == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"} and "45" in " ".join(x.text for x in c.claims):
+            return i, c
+    raise AssertionError(f"the €45 vs EUR 60 conflict was not found: {[c.to_json() for c in answer.conflicts]}")
+
+
+def _n(answer, source):
+    return next(n for n, h in enumerate(answer.passages, start=1) if h.source == source)
+
+
+@pytest.mark.parametrize("policy", ["prefer-official", "prefer-recent"])
+def test_the_answer_names_the_conflict_cites_both_and_applies_the_policy(handbook_cfg, policy):
+    a = _answer(handbook_cfg, MEALS, conflict_policy=policy)
+    i, conflict = _meal_conflict(a)
+    assert i in a.relevant_conflicts
+    decision = a.decisions[i]
+    assert decision.policy == policy and conflict.claims[decision.winner].source == "travel-expenses-2024.pdf"
+    new, old = _n(a, "travel-expenses-2024.pdf"), _n(a, "travel-expenses-2022.md")
+    assert "disagree" in a.text
+    assert f"source {new} applies and overrides source {old}" in a.text
+    cited = {c.n: c for c in a.citations}
+    assert cited[new].supported and cited[old].supported  # both quoted claims verified against their passages
+    # the overridden value is quoted as such, never stated alone as the answer
+    first_sentence = a.text.split(". ")[0]
+    assert "€45" not in first_sentence
+
+
+def test_present_both_shows_both_values_without_picking(handbook_cfg):
+    a = _answer(handbook_cfg, MEALS, conflict_policy="present-both")
+    i, _ = _meal_conflict(a)
+    assert a.decisions[i].winner is None
+    assert "€45" in a.text and "60" in a.text and "both are shown" in a.text
+
+
+def test_a_question_without_conflicting_sources_gets_no_conflict_statement(handbook_cfg):
+    a = _answer(handbook_cfg, "How much is reimbursed per kilometre when I drive my own car on a business trip?")
+    assert "disagree" not in a.text
+    assert not any(
+        {x.source for x in a.conflicts[i].claims} >= {"travel-expenses-2024.pdf"} and "0.23" in a.conflicts[i].claims[0].text
+        for i in a.relevant_conflicts
+    )
+
+
+def test_conflicts_and_decisions_are_logged_and_exported(handbook_cfg):
+    a = _answer(handbook_cfg, MEALS)
+    i, _ = _meal_conflict(a)
+    record = LogStore(handbook_cfg.db_path).turn(a.turn_id)
+    assert record["policy"] == "prefer-official"
+    row = record["conflicts"][i]
+    assert row["kind"] == a.conflicts[i].kind
+    assert {c["source"] for c in row["claims"]["claims"]} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}
+    assert row["decision"]["winner"] == a.decisions[i].winner and row["decision"]["relevant"] is True
+
+
+def test_ask_json_carries_kind_claims_decision_and_policy(handbook_cfg):
+    from assistant.cli import app
+
+    result = CliRunner().invoke(
+        app, ["--data-dir", str(handbook_cfg.data_dir), "ask", MEALS, "--generator", "extractive", "-k", "8", "--json", "--policy", "prefer-recent"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    conflicts = [c for c in out["conflicts"] if {x["source"] for x in c["claims"]} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}]
+    assert conflicts, out["conflicts"]
+    c = conflicts[0]
+    assert c["kind"] in ("numeric", "supersession") and c["policy"] == "prefer-recent"
+    assert all({"source", "text", "date", "authority"} <= set(x) for x in c["claims"])
+    assert c["decision"]["winner"] in (0, 1) and c["claims"][c["decision"]["winner"]]["date"] == "2024-06-01"
+
+
+def test_turning_detection_off_removes_conflicts(handbook_cfg):
+    a = _answer(handbook_cfg, MEALS, conflicts=False)
+    assert a.conflicts == () and a.policy is None and "disagree" not in a.text
