@@ -1,0 +1,192 @@
+"""``tether eval make-qa``: build a QA set from an ingested collection.
+
+For each sampled passage, one question whose answer is a span of that passage, with the passage
+(its id and source) as gold. With an LLM generator the model writes the question and picks the
+span (kept only when the span really is in the passage); otherwise, or when the model's output
+does not check out, a template turns a sentence holding an amount, a date, a duration or a name
+into a question about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from assistant.generators.base import Message
+from assistant.sentences import split_sentences
+from retrieval.config import TetherConfig
+from retrieval.errors import ConfigError, IndexEmpty
+
+log = logging.getLogger(__name__)
+
+UNITS = r"(?:working days|calendar days|days|day|weeks|week|months|month|years|year|hours|hour|minutes|km|kilometres|per cent|percent|%)"
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)"
+PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("what amount", re.compile(rf"(?:EUR|USD|GBP|CHF|CZK|€|\$|£)\s?{_NUM}(?:\s(?:per|a)\s[a-z]+)?")),
+    ("what date", re.compile(r"\b\d{1,2} (?:January|February|March|April|May|June|July|August|September|October|November|December)(?: \d{4})?\b|\b\d{4}-\d{2}-\d{2}\b")),
+    ("how long or how many", re.compile(rf"\b{_NUM}\s{UNITS}\b|\b\d+%")),
+    ("what time", re.compile(r"\b\d{1,2}:\d{2}\b")),
+    ("who or what", re.compile(r"(?<=[a-z,] )(?:the )?(?:[A-Z][a-z]+(?: (?:of |de |van )?[A-Z][a-z]+)+)")),
+    ("what year", re.compile(r"\b(?:19|20)\d{2}\b")),
+    ("how many", re.compile(rf"\b{_NUM}\b")),
+)
+
+
+@dataclass(frozen=True)
+class GeneratedQA:
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    source: str
+    passage_id: str
+    evidence: str  # the sentence holding the answer, a span of the passage
+    maker: str  # template | llm
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["answers"] = list(self.answers)
+        return out
+
+
+def template_question(sentence: str, title: str | None = None) -> tuple[str, str] | None:
+    """(question, answer span) from one sentence, or None when no pattern finds a fact in it.
+
+    The answer span is replaced by a wh-phrase: "Claims are paid within 90 days." ->
+    ("According to <title>, claims are paid within how long or how many?", "90 days").
+    """
+    lines = [ln.strip() for ln in sentence.strip().splitlines() if ln.strip()]
+    s = " ".join(lines[-1].split()) if lines else ""  # a heading above the sentence is not part of it
+    s = re.sub(r"^(?:[QA]:|[-*•]|\d+\.)\s+", "", s)
+    if len(s.split()) < 6 or len(s) > 300 or not s.endswith((".", "!")) or re.search(r"[#|]|:\s", s):
+        return None
+    for wh, pattern in PATTERNS:
+        m = pattern.search(s)
+        if not m or (wh == "who or what" and len(s[: m.start()].split()) < 3):
+            continue
+        answer = m.group(0).strip()
+        body = (s[: m.start()] + wh + s[m.end():]).rstrip(" .;:!")
+        if title and len(body) > 1 and (body[1].islower() or body[1] == " "):  # "According to T, the ..."
+            body = body[0].lower() + body[1:]
+        prefix = f"According to {title}, " if title else ""
+        return f"{prefix}{body}?", answer
+    return None
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def qa_prompt(passage: str, title: str) -> list[Message]:
+    """The messages asking an LLM for one question answered by a short span of the passage."""
+    return [
+        Message("system", "You write exam questions. Reply with exactly two lines:\nQuestion: <a question answered by the passage>\n"
+                          "Answer: <a short span copied word for word from the passage>"),
+        Message("user", f"Passage from \"{title}\":\n{passage}"),
+    ]
+
+
+def parse_llm_qa(reply: str, passage: str) -> tuple[str, str] | None:
+    """(question, answer) from the model's reply, when the answer is a span of the passage."""
+    q = re.search(r"(?im)^\s*question\s*:\s*(.+)$", reply)
+    a = re.search(r"(?im)^\s*answer\s*:\s*(.+)$", reply)
+    if not q or not a:
+        return None
+    question, answer = q.group(1).strip(), a.group(1).strip().strip('"').rstrip(".")
+    if not question.endswith("?") or not answer or len(answer.split()) > 12:
+        return None
+    if _squash(answer).lower() not in _squash(passage).lower():
+        return None
+    return question, answer
+
+
+def _sample_chunks(cfg: TetherConfig, n: int, seed: int):
+    from retrieval.db import connect
+
+    db = connect(cfg.db_path)
+    try:
+        rows = db.execute(
+            "SELECT c.id, c.text, d.source, d.title FROM chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE c.collection = ? ORDER BY c.id",
+            (cfg.retrieval.collection,),
+        ).fetchall()
+    finally:
+        db.close()
+    if not rows:
+        raise IndexEmpty(f"collection '{cfg.retrieval.collection}' holds no documents: run `tether ingest PATH` first")
+    rows = [dict(r) for r in rows]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def make_qa(cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto", generator=None) -> list[GeneratedQA]:
+    """Up to ``n`` QA cases from distinct sampled passages of the configured collection.
+
+    ``maker``: ``template``, ``llm`` (the configured generator must be an LLM) or ``auto`` (the
+    LLM when the configured generator is one, else templates). Passages where the LLM's output
+    does not check out fall back to the template maker.
+    """
+    if maker not in ("auto", "template", "llm"):
+        raise ConfigError(f"--maker {maker!r} must be auto, template or llm")
+    if n < 1:
+        raise ConfigError(f"-n ({n}) must be >= 1")
+    use_llm = maker == "llm" or (maker == "auto" and cfg.assistant.generator != "extractive")
+    if use_llm and generator is None:
+        from assistant.engine import build_generator
+        from retrieval.embeddings import embedder_for
+
+        generator, fallback = build_generator(cfg, embedder_for(cfg))
+        if fallback:
+            log.warning("make-qa: %s", fallback)
+    if use_llm and not hasattr(generator, "stream"):
+        if maker == "llm":
+            raise ConfigError("--maker llm needs an LLM generator (assistant.generator hf or openai) that loads")
+        use_llm = False
+    from assistant.generators.base import GenParams, generate
+
+    out: list[GeneratedQA] = []
+    for row in _sample_chunks(cfg, n, seed):
+        if len(out) >= n:
+            break
+        text = row["text"]
+        made = None
+        evidence = None
+        if use_llm:
+            try:
+                reply = generate(generator, qa_prompt(text, row["title"]), GenParams(max_new_tokens=64))
+            except ConfigError as exc:  # e.g. the passage does not fit the model's context
+                log.warning("make-qa: the model cannot take passage %s (%s); using a template", row["id"], exc)
+                reply = ""
+            parsed = parse_llm_qa(reply, text)
+            if parsed:
+                question, answer = parsed
+                evidence = next((_squash(text[s:e]) for s, e in split_sentences(text) if _squash(answer).lower() in _squash(text[s:e]).lower()), None)
+                made = (question, answer, "llm")
+            else:
+                log.info("make-qa: the model's question for %s did not check out; using a template", row["id"])
+        if made is None:
+            for s, e in split_sentences(text):
+                found = template_question(text[s:e], row["title"])
+                if found:
+                    made, evidence = (found[0], found[1], "template"), _squash(text[s:e])
+                    break
+        if made is None or evidence is None:
+            continue
+        question, answer, how = made
+        out.append(GeneratedQA(f"gen{len(out) + 1:03d}", question, (answer,), row["source"], row["id"], evidence, how))
+    if not out:
+        raise ConfigError(f"no passage of collection '{cfg.retrieval.collection}' holds a fact the question maker can ask about")
+    return out
+
+
+def write_jsonl(cases: Sequence[GeneratedQA], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for c in cases:
+            f.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
+    return path
