@@ -223,3 +223,142 @@ def m002_conversation_log(db: sqlite3.Connection) -> None:
         CREATE INDEX feedback_turn ON feedback (turn_id);
         """,
     )
+
+
+@migration
+def m003_evaluation(db: sqlite3.Connection) -> None:
+    """Evaluation runs (``tether eval``): one row per run with its provenance, its flat metrics
+    (also one row each in eval_metrics, for charts across runs) and one eval_items row per case."""
+    run_script(
+        db,
+        """
+        CREATE TABLE eval_runs (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            suite TEXT NOT NULL,
+            suite_hash TEXT NOT NULL,
+            label TEXT,
+            suites TEXT NOT NULL,
+            collection TEXT,
+            generator TEXT NOT NULL,
+            model TEXT NOT NULL,
+            adapter TEXT,
+            adapter_hash TEXT,
+            decoding TEXT NOT NULL,
+            generator_json TEXT NOT NULL,
+            config_json TEXT NOT NULL,
+            corpus_hash TEXT NOT NULL,
+            git_commit TEXT,
+            n_items INTEGER NOT NULL,
+            metrics_json TEXT NOT NULL,
+            details_json TEXT NOT NULL
+        );
+        CREATE INDEX eval_runs_created ON eval_runs (created_at);
+        CREATE INDEX eval_runs_label ON eval_runs (label, created_at);
+        CREATE TABLE eval_metrics (
+            run_id TEXT NOT NULL REFERENCES eval_runs (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (run_id, name)
+        );
+        CREATE INDEX eval_metrics_name ON eval_metrics (name);
+        CREATE TABLE eval_items (
+            run_id TEXT NOT NULL REFERENCES eval_runs (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            case_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('qa', 'conflict', 'counterfactual')),
+            question TEXT,
+            prediction TEXT,
+            refused INTEGER,
+            correct INTEGER,
+            gold_json TEXT NOT NULL,
+            retrieved_json TEXT,
+            citations_json TEXT,
+            groundedness REAL,
+            latency_json TEXT,
+            metrics_json TEXT NOT NULL,
+            error TEXT,
+            PRIMARY KEY (run_id, idx)
+        );
+        CREATE INDEX eval_items_case ON eval_items (case_id);
+        """,
+    )
+
+
+@migration
+def m004_training(db: sqlite3.Connection) -> None:
+    """The training loop (``training/``): dataset manifests, background training jobs (status,
+    progress and log path, so the app can show a job across page reloads), the model registry with
+    its eval-run links, and the promotion history that ``tether models rollback`` walks back."""
+    run_script(
+        db,
+        """
+        CREATE TABLE datasets (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('sft', 'dpo', 'kto')),
+            path TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            n_train INTEGER NOT NULL,
+            n_eval INTEGER NOT NULL,
+            manifest_json TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE training_jobs (
+            id TEXT PRIMARY KEY,
+            method TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'interrupted')),
+            config_json TEXT NOT NULL,
+            output_dir TEXT NOT NULL,
+            log_path TEXT NOT NULL,
+            step INTEGER NOT NULL DEFAULT 0,
+            total_steps INTEGER NOT NULL DEFAULT 0,
+            loss REAL,
+            pid INTEGER,
+            model_id TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            finished_at TEXT
+        );
+        CREATE INDEX training_jobs_status ON training_jobs (status, created_at);
+        CREATE TABLE models (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('base', 'adapter', 'merged', 'bnb4', 'onnx', 'onnx-int8')),
+            path TEXT NOT NULL,
+            base TEXT NOT NULL,
+            adapter TEXT,
+            parent_id TEXT REFERENCES models (id),
+            method TEXT,
+            dataset_id TEXT REFERENCES datasets (id),
+            job_id TEXT REFERENCES training_jobs (id),
+            config_json TEXT NOT NULL,
+            manifest_json TEXT,
+            notes TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX models_parent ON models (parent_id);
+        CREATE TABLE model_eval_runs (
+            model_id TEXT NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+            run_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            PRIMARY KEY (model_id, run_id)
+        );
+        -- one row per promotion; the newest row not rolled back is the served model
+        CREATE TABLE promotions (
+            id INTEGER PRIMARY KEY,
+            model_id TEXT NOT NULL REFERENCES models (id),
+            previous_id TEXT REFERENCES models (id),
+            forced INTEGER NOT NULL,
+            gate_json TEXT,
+            user TEXT,
+            created_at TEXT NOT NULL,
+            rolled_back_at TEXT
+        );
+        """,
+    )
+
+
+@migration
+def m005_turn_consistency(db: sqlite3.Connection) -> None:
+    """The intra-memory consistency check of a turn (assistant/consistency.py), as JSON."""
+    run_script(db, "ALTER TABLE turns ADD COLUMN consistency_json TEXT;")

@@ -1,0 +1,141 @@
+"""The registry with the real evaluation gate: a tiny random model regresses against the extractive
+answerer and is refused; forcing promotes it; the engine contract; rollback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.tiny_llm import make_lora_adapter, make_tiny_llm
+
+pytestmark = pytest.mark.slow
+
+SUITE = [
+    {"id": "q1", "question": "When does the Halden canteen open?", "answers": ["07:45"],
+     "contexts": ["The Halden office canteen opens at 07:45 and closes at 14:30 on weekdays."]},
+    {"id": "q2", "question": "How many days of annual leave do employees get?", "answers": ["twenty-five days"],
+     "contexts": ["Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March."]},
+    {"id": "q3", "question": "Who approves business travel?", "answers": ["your manager"],
+     "contexts": ["Business travel must be approved by your manager before booking. Receipts are submitted within 30 days."]},
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import torch
+
+    from retrieval.config import load_config
+    from retrieval.db import connect
+    from training.registry import register
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("registry")
+    # the served default answers extractively; the candidate is a tiny random LLM
+    cfg = load_config(root / "data").with_assistant(generator="extractive", max_new_tokens=12)
+    suite = root / "suite.jsonl"
+    suite.write_text("".join(json.dumps(r) + "\n" for r in SUITE))
+    model = make_tiny_llm(root / "tiny")
+    adapter = make_lora_adapter(model, root / "lora")
+    db = connect(cfg.db_path)
+    ids = [register(db, kind="adapter", path=str(adapter), base=str(model), adapter=str(adapter), method="sft") for _ in range(2)]
+    onnx = register(db, kind="onnx", path=str(root / "onnx"), base=str(model), adapter=str(adapter))
+    db.close()
+    yield {"cfg": cfg, "suite": suite, "ids": ids, "onnx": onnx, "model": model, "adapter": adapter}
+    torch.set_num_threads(threads)
+
+
+def test_promote_refused_by_a_failing_gate_then_forced_then_rolled_back(world):
+    from retrieval.db import connect
+    from training.registry import PromotionRefused, list_models, promote, promoted_model, rollback
+
+    cfg, first, second = world["cfg"], *world["ids"]
+    assert promoted_model(cfg) is None
+    with pytest.raises(PromotionRefused, match="refused by the evaluation gate") as err:
+        promote(cfg, first, world["suite"])
+    assert not err.value.gate.passed and any(r.regressed for r in err.value.gate.rows)
+    assert promoted_model(cfg) is None  # nothing changed
+    db = connect(cfg.db_path)
+    assert db.execute("SELECT COUNT(*) FROM model_eval_runs WHERE model_id = ? AND role = 'candidate'", (first,)).fetchone()[0] == 1
+    # the candidate run is a real stored eval run of the tiny model
+    run_id = db.execute("SELECT run_id FROM model_eval_runs WHERE model_id = ?", (first,)).fetchone()[0]
+    assert db.execute("SELECT model, adapter FROM eval_runs WHERE id = ?", (run_id,)).fetchone()[1] == str(world["adapter"])
+
+    forced = promote(cfg, first, world["suite"], force=True)
+    assert forced["forced"] and forced["previous_id"] is None and not forced["gate"]["passed"]
+    assert promoted_model(cfg) == (world["model"], world["adapter"])
+    assert [m.id for m in list_models(db) if m.promoted] == [first]
+
+    # the same weights registered again: no regression against the served model -> promoted by the gate
+    passed = promote(cfg, second, world["suite"])
+    assert passed["gate"]["passed"] and not passed["forced"] and passed["previous_id"] == first
+
+    assert rollback(cfg) == first and promoted_model(cfg) == (world["model"], world["adapter"])
+    assert rollback(cfg) is None and promoted_model(cfg) is None
+    from retrieval.errors import TetherError
+
+    with pytest.raises(TetherError, match="nothing to roll back"):
+        rollback(cfg)
+
+
+def test_exports_the_engine_cannot_serve_are_not_promoted(world):
+    from retrieval.errors import TetherError
+    from training.registry import promote
+
+    with pytest.raises(TetherError, match="the engine serves adapters"):
+        promote(world["cfg"], world["onnx"], world["suite"])
+
+
+def test_promoted_model_ignores_missing_files(world, tmp_path):
+    from retrieval.config import load_config
+    from retrieval.db import connect, transaction
+    from training.registry import promoted_model, register
+
+    cfg = load_config(tmp_path / "d")
+    db = connect(cfg.db_path)
+    mid = register(db, kind="merged", path=str(tmp_path / "gone"), base="x")
+    with transaction(db):
+        db.execute("INSERT INTO promotions (model_id, forced, created_at) VALUES (?, 1, 'now')", (mid,))
+    assert promoted_model(cfg) is None
+
+
+def test_admin_password_check(monkeypatch, tmp_path):
+    from retrieval.errors import TetherError
+    from training.admin import hash_password, require_admin, set_admin_password, verify_password
+
+    h = hash_password("s3cret")
+    assert verify_password("s3cret", h) and not verify_password("wrong", h)
+    data = tmp_path / "data"
+    # nothing configured: the CLI (local user) may act, the web app may not
+    require_admin(data, None, surface="cli")
+    with pytest.raises(TetherError, match="no admin password"):
+        require_admin(data, "anything", surface="web")
+    set_admin_password(data, "s3cret")
+    require_admin(data, "s3cret", surface="web")
+    for bad in (None, "nope"):
+        with pytest.raises(TetherError, match="admin"):
+            require_admin(data, bad, surface="cli")
+    monkeypatch.setenv("TETHER_ADMIN_PASSWORD_HASH", hash_password("other"))
+    require_admin(data, "other", surface="web")  # the environment wins over the file
+
+
+def test_m004_training_schema():
+    from retrieval.db import connect
+
+    db = connect(":memory:")
+    assert db.execute("SELECT 1 FROM _migrations WHERE name = 'm004_training'").fetchone()
+    cols = {t: {r[1]: r[2] for r in db.execute(f"PRAGMA table_info({t})")} for t in ("datasets", "training_jobs", "models", "model_eval_runs", "promotions")}
+    assert {"id", "kind", "hash", "n_train", "n_eval", "manifest_json"} <= set(cols["datasets"])
+    assert {"status", "step", "total_steps", "loss", "log_path", "pid", "output_dir", "updated_at"} <= set(cols["training_jobs"])
+    assert {"kind", "path", "base", "adapter", "parent_id", "dataset_id", "config_json", "manifest_json"} <= set(cols["models"])
+    assert {"model_id", "previous_id", "forced", "gate_json", "rolled_back_at"} <= set(cols["promotions"])
+    fks = {(r["table"], r["from"]) for r in db.execute("PRAGMA foreign_key_list(models)")}
+    assert {("models", "parent_id"), ("datasets", "dataset_id"), ("training_jobs", "job_id")} <= fks
+    import sqlite3
+
+    import pytest
+
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO training_jobs (id, method, status, config_json, output_dir, log_path, created_at, updated_at)"
+                   " VALUES ('j', 'sft', 'exploded', '{}', 'o', 'l', 'now', 'now')")

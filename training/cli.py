@@ -1,0 +1,308 @@
+"""The training commands, registered into the main ``tether`` app by ``register(app, models_app)``:
+
+    tether train data  --out DIR                 -> training.data.build_datasets
+    tether train sft|dpo|kto --config FILE.yaml  -> training.trainers.run   (--plan: print the plan only)
+    tether train pipeline --config FILE.yaml     -> training.pipeline.run_pipeline (data -> sft -> dpo/kto -> export -> gate)
+    tether train jobs                            -> training.jobs.list_jobs
+    tether export MODEL --out DIR                -> training.export.export
+    tether models list | promote | rollback      -> training.registry
+    tether models set-admin-password             -> training.admin.set_admin_password
+
+Everything that changes models (train, export, promote, rollback) passes ``training.admin.require_admin``
+first: ``--admin-password`` or ``$TETHER_ADMIN_PASSWORD`` once an admin password is set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from retrieval.errors import TetherError
+
+train_app = typer.Typer(help="Training: datasets from the log, SFT / DPO / KTO with LoRA or QLoRA.", no_args_is_help=True)
+
+
+def _main_config():
+    from assistant.cli import _config
+
+    return _config()
+
+
+config_loader: Callable[[], object] = _main_config  # tests and other front ends may replace it
+
+ADMIN = typer.Option(None, "--admin-password", envvar="TETHER_ADMIN_PASSWORD", help="admin password (once one is set)")
+
+
+def _admin(cfg, password: Optional[str]) -> None:
+    from training.admin import require_admin
+
+    require_admin(cfg.data_dir, password, surface="cli")
+
+
+@train_app.command("data")
+def data_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="folder receiving sft/, dpo/, kto/"),
+    kinds: str = typer.Option("sft,dpo,kto", "--kinds", help="comma-separated subset of sft, dpo, kto"),
+    eval_fraction: float = typer.Option(0.1, "--eval-fraction"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", help="drop rows longer than this"),
+    near_dup: float = typer.Option(0.9, "--near-dup", help="near-duplicate Jaccard threshold"),
+    synthetic: int = typer.Option(0, "--synthetic", help="backtranslated Q/A rows from document chunks (uses the configured LLM)"),
+    counterfactuals: int = typer.Option(0, "--counterfactuals", help="counterfactual rows made from the corpus"),
+    counterfactual_cases: Optional[Path] = typer.Option(None, "--counterfactual-cases", help="JSONL of QA cases to make counterfactuals from"),
+    tokenizer: Optional[str] = typer.Option("smollm2", "--tokenizer", help="model whose tokenizer measures length ('' = chars/4)"),
+    seed: int = typer.Option(0, "--seed"),
+    admin_password: Optional[str] = ADMIN,
+) -> None:
+    """Build the SFT / DPO / KTO datasets (JSONL + manifest) from the log database."""
+    from training.config import DataConfig
+    from training.data import build_datasets
+    from training.registry import record_dataset
+
+    cfg = config_loader()
+    _admin(cfg, admin_password)
+    dcfg = DataConfig(out_dir=str(out), kinds=kinds, eval_fraction=eval_fraction, max_tokens=max_tokens, near_dup_threshold=near_dup,
+                      synthetic=synthetic, counterfactuals=counterfactuals,
+                      counterfactual_cases=str(counterfactual_cases) if counterfactual_cases else None,
+                      tokenizer=tokenizer or None, seed=seed).validated()
+    tok = None
+    if dcfg.tokenizer:
+        from assistant.models import resolve_model
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve_model(dcfg.tokenizer, cfg.models_dir), local_files_only=True)
+    generator = None
+    if synthetic:
+        from assistant.engine import build_generator
+
+        generator, fallback = build_generator(cfg, None)
+        if fallback:
+            raise TetherError(f"--synthetic needs an LLM generator: {fallback}")
+    from retrieval.db import connect
+
+    db = connect(cfg.db_path)
+    try:
+        manifests = build_datasets(cfg, dcfg, generator=generator, tokenizer=tok, record=lambda m: record_dataset(db, m))
+    finally:
+        db.close()
+    for kind, m in manifests.items():
+        typer.echo(f"{kind}: {m.n_train} train, {m.n_eval} eval -> {m.path} (id {m.id}; dropped: {m.counts['exact_duplicates']} exact, "
+                   f"{m.counts['near_duplicates']} near duplicates, {m.counts['too_long']} too long; by source {m.counts['by_source']})")
+
+
+def _train(method: str):
+    def command(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML of training.config.TrainConfig fields"),
+        plan: bool = typer.Option(False, "--plan", help="print the memory/speed plan for this model and device, then stop"),
+        base_model: Optional[str] = typer.Option(None, "--base-model"),
+        dataset: Optional[str] = typer.Option(None, "--dataset"),
+        output_dir: Optional[str] = typer.Option(None, "--output-dir"),
+        init_adapter: Optional[str] = typer.Option(None, "--init-adapter", help="parent adapter (e.g. the SFT run's adapter/)"),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+        learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+        lora_r: Optional[int] = typer.Option(None, "--lora-r"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+        grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+        max_length: Optional[int] = typer.Option(None, "--max-length"),
+        quantize: Optional[str] = typer.Option(None, "--quantize", help="auto | none | 4bit (force QLoRA)"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+        gradient_checkpointing: Optional[str] = typer.Option(None, "--gradient-checkpointing", help="auto | on | off"),
+        liger: Optional[str] = typer.Option(None, "--liger", help="auto | on | off"),
+        resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="resume from the last checkpoint (default on)"),
+        admin_password: Optional[str] = ADMIN,
+    ) -> None:
+        from training.config import load_train_config
+
+        tc = load_train_config(config, method, for_plan=plan, base_model=base_model, dataset=dataset, output_dir=output_dir, init_adapter=init_adapter,
+                               max_steps=max_steps, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size, grad_accum=grad_accum,
+                               max_length=max_length, quantize=quantize, device=device, gradient_checkpointing=gradient_checkpointing,
+                               liger=liger, resume=resume)
+        cfg = config_loader()
+        if plan:
+            from transformers import AutoConfig
+
+            from training.planner import detect_device, plan_for_model
+            from training.trainers import resolve_base
+
+            p = plan_for_model(AutoConfig.from_pretrained(resolve_base(tc, cfg.models_dir), local_files_only=True), tc, detect_device(tc.device))
+            for line in p.describe():
+                typer.echo(line)
+            return
+        _admin(cfg, admin_password)
+        import logging
+
+        logging.getLogger("training").setLevel(logging.INFO)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logging.getLogger("training").addHandler(handler)  # progress on stderr
+        from training.trainers import run
+
+        res = run(tc, cfg)
+        typer.echo(json.dumps({"adapter": str(res.adapter_dir), "model_id": res.model_id, "steps": res.steps, "final_loss": res.final_loss,
+                               "loss_curve": str(res.loss_curve), "resumed_from": res.resumed_from, "job_id": res.job_id}, indent=2))
+
+    command.__doc__ = f"Train a LoRA adapter with {method.upper()} (trl); rerun the same command to resume an interrupted run."
+    return command
+
+
+for _m in ("sft", "dpo", "kto"):
+    train_app.command(_m)(_train(_m))
+
+
+@train_app.command("pipeline")
+def pipeline_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="pipeline YAML (sections data, sft, preference, export, promote)"),
+    admin_password: Optional[str] = ADMIN,
+) -> None:
+    """The whole loop: datasets -> SFT -> DPO/KTO -> export + parity -> gate -> promote or refuse."""
+    from training.pipeline import load_pipeline_config, run_pipeline
+
+    pc = load_pipeline_config(config)
+    cfg = config_loader()
+    _admin(cfg, admin_password)
+    tok = None
+    if pc.data.tokenizer:
+        from assistant.models import resolve_model
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve_model(pc.data.tokenizer, cfg.models_dir), local_files_only=True)
+    summary = run_pipeline(cfg, pc, tokenizer=tok)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    if "promotion" in summary and not summary["promotion"]["promoted"]:
+        raise typer.Exit(1)
+
+
+@train_app.command("jobs")
+def jobs_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Training jobs, newest first (status, progress, loss, log)."""
+    from retrieval.db import connect
+    from training.jobs import list_jobs
+
+    db = connect(config_loader().db_path)
+    try:
+        rows = list_jobs(db)
+    finally:
+        db.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+        typer.echo(f"{r['id']}  {r['method']}  {r['status']:<11} {r['step']}/{r['total_steps']}  loss {loss}  {r['log_path']}")
+
+
+def export_cmd(
+    model: str = typer.Argument(..., help="a registered adapter id (tether models list) or an adapter folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder receiving merged/, bnb4/, onnx/, onnx-int8/"),
+    formats: str = typer.Option("merged,onnx,onnx-int8", "--formats", help="merged, bnb4, onnx, onnx-int8"),
+    base: Optional[str] = typer.Option(None, "--base", help="base model when MODEL is a folder (default: assistant.model)"),
+    parity: bool = typer.Option(True, "--parity/--no-parity", help="check greedy outputs against the adapter model"),
+    admin_password: Optional[str] = ADMIN,
+) -> None:
+    """Merge an adapter into its base and export it (safetensors, 4-bit, ONNX, int8 ONNX) with a parity check."""
+    from assistant.models import resolve_model
+    from retrieval.db import connect
+    from training.export import export
+    from training.registry import get_model
+
+    cfg = config_loader()
+    _admin(cfg, admin_password)
+    parent_id = None
+    if Path(model).is_dir():
+        adapter, base_path = Path(model), resolve_model(base or cfg.assistant.model, cfg.models_dir)
+    else:
+        db = connect(cfg.db_path)
+        try:
+            rec = get_model(db, model)
+        finally:
+            db.close()
+        if rec.kind != "adapter":
+            raise TetherError(f"{model} is a {rec.kind} export; export starts from an adapter")
+        adapter, base_path, parent_id = Path(rec.path), Path(rec.base), rec.id
+    res = export(base_path, adapter, out, formats=[f.strip() for f in formats.split(",") if f.strip()], parity=parity,
+                 db_path=cfg.db_path, parent_id=parent_id)
+    for fmt, path in res.paths.items():
+        p = (res.parity or {}).get("variants", {}).get(fmt)
+        verdict = "" if p is None else f"  parity {'ok' if p['passed'] else 'FAILED'} ({p['criterion']}; exact {p['exact_prompts']}/{res.parity['prompts']}, teacher-forced {p['teacher_forced_agreement']})"
+        typer.echo(f"{fmt:<10} {path}  id {res.model_ids.get(fmt, '-')}{verdict}")
+    if res.parity is not None and not res.parity["passed"]:
+        raise typer.Exit(1)
+
+
+def models_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Registered models (adapters and exports), newest first; * marks the one the engine serves."""
+    from retrieval.db import connect
+    from training.registry import list_models
+
+    db = connect(config_loader().db_path)
+    try:
+        rows = list_models(db)
+    finally:
+        db.close()
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in rows], indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("no registered models (the configured assistant.model is served)")
+    for r in rows:
+        typer.echo(f"{'*' if r.promoted else ' '} {r.id}  {r.kind:<9} {r.method or '-':<4} parent {r.parent_id or '-'}  {r.path}  "
+                   f"evals {len(r.eval_runs)}  {r.created_at}")
+
+
+def models_promote(
+    model_id: str = typer.Argument(..., help="registered model id"),
+    suite: Path = typer.Option(..., "--suite", "-s", help="evaluation cases (JSONL file or folder) for the gate"),
+    force: bool = typer.Option(False, "--force", help="promote even when the gate finds a regression"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated gate metrics (default: the gate's)"),
+    tolerance: float = typer.Option(0.02, "--tolerance"),
+    baseline_run: Optional[str] = typer.Option(None, "--baseline-run", help="reuse this eval run as the baseline"),
+    admin_password: Optional[str] = ADMIN,
+) -> None:
+    """Evaluate MODEL against the served model; promote it unless the gate finds a regression."""
+    from training.registry import PromotionRefused, promote
+
+    cfg = config_loader()
+    _admin(cfg, admin_password)
+    try:
+        res = promote(cfg, model_id, suite, force=force, metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+                      tolerance=tolerance, baseline_run=baseline_run)
+    except PromotionRefused as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        for row in exc.gate.rows if exc.gate is not None else ():
+            typer.echo(f"  {'REGRESSED' if row.regressed else 'ok':<9} {row.metric}: {row.candidate} vs {row.baseline}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"promoted {res['model_id']} (previous {res['previous_id'] or 'default'}; {'FORCED past ' if res['forced'] else ''}gate: {res['gate']['reason']})")
+
+
+def models_rollback(admin_password: Optional[str] = ADMIN) -> None:
+    """Undo the latest promotion: the previously promoted model (or the configured default) is served again."""
+    from training.registry import rollback
+
+    cfg = config_loader()
+    _admin(cfg, admin_password)
+    now = rollback(cfg)
+    typer.echo(f"serving {now or 'the configured assistant.model'}")
+
+
+def models_set_admin_password(
+    password: str = typer.Option(..., "--password", prompt=True, hide_input=True, confirmation_prompt=True),
+    admin_password: Optional[str] = ADMIN,
+) -> None:
+    """Set (or change) the admin password; changing one needs the current password."""
+    from training.admin import set_admin_password
+
+    cfg = config_loader()
+    _admin(cfg, admin_password)
+    typer.echo(f"admin password hash written to {set_admin_password(cfg.data_dir, password)}")
+
+
+def register(app: typer.Typer, models_app: typer.Typer) -> None:
+    """Add ``train`` (group), ``export`` and ``models list|promote|rollback|set-admin-password`` to the CLI."""
+    app.add_typer(train_app, name="train")
+    app.command("export")(export_cmd)
+    models_app.command("list")(models_list)
+    models_app.command("promote")(models_promote)
+    models_app.command("rollback")(models_rollback)
+    models_app.command("set-admin-password")(models_set_admin_password)

@@ -1,0 +1,88 @@
+"""Training jobs in ``tether.db`` (``training_jobs``): status, progress, loss and log path, so the
+app can show a job that runs in the background and survives a page reload.
+
+``start_job`` → ``update_job`` (each logged step) → ``finish_job`` (done | failed | interrupted).
+A job whose process died without finishing stays ``running`` with a stale ``updated_at``; ``list_jobs``
+marks it ``interrupted`` when its pid is gone from this machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import uuid
+from typing import Any
+
+from retrieval.db import transaction
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def start_job(db: sqlite3.Connection, method: str, config: dict[str, Any], output_dir: str, log_path: str, total_steps: int) -> str:
+    job_id = uuid.uuid4().hex[:12]
+    now = _now()
+    with transaction(db):
+        db.execute(
+            "INSERT INTO training_jobs (id, method, status, config_json, output_dir, log_path, step, total_steps, pid, created_at, updated_at)"
+            " VALUES (?, ?, 'running', ?, ?, ?, 0, ?, ?, ?, ?)",
+            (job_id, method, json.dumps(config), output_dir, log_path, total_steps, os.getpid(), now, now),
+        )
+    return job_id
+
+
+def update_job(db: sqlite3.Connection, job_id: str, *, step: int, loss: float | None) -> None:
+    with transaction(db):
+        db.execute("UPDATE training_jobs SET step = ?, loss = COALESCE(?, loss), updated_at = ? WHERE id = ?", (step, loss, _now(), job_id))
+
+
+def finish_job(db: sqlite3.Connection, job_id: str, status: str, *, error: str | None = None, model_id: str | None = None) -> None:
+    now = _now()
+    with transaction(db):
+        db.execute(
+            "UPDATE training_jobs SET status = ?, error = ?, model_id = COALESCE(?, model_id), updated_at = ?, finished_at = ? WHERE id = ?",
+            (status, error, model_id, now, now, job_id),
+        )
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_jobs(db: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first; a 'running' job whose process is gone is reported (and stored) as 'interrupted'."""
+    rows = [dict(r) for r in db.execute("SELECT * FROM training_jobs ORDER BY created_at DESC LIMIT ?", (limit,))]
+    for r in rows:
+        if r["status"] == "running" and not _alive(r["pid"]):
+            finish_job(db, r["id"], "interrupted", error="the training process ended without finishing; rerun the same command to resume")
+            r["status"] = "interrupted"
+    return rows
+
+
+def spawn(data_dir: str, args: list[str], log_file: str, *, admin_password: str | None = None) -> int:
+    """Start ``tether --data-dir DATA_DIR ARGS...`` (e.g. ``["train", "sft", "--config", "sft.yaml"]``)
+    as a detached background process writing to ``log_file``; returns its pid. The job row appears
+    in ``training_jobs`` once the run starts; the app polls ``list_jobs`` (survives page reloads).
+    ``admin_password``: handed to the child as $TETHER_ADMIN_PASSWORD (the app checked it already)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if admin_password:
+        env["TETHER_ADMIN_PASSWORD"] = admin_password
+    log = open(log_file, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "--data-dir", str(data_dir), *args], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    log.close()
+    return proc.pid

@@ -1,0 +1,106 @@
+"""Parity of exported models with the adapter model they came from, on fixed prompts.
+
+The prompts are grounded chats built by ``assistant.prompts.build_messages`` and rendered by each
+model folder's own chat template (the exported tokenizer carries the same one). The reference is
+the base + adapter (unmerged) through ``HFGenerator``, greedy, ``max_new_tokens`` tokens.
+
+Criteria (``CRITERIA``):
+    merged     exact: the same token ids on every prompt
+    onnx       exact: the same token ids on every prompt (same fp32 math, another runtime)
+    bnb4, onnx-int8  within tolerance: teacher-forced top-1 agreement >= 0.90, i.e. fed the
+               reference's own output, the quantized model's argmax equals the reference token at
+               >= 90 % of the generated positions. Free-running exact match and the mean common-prefix
+               share are reported too, but not gated: one early flip changes the whole rest of a
+               free-running answer, so they say little about the size of the quantization error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from assistant.generators.base import GenParams
+from assistant.prompts import PromptSource, build_messages
+
+log = logging.getLogger(__name__)
+
+TEACHER_FORCED_TOLERANCE = 0.90
+CRITERIA = {"merged": "exact", "onnx": "exact", "bnb4": "teacher_forced", "onnx-int8": "teacher_forced"}
+
+PARITY_PROMPTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("How many days of annual leave do employees get?",
+     (("Leave policy", "Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March."),)),
+    ("When does the canteen open?", (("Canteen", "The Halden office canteen opens at 07:45 and closes at 14:30."),)),
+    ("Who approves travel?", (("Travel", "Travel must be approved by your manager before booking. Receipts are submitted within 30 days."),
+                              ("Remote work", "Remote work is allowed up to three days per week."))),
+    ("What is the capital of France?", (("Geography", "The capital of France is Lyon, where the government sits."),)),
+)
+
+
+def parity_messages():
+    return [build_messages(q, [PromptSource(title=t, text=x) for t, x in srcs]) for q, srcs in PARITY_PROMPTS]
+
+
+def _prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _hf_logits(gen, ids: Sequence[int]):
+    import torch
+
+    with torch.inference_mode():
+        return gen.model(input_ids=torch.tensor([list(ids)], device=gen.device)).logits[0].float().cpu().numpy()
+
+
+def check_parity(base: Path, adapter: Path, variants: dict[str, Path], *, max_new_tokens: int = 16,
+                 tolerance: float = TEACHER_FORCED_TOLERANCE) -> dict[str, Any]:
+    """Compare every variant (format -> folder) with base + adapter; returns a JSON-able report
+    {"passed", "prompts", "max_new_tokens", "variants": {fmt: {...}}}."""
+    from assistant.generators.hf import HFGenerator
+    from training.export import OnnxGenerator
+
+    params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    ref = HFGenerator(base, adapter=adapter, device="cpu")
+    prompts = [ref.prompt_ids(m) for m in parity_messages()]
+    ref_out = [list(ref.tokens(p, params)) for p in prompts]
+    report: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "variants": {}, "tolerance": tolerance}
+    for fmt, folder in variants.items():
+        if fmt not in CRITERIA:
+            continue
+        if fmt.startswith("onnx"):
+            gen = OnnxGenerator(folder)
+            logits_of = gen.logits
+        else:
+            gen = HFGenerator(folder, device="cpu")
+            logits_of = lambda ids, g=gen: _hf_logits(g, ids)  # noqa: E731
+        mine = [gen.prompt_ids(m) for m in parity_messages()]
+        same_prompt = mine == prompts  # the same chat template and tokenizer
+        outs = [list(gen.tokens(p, params)) for p in prompts]
+        exact = sum(o == r for o, r in zip(outs, ref_out))
+        prefix = [(_prefix(o, r) / max(1, len(r))) for o, r in zip(outs, ref_out)]
+        agree = total = 0
+        for p, r in zip(prompts, ref_out):
+            if not r:
+                continue
+            logits = logits_of(list(p) + r[:-1] if len(r) > 1 else list(p))
+            preds = logits[len(p) - 1 : len(p) - 1 + len(r)].argmax(-1)
+            agree += int(sum(int(a) == b for a, b in zip(preds, r)))
+            total += len(r)
+        tf = agree / total if total else 1.0
+        criterion = CRITERIA[fmt]
+        passed = same_prompt and (exact == len(prompts) if criterion == "exact" else tf >= tolerance)
+        report["variants"][fmt] = {
+            "criterion": criterion if criterion == "exact" else f"teacher-forced top-1 agreement >= {tolerance}",
+            "passed": passed, "same_prompt_tokens": same_prompt, "exact_prompts": exact,
+            "mean_prefix_share": round(sum(prefix) / len(prefix), 4), "teacher_forced_agreement": round(tf, 4),
+        }
+        log.info("parity %s: %s (exact %d/%d, teacher-forced %.3f)", fmt, "ok" if passed else "FAILED", exact, len(prompts), tf)
+    report["passed"] = all(v["passed"] for v in report["variants"].values())
+    report["reference_outputs"] = ref_out
+    return report

@@ -1,0 +1,277 @@
+"""The model registry (``tether models list|promote|rollback``) in ``tether.db``.
+
+Every trained adapter and every export is a row of ``models`` with its config, dataset manifest,
+base, parent and linked eval runs (``model_eval_runs``). ``promote`` runs the evaluation gate
+(``assistant.evaluation``: ``run_suite`` on the candidate and on the model served now, then ``gate``)
+and refuses a regression unless forced; each promotion is a row of ``promotions``. The served model
+is the newest promotion not rolled back; ``rollback`` marks it rolled back, so the one before it
+(or, with none, the configured default) is served again.
+
+The engine asks ``promoted_model(cfg)`` for what to load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from retrieval.db import connect, transaction
+from retrieval.errors import TetherError
+
+log = logging.getLogger(__name__)
+
+SERVABLE = ("adapter", "merged", "bnb4")  # kinds the hf generator loads
+
+
+class PromotionRefused(TetherError):
+    """The gate found a regression; ``gate`` holds the GateResult."""
+
+    def __init__(self, message: str, gate: Any = None):
+        self.gate = gate
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    id: str
+    kind: str
+    path: str
+    base: str
+    adapter: str | None
+    parent_id: str | None
+    method: str | None
+    dataset_id: str | None
+    created_at: str
+    config: dict
+    promoted: bool = False
+    eval_runs: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _new_id(kind: str, path: str) -> str:
+    import uuid
+
+    return f"{kind}-{hashlib.sha256(f'{path}:{_now()}:{uuid.uuid4()}'.encode()).hexdigest()[:10]}"
+
+
+def record_dataset(db: sqlite3.Connection, manifest) -> str:
+    """Store a dataset manifest (``training.data.DatasetManifest``); idempotent by id."""
+    with transaction(db):
+        db.execute(
+            "INSERT OR REPLACE INTO datasets (id, kind, path, hash, n_train, n_eval, manifest_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (manifest.id, manifest.kind, manifest.path, manifest.hash, manifest.n_train, manifest.n_eval,
+             json.dumps(manifest.to_json()), manifest.created_at or _now()),
+        )
+    return manifest.id
+
+
+def register(db: sqlite3.Connection, *, kind: str, path: str | Path, base: str, adapter: str | None = None, parent_id: str | None = None,
+             method: str | None = None, config: dict | None = None, manifest: dict | None = None, job_id: str | None = None,
+             notes: str | None = None) -> str:
+    """Add a model row; returns its id."""
+    model_id = _new_id(kind, str(path))
+    dataset_id = manifest.get("id") if manifest else None
+    with transaction(db):
+        if dataset_id and not db.execute("SELECT 1 FROM datasets WHERE id = ?", (dataset_id,)).fetchone():
+            dataset_id = None
+        db.execute(
+            "INSERT INTO models (id, kind, path, base, adapter, parent_id, method, dataset_id, job_id, config_json, manifest_json, notes, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (model_id, kind, str(path), base, adapter, parent_id, method, dataset_id, job_id, json.dumps(config or {}, default=str),
+             json.dumps(manifest) if manifest else None, notes, _now()),
+        )
+    return model_id
+
+
+def register_adapter(db: sqlite3.Connection, adapter_dir: Path, *, base: str, method: str, config: dict, manifest: dict | None,
+                     parent_adapter: str | None = None, job_id: str | None = None) -> str:
+    """Register a trained adapter; its parent is the registered model whose path is ``parent_adapter``."""
+    parent_id = None
+    if parent_adapter:
+        row = db.execute("SELECT id FROM models WHERE path IN (?, ?) ORDER BY created_at DESC",
+                         (str(parent_adapter), str(Path(parent_adapter).resolve()))).fetchone()
+        parent_id = row["id"] if row else None
+    return register(db, kind="adapter", path=str(Path(adapter_dir).resolve()), base=base, adapter=str(Path(adapter_dir).resolve()),
+                    parent_id=parent_id, method=method, config=config, manifest=manifest, job_id=job_id)
+
+
+def link_eval_run(db: sqlite3.Connection, model_id: str, run_id: str, role: str) -> None:
+    with transaction(db):
+        db.execute("INSERT OR REPLACE INTO model_eval_runs (model_id, run_id, role) VALUES (?, ?, ?)", (model_id, run_id, role))
+
+
+def _served_id(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT model_id FROM promotions WHERE rolled_back_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+    return row["model_id"] if row else None
+
+
+def get_model(db: sqlite3.Connection, model_id: str) -> ModelRecord:
+    row = db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+    if row is None:
+        known = [r["id"] for r in db.execute("SELECT id FROM models ORDER BY created_at DESC LIMIT 5")]
+        raise TetherError(f"no registered model {model_id!r}; `tether models list` shows them (latest: {', '.join(known) or 'none'})")
+    return _record(db, row, _served_id(db))
+
+
+def _record(db: sqlite3.Connection, row: sqlite3.Row, served: str | None) -> ModelRecord:
+    runs = tuple(r["run_id"] for r in db.execute("SELECT run_id FROM model_eval_runs WHERE model_id = ? ORDER BY rowid", (row["id"],)))
+    return ModelRecord(row["id"], row["kind"], row["path"], row["base"], row["adapter"], row["parent_id"], row["method"], row["dataset_id"],
+                       row["created_at"], json.loads(row["config_json"]), row["id"] == served, runs)
+
+
+def list_models(db: sqlite3.Connection) -> list[ModelRecord]:
+    served = _served_id(db)
+    return [_record(db, r, served) for r in db.execute("SELECT * FROM models ORDER BY created_at DESC, rowid DESC")]
+
+
+def promotion_history(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in db.execute("SELECT * FROM promotions ORDER BY id DESC")]
+
+
+def serving_paths(rec: ModelRecord) -> tuple[Path, Path | None]:
+    """(model folder, adapter folder or None) that the hf generator loads for a registered model."""
+    if rec.kind == "adapter":
+        return Path(rec.base), Path(rec.path)
+    if rec.kind in ("merged", "bnb4"):
+        return Path(rec.path), None
+    raise TetherError(f"model {rec.id} is an {rec.kind} export: the engine serves adapters, merged or bnb4 models; promote one of those")
+
+
+def promoted_model(cfg: Any) -> tuple[Path, Path | None] | None:
+    """What the engine should serve: (model folder, adapter or None) of the promoted model, or None
+    when nothing is promoted (serve the configured ``assistant.model``) or the files are gone."""
+    if not Path(cfg.db_path).is_file():
+        return None
+    db = connect(cfg.db_path)
+    try:
+        served = _served_id(db)
+        if served is None:
+            return None
+        model, adapter = serving_paths(get_model(db, served))
+    finally:
+        db.close()
+    if not (model / "config.json").is_file() or (adapter is not None and not (adapter / "adapter_config.json").is_file()):
+        log.warning("the promoted model %s is missing on disk (%s); serving the configured model", served, adapter or model)
+        return None
+    return model, adapter
+
+
+def config_for(cfg: Any, rec: ModelRecord | None) -> Any:
+    """``cfg`` answering with ``rec`` (None = the configured default) through the hf generator."""
+    if rec is None:
+        return cfg
+    model, adapter = serving_paths(rec)
+    return cfg.with_assistant(generator="hf", model=str(model), adapter=str(adapter) if adapter else None, fallback_to_extractive=False)
+
+
+def _evaluation():
+    """``run_suite`` and ``gate`` from assistant.evaluation."""
+    try:
+        from assistant.evaluation.gate import gate
+        from assistant.evaluation.suites import run_suite
+    except ImportError as exc:
+        raise TetherError(f"promotion needs the evaluation gate (assistant.evaluation): {exc}") from exc
+    return run_suite, gate
+
+
+def promote(cfg: Any, model_id: str, suite: str | Path, *, force: bool = False, metrics: Sequence[str] | None = None,
+            tolerance: float = 0.02, user: str | None = None, baseline_run: str | None = None) -> dict[str, Any]:
+    """Evaluate ``model_id`` and the model served now on ``suite``, gate, and promote on a pass (or ``force``).
+
+    ``baseline_run``: an eval run id to use as the baseline instead of running the served model again.
+    Returns {"model_id", "previous_id", "forced", "gate": {...}, "candidate_run", "baseline_run"}.
+
+    Raises:
+        PromotionRefused: the gate failed and ``force`` is False.
+    """
+    run_suite, gate = _evaluation()
+    db = connect(cfg.db_path)
+    try:
+        rec = get_model(db, model_id)
+        serving_paths(rec)  # refuses exports the engine cannot serve
+        previous = _served_id(db)
+        prev_rec = get_model(db, previous) if previous else None
+    finally:
+        db.close()
+    if previous == model_id:
+        raise TetherError(f"{model_id} is already the promoted model")
+    cand = run_suite(config_for(cfg, rec), Path(suite), label=f"candidate:{model_id}")
+    if baseline_run:
+        from assistant.evaluation.runs import load_run
+
+        base = load_run(cfg.db_path, baseline_run)
+    else:
+        base = run_suite(config_for(cfg, prev_rec), Path(suite), label=f"baseline:{previous or 'default'}")
+    kwargs: dict[str, Any] = {"tolerance": tolerance}
+    if metrics:
+        kwargs["metrics"] = list(metrics)
+    result = gate(cand, base, **kwargs)
+    gate_json = _gate_json(result)
+    db = connect(cfg.db_path)
+    try:
+        link_eval_run(db, model_id, cand.run_id, "candidate")
+        if previous:
+            link_eval_run(db, previous, base.run_id, "baseline")
+        if not result.passed and not force:
+            raise PromotionRefused(
+                f"promotion of {model_id} refused by the evaluation gate: {result.reason} "
+                f"(candidate run {cand.run_id} vs baseline run {base.run_id}; `--force` promotes anyway)", result)
+        with transaction(db):
+            db.execute("INSERT INTO promotions (model_id, previous_id, forced, gate_json, user, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (model_id, previous, int(force and not result.passed), json.dumps(gate_json), user, _now()))
+    finally:
+        db.close()
+    log.info("promoted %s (previous %s, gate %s)", model_id, previous, "passed" if result.passed else "FAILED, forced")
+    return {"model_id": model_id, "previous_id": previous, "forced": bool(force and not result.passed), "gate": gate_json,
+            "candidate_run": cand.run_id, "baseline_run": base.run_id}
+
+
+def _gate_json(result: Any) -> dict[str, Any]:
+    if hasattr(result, "to_json"):
+        return result.to_json()
+    rows = getattr(result, "rows", [])
+    out_rows = []
+    for r in rows:
+        if hasattr(r, "__dataclass_fields__"):
+            from dataclasses import asdict
+
+            out_rows.append(asdict(r))
+        elif isinstance(r, dict):
+            out_rows.append(r)
+        else:
+            out_rows.append(str(r))
+    return {"passed": bool(result.passed), "reason": str(getattr(result, "reason", "")), "rows": out_rows}
+
+
+def rollback(cfg: Any, *, user: str | None = None) -> str | None:
+    """Undo the latest promotion; returns the id served now (None = the configured default).
+
+    Raises:
+        TetherError: nothing is promoted.
+    """
+    db = connect(cfg.db_path)
+    try:
+        with transaction(db):
+            row = db.execute("SELECT id, model_id FROM promotions WHERE rolled_back_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+            if row is None:
+                raise TetherError("nothing to roll back: no model is promoted (the configured assistant.model is served)")
+            db.execute("UPDATE promotions SET rolled_back_at = ? WHERE id = ?", (_now(), row["id"]))
+        now = _served_id(db)
+    finally:
+        db.close()
+    log.info("rolled back %s; serving %s", row["model_id"], now or "the configured default")
+    return now
