@@ -1,0 +1,47 @@
+"""Admin (password required): feedback, datasets, training jobs, the model registry."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from assistant.ui import auth, resources
+
+
+def _gate(cfg) -> bool:
+    """True once this session has given the admin password; refuses when none is configured."""
+    if not auth.configured(cfg.data_dir, st.secrets):
+        st.error(
+            f"Admin is disabled: no admin password is configured. Set `{auth.SECRET_KEY}` in .streamlit/secrets.toml, "
+            "or run `tether models set-admin-password`, then reload."
+        )
+        return False
+    if st.session_state.get("admin_ok"):
+        if st.sidebar.button("Log out of admin", key="admin_logout"):
+            st.session_state.admin_ok = False
+            st.rerun()
+        return True
+    with st.form("admin_login"):
+        given = st.text_input("Admin password", type="password", key="admin_password")
+        submitted = st.form_submit_button("Enter")
+    if submitted:
+        if auth.password_ok(cfg.data_dir, st.secrets, given):
+            st.session_state.admin_ok = True
+            st.rerun()
+        st.error("Wrong password.")
+    return False
+
+
+def main() -> None:
+    st.title("Admin")
+    cfg = resources.base_config()
+    if not _gate(cfg):
+        return
+    try:
+        from assistant.ui import admin_view
+    except ImportError as exc:  # training has not landed in this checkout
+        st.info(f"Training and the model registry are not available yet ({exc}).")
+        return
+    admin_view.main(cfg)
+
+
+main()

@@ -1,0 +1,81 @@
+"""What the pages share, built once per process with ``st.cache_resource``: the configuration,
+the searcher (embedder, Chroma, BM25) and one chat engine per generator/decoding choice.
+
+The data dir comes from ``$TETHER_HOME`` (else ``./.tether``) and the config file from
+``$TETHER_CONFIG`` (else ``<data dir>/tether.yaml``), exactly as for the ``tether`` command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import streamlit as st
+
+from retrieval.config import TetherConfig, load_config, resolve_data_dir
+
+log = logging.getLogger(__name__)
+
+
+def offline_env() -> None:
+    """Nothing downloads at run time; same defaults as the CLI."""
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("ANONYMIZED_TELEMETRY", "False"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+
+
+def base_config() -> TetherConfig:
+    """The configuration for this process's data dir (raises ConfigError with every problem)."""
+    return _base_config(str(resolve_data_dir()), os.environ.get("TETHER_CONFIG") or "")
+
+
+@st.cache_resource(show_spinner=False)
+def _base_config(data_dir: str, config_file: str) -> TetherConfig:
+    return load_config(data_dir, config_file or None)
+
+
+def searcher(cfg: TetherConfig):
+    """The shared Searcher of cfg's data dir and collection."""
+    return _searcher(_key(cfg.data_dir, cfg.retrieval), cfg)
+
+
+@st.cache_resource(show_spinner="Loading the embedder and the index…")
+def _searcher(key: str, _cfg: TetherConfig):
+    from retrieval.search import Searcher
+
+    return Searcher(_cfg)
+
+
+def engine(cfg: TetherConfig):
+    """The chat engine for cfg (one per distinct assistant section), sharing the searcher."""
+    return _engine(_key(cfg.data_dir, cfg.retrieval, cfg.assistant), cfg)
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def _engine(key: str, _cfg: TetherConfig):
+    from assistant.engine import ChatEngine
+
+    return ChatEngine(_cfg, searcher=searcher(_cfg))
+
+
+def logstore(cfg: TetherConfig):
+    return _logstore(str(cfg.db_path))
+
+
+@st.cache_resource(show_spinner=False)
+def _logstore(path: str):
+    from assistant.logstore import LogStore
+
+    return LogStore(path)
+
+
+def assistant_fields() -> set[str]:
+    """The assistant settings this version of the config knows (CAD and policy arrived later)."""
+    from retrieval.config import AssistantConfig
+
+    return {f.name for f in dataclasses.fields(AssistantConfig)}
+
+
+def _key(*parts: Any) -> str:
+    return "|".join(repr(p) for p in parts)

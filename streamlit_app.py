@@ -1,0 +1,38 @@
+"""Tether's web app: ``streamlit run streamlit_app.py`` (see docs/APP.md).
+
+Pages live in ``assistant/ui/pages/``; the engine and the stores are built once per process in
+``assistant/ui/resources.py``. The data dir is ``$TETHER_HOME`` (else ``./.tether``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:  # `streamlit run` puts the script's folder first; keep it so when run from elsewhere
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from assistant.ui.resources import offline_env  # noqa: E402
+
+offline_env()
+st.set_page_config(page_title="Tether", page_icon=":material/link:", layout="wide")
+PAGES = ROOT / "assistant" / "ui" / "pages"
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "chat.py", title="Chat", icon=":material/chat:", default=True),
+        st.Page(PAGES / "documents.py", title="Documents", icon=":material/description:"),
+        st.Page(PAGES / "evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+        st.Page(PAGES / "admin.py", title="Admin", icon=":material/admin_panel_settings:"),
+    ]
+)
+try:
+    navigation.run()
+except Exception as exc:  # a TetherError (bad config, missing index) is shown, not a traceback
+    from retrieval.errors import TetherError
+
+    if not isinstance(exc, TetherError):
+        raise
+    st.error(str(exc))

@@ -1,0 +1,452 @@
+"""The web app, page by page, through Streamlit's AppTest (no browser): real engine, real SQLite,
+real Chroma over the handbook, the extractive generator (fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "streamlit_app.py"
+QUESTION = "How many days of annual leave do full-time employees get?"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, embedder):
+    """A data dir holding the handbook, answering extractively."""
+    from retrieval.config import load_config
+    from retrieval.ingest import ingest
+
+    root = tmp_path_factory.mktemp("app-home")
+    (root / "tether.yaml").write_text("assistant:\n  generator: extractive\n", encoding="utf-8")
+    summary = ingest(load_config(root), [ROOT / "examples" / "handbook"], embedder=embedder)
+    assert not summary.failed
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _app_env(_isolated_home, home, monkeypatch):
+    monkeypatch.setenv("TETHER_HOME", str(home))
+    monkeypatch.delenv("TETHER_CONFIG", raising=False)
+    monkeypatch.delenv("TETHER_ADMIN_PASSWORD", raising=False)
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(APP), default_timeout=120)
+
+
+def _ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _page(at, name: str):
+    at.switch_page(f"assistant/ui/pages/{name}.py").run()
+    _ok(at)
+    return at
+
+
+def _frame(at, column: str):
+    """The first table on the page that has this column."""
+    for df in at.dataframe:
+        if column in df.value.columns:
+            return df.value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def _store(home):
+    from assistant.logstore import LogStore
+
+    return LogStore(home / "tether.db")
+
+
+# -- chat ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asked(home):
+    """One app session that asked QUESTION (shared by the chat tests: AppTest runs are slow)."""
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the autouse fixture has not run yet
+        mp.setenv("TETHER_HOME", str(home))
+        at = _app().run()
+        _ok(at)
+        at.chat_input(key="question").set_value(QUESTION).run()
+        _ok(at)
+    return at
+
+
+def test_chat_answers_with_a_cited_passage_highlighted(asked):
+    at = asked
+    answer = at.session_state.history[-1]["answer"]
+    assert not answer.refused and answer.citations
+    assert "25 working days" in answer.text  # annual-leave.md
+    texts = [m.value for m in at.markdown]
+    assert any("**\\[1\\]**" in t or "**\\[2\\]**" in t for t in texts), texts  # inline [n] markers
+    labels = [e.label for e in at.expander]
+    first = answer.citations[0]
+    hit = answer.passages[first.n - 1]
+    assert any(label.startswith(f"[{first.n}] ") and hit.source in label and (hit.date or "") in label for label in labels), labels
+    marked = [h.value for h in at.html if "<mark>" in h.value]
+    assert marked, "no passage with a highlighted span"
+    support = " ".join(first.support.split())
+    assert any(support[:40] in " ".join(v.split()) for v in marked)
+    assert any("grounded" in m.value for m in at.markdown)  # the groundedness badge
+
+
+def test_feedback_is_stored_by_turn_id(asked, home):
+    at = asked
+    answer = at.session_state.history[-1]["answer"]
+    at.feedback[0].set_value(0).run()  # thumbs down
+    _ok(at)
+    at.text_area(key=f"edit_{answer.turn_id}").set_value("Full-time employees get 25 working days of annual leave [1].")
+    at.button(key=f"save_edit_{answer.turn_id}").click().run()
+    _ok(at)
+    at.selectbox(key=f"src_{answer.turn_id}").set_value(0)
+    at.button(key=f"save_src_{answer.turn_id}").click().run()
+    _ok(at)
+    stored = _store(home).turn(answer.turn_id)["feedback"]
+    kinds = [f["kind"] for f in stored]
+    assert kinds == ["down", "edit", "source"], kinds
+    assert stored[1]["edited_answer"].startswith("Full-time employees get 25 working days")
+    assert stored[2]["passage_id"] == answer.passages[0].id
+    assert any("Feedback stored" in c.value for c in at.caption)
+
+
+def test_multi_turn_history_and_new_chat(asked):
+    at = asked
+    before = len(at.session_state.history)
+    at.chat_input(key="question").set_value("And how many days can be carried over?").run()
+    _ok(at)
+    history = at.session_state.history
+    assert len(history) == before + 1
+    assert history[-1]["answer"].conversation_id == history[0]["answer"].conversation_id
+    assert len(at.chat_message) == 2 * len(history)  # every turn stays on the page
+    at.button(key="new_chat").click().run()
+    _ok(at)
+    assert at.session_state.history == [] and not at.chat_message
+
+
+def test_conflict_panel_follows_the_sidebar_policy(home):
+    """c01 in examples/eval: EUR 45 (2022, superseded) against EUR 60 (2024)."""
+    at = _app().run()
+    _ok(at)
+    at.selectbox(key="opt_policy").set_value("prefer-recent")
+    at.chat_input(key="question").set_value("What is the daily meal allowance for a business trip inside the EU?").run()
+    _ok(at)
+    answer = at.session_state.history[-1]["answer"]
+    assert answer.policy == "prefer-recent" and answer.conflicts
+    assert _store(home).turn(answer.turn_id)["policy"] == "prefer-recent"
+    panel = [e for e in at.expander if e.label.startswith("⚠ The sources disagree")]
+    assert len(panel) == 1
+    cards = [h.value for h in panel[0].get("html")]
+    pairs = {frozenset(c.source for c in conflict.claims) for conflict in answer.conflicts}
+    assert frozenset({"travel-expenses-2022.md", "travel-expenses-2024.pdf"}) in pairs
+    assert any("travel-expenses-2022.md" in c for c in cards) and any("travel-expenses-2024.pdf" in c for c in cards)
+    c01 = next(i for i, c in enumerate(answer.conflicts)
+               if {cl.source for cl in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"})
+    decision = answer.decisions[c01]
+    assert answer.conflicts[c01].claims[decision.winner].source == "travel-expenses-2024.pdf"  # the more recent one
+    assert any("✔ followed" in c and "travel-expenses-2024.pdf" in c for c in cards)
+    assert any("policy prefer-recent" in c.value for c in panel[0].caption)
+
+
+# -- documents ----------------------------------------------------------------------------------
+
+BAIT = b"""---
+title: Zeppelin Parking Rules
+date: 2025-04-01
+authority: team
+---
+# Zeppelin parking
+
+Visitors park their zeppelins on mooring mast 7 behind the Brno office.
+<script>alert('x')</script> <img src=x onerror=alert(1)> Mooring costs 12 euros per hour.
+"""
+
+
+def test_upload_ingest_ask_and_delete(home):
+    from retrieval.config import load_config
+    from assistant.ui import library
+
+    at = _page(_app().run(), "documents")
+    at.file_uploader(key="uploads").set_value([
+        ("../../zeppelin parking?.md", BAIT, "text/markdown"),
+        ("broken.pdf", b"%PDF-1.4 not really a pdf", "application/pdf"),
+        ("empty.txt", b"", "text/plain"),
+    ]).run()
+    at.button(key="ingest").click().run()
+    _ok(at)
+    saved = home / "uploads" / "zeppelin_parking.md"
+    assert saved.read_bytes() == BAIT
+    assert sorted(p.name for p in (home / "uploads").iterdir()) == ["zeppelin_parking.md"]  # failed uploads are not kept
+    assert not (home.parent / "zeppelin parking?.md").exists()
+    assert [p.value for p in at.get("progress")] == [100]  # the bar ran to the end
+    assert any("zeppelin_parking.md: ingested" in s.value for s in at.success)
+    errors = at.dataframe[0].value  # the per-file error list
+    assert dict(zip(errors["file"], errors["status"])) == {"empty.txt": "rejected", "broken.pdf": "failed"}
+    docs = {d.source: d for d in library.documents(load_config(home))}
+    assert docs["zeppelin_parking.md"].authority == "team" and docs["zeppelin_parking.md"].n_chunks >= 1
+
+    at = _app().run()
+    at.chat_input(key="question").set_value("Where do visitors park their zeppelins?").run()
+    _ok(at)
+    answer = at.session_state.history[-1]["answer"]
+    assert any(answer.passages[c.n - 1].source == "zeppelin_parking.md" for c in answer.citations)
+    page = "".join(h.value for h in at.html)
+    assert "<script>" not in page and "<img" not in page  # document HTML is shown as text, never run
+    assert "&lt;script&gt;" in page or "zeppelin" in page.lower()
+
+    at = _page(_app().run(), "documents")
+    at.selectbox(key="doc_pick").set_value("zeppelin_parking.md")
+    at.button(key="delete").click().run()
+    at.button(key="confirm_delete_btn").click().run()
+    _ok(at)
+    assert "zeppelin_parking.md" not in {d.source for d in library.documents(load_config(home))}
+    assert not saved.exists()
+    assert any("Deleted zeppelin_parking.md" in s.value for s in at.success)
+
+
+def test_metadata_edit_reaches_search(home, embedder):
+    from assistant.ui import library
+    from retrieval.config import load_config
+    from retrieval.errors import TetherError
+    from retrieval.search import Searcher
+
+    cfg = load_config(home)
+    before = {d.source: d for d in library.documents(cfg)}["company-faq.txt"]
+    try:
+        library.set_metadata(cfg, library.MetadataEdit("company-faq.txt", "2025-01-21", "current", "official"))
+        hits = Searcher(cfg, embedder=embedder).search("When is payday?", k=3)
+        faq = [h for h in hits if h.source == "company-faq.txt"]
+        assert faq and faq[0].authority == "official" and faq[0].date == "2025-01-21"
+        with pytest.raises(TetherError, match="authority 'boss'"):
+            library.set_metadata(cfg, library.MetadataEdit("company-faq.txt", None, None, "boss"))
+    finally:
+        library.set_metadata(cfg, library.MetadataEdit("company-faq.txt", before.doc_date, before.status, before.authority))
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("report.md", "report.md"),
+        ("../../etc/passwd.txt", "passwd.txt"),
+        ("C:\\Users\\me\\Notes 2024.DOCX", "Notes_2024.docx"),
+        (".hidden.html", "hidden.html"),
+        ("Ünïcödé résumé.pdf", "Unicode_resume.pdf"),
+        ("con.txt", "file_con.txt"),
+    ],
+)
+def test_upload_names_are_sanitised(given, expected):
+    from assistant.ui.uploads import sanitize_filename
+
+    assert sanitize_filename(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["run.sh", "noext", "...", "x.meta.yaml", "/"])
+def test_upload_rejects_unsupported_names(bad, tmp_path):
+    from assistant.ui.uploads import UploadRejected, save_upload
+
+    with pytest.raises(UploadRejected):
+        save_upload(tmp_path, bad, b"data", max_mb=1)
+    assert not (tmp_path / "uploads").exists() or not any((tmp_path / "uploads").iterdir())
+
+
+def test_upload_size_limit(tmp_path):
+    from assistant.ui.uploads import UploadRejected, save_upload
+
+    with pytest.raises(UploadRejected, match="over the 0.001 MB limit"):
+        save_upload(tmp_path, "big.txt", b"x" * 2000, max_mb=0.001)
+    assert save_upload(tmp_path, "small.txt", b"x" * 100, max_mb=0.001) == (tmp_path / "uploads" / "small.txt").resolve()
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+def test_admin_refuses_without_a_configured_password():
+    at = _page(_app().run(), "admin")
+    assert any("Admin is disabled" in e.value for e in at.error)
+    assert not at.text_input  # no login form, nothing else
+
+
+def test_admin_refuses_a_wrong_password_and_accepts_the_right_one():
+    at = _app()
+    at.secrets["admin_password"] = "s3cret-pw"
+    at = _page(at.run(), "admin")
+    at.text_input(key="admin_password").set_value("guess")
+    at.get("form_submit_button")[0].click().run()
+    _ok(at)
+    assert any("Wrong password" in e.value for e in at.error)
+    assert not at.session_state.get("admin_ok")
+    at.text_input(key="admin_password").set_value("s3cret-pw")
+    at.get("form_submit_button")[0].click().run()
+    _ok(at)
+    assert at.session_state["admin_ok"] is True
+    assert not any("Wrong password" in e.value for e in at.error)
+
+
+def _admin_session():
+    at = _app()
+    at.secrets["admin_password"] = "s3cret-pw"
+    at = _page(at.run(), "admin")
+    at.text_input(key="admin_password").set_value("s3cret-pw")
+    at.get("form_submit_button")[0].click().run()
+    _ok(at)
+    assert at.session_state["admin_ok"] is True
+    return at
+
+
+def test_admin_feedback_table_and_datasets(home):
+    from assistant.engine import ChatEngine
+    from retrieval.config import load_config
+
+    turn = ChatEngine(load_config(home)).answer("Who approves purchases above the limit?").turn_id
+    _store(home).add_feedback(turn, "down", comment="admin-test marker")
+    at = _admin_session()
+    table = _frame(at, "edited_answer")
+    assert "admin-test marker" in set(table["comment"])
+    at.multiselect(key="fb_kinds").set_value(["down"]).run()
+    _ok(at)
+    assert set(_frame(at, "edited_answer")["kind"]) == {"down"}
+
+    at.button(key="ds_build").click().run()
+    _ok(at)
+    counts = _frame(at, "by source")
+    assert list(counts["kind"]) == ["sft", "dpo", "kto"]
+    kto = counts.set_index("kind").loc["kto"]
+    too_long = int(kto["dropped (dup/near/long)"].split("/")[2])
+    assert kto["train"] + kto["eval"] + too_long >= 1, counts.to_dict("records")  # the 👎 above, kept or measured too long
+    for kind, path in at.session_state.last_datasets.items():
+        assert (Path(path) / "train.jsonl").is_file(), kind
+
+
+def test_promote_is_blocked_by_the_gate(home, tmp_path_factory):
+    """A random tiny model answers worse than the configured (extractive) one: the gate refuses it."""
+    import json
+
+    from retrieval.config import load_config
+    from retrieval.db import connect
+    from tests.tiny_llm import make_tiny_llm
+    from training import registry
+
+    tiny = make_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+    conf = json.loads((tiny / "config.json").read_text())
+    conf["max_position_embeddings"] = 4096  # room for the grounded prompt (random weights either way)
+    (tiny / "config.json").write_text(json.dumps(conf))
+    db = connect(home / "tether.db")
+    try:
+        model_id = registry.register(db, kind="merged", path=tiny, base=str(tiny), method="sft")
+    finally:
+        db.close()
+    rows = [json.loads(line) for line in (ROOT / "examples" / "eval" / "qa.jsonl").read_text().splitlines()[:3]]
+    (home / "eval").mkdir(exist_ok=True)
+    (home / "eval" / "gate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    try:
+        at = _admin_session()
+        at.selectbox(key="promote_pick").set_value(model_id)
+        at.selectbox(key="promote_suite").set_value("gate.jsonl (data dir)")
+        at.button(key="promote").click().run(timeout=300)
+        _ok(at)
+        assert any("Promotion refused by the gate" in e.value for e in at.error), [e.value for e in at.error]
+        db = connect(home / "tether.db")
+        try:
+            assert not registry.get_model(db, model_id).promoted
+        finally:
+            db.close()
+        assert registry.promoted_model(load_config(home)) is None
+    finally:
+        (home / "eval" / "gate.jsonl").unlink()
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+def test_evaluation_runs_the_conflict_suite_and_charts_it(home):
+    from assistant.evaluation.runs import list_runs, load_run
+
+    at = _page(_app().run(), "evaluation")
+    at.selectbox(key="eval_suite").set_value("handbook conflicts (examples/eval/handbook_conflicts.jsonl)")
+    at.multiselect(key="eval_suites").set_value(["conflicts"])
+    at.text_input(key="eval_label").set_value("ui-conflicts")
+    at.button(key="eval_run").click().run(timeout=300)
+    _ok(at)
+    runs = [r for r in list_runs(home / "tether.db") if r.label == "ui-conflicts"]
+    assert len(runs) == 1
+    run = load_run(home / "tether.db", runs[0].run_id)
+    assert any(k.startswith("conflicts.") for k in run.metrics)
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2  # per model version, per run
+    assert {m.label for m in at.metric} >= {k.removeprefix("conflicts.") for k in sorted(run.metrics) if k.startswith("conflicts.")}
+    mis = run.details["conflicts"].get("misclassified") or []
+    assert any(m.value == f"**Misclassified cases: {len(mis)}**" for m in at.markdown)
+
+
+def test_pages_say_not_available_when_a_module_is_missing(monkeypatch):
+    """Admin and Evaluation degrade to a message when their package is missing (partial checkouts)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_eval(name, globals=None, locals=None, fromlist=(), level=0):
+        if name.startswith(("assistant.evaluation", "training")) or (name == "assistant.ui" and fromlist and ("evaluation_view" in fromlist or "admin_view" in fromlist)):
+            raise ImportError(f"No module named {name!r} (simulated)")
+        return real_import(name, globals, locals, fromlist, level)
+
+    import sys
+
+    for mod in ("assistant.ui.evaluation_view", "assistant.ui.admin_view"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_eval)
+    at = _page(_app().run(), "evaluation")
+    assert any("not available yet" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_training_job_runs_in_the_background_and_survives_a_reload(home, tmp_path_factory):
+    """Launch SFT on a tiny model from the Admin page, then open a fresh session (a reload): the
+    job is listed from the database with its progress, log and loss chart."""
+    import json
+    import time
+
+    from retrieval.db import connect
+    from tests.tiny_llm import make_tiny_llm
+    from training.jobs import list_jobs
+
+    tiny = make_tiny_llm(tmp_path_factory.mktemp("tiny-base"))
+    conf = json.loads((tiny / "config.json").read_text())
+    conf["max_position_embeddings"] = 4096
+    (tiny / "config.json").write_text(json.dumps(conf))
+    dataset = tmp_path_factory.mktemp("sft-data")
+    row = {"messages": [{"role": "user", "content": "How many days of annual leave?"}, {"role": "assistant", "content": "25 working days [1]."}]}
+    (dataset / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for _ in range(4)), encoding="utf-8")
+    (dataset / "eval.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+
+    at = _admin_session()
+    at.text_input(key="tr_dataset").set_value(str(dataset))
+    at.text_input(key="tr_base").set_value(str(tiny))
+    at.number_input(key="tr_steps").set_value(3)
+    at.get("form_submit_button")[-1].click().run()
+    _ok(at)
+    assert any("Started sft" in s.value for s in at.success), [e.value for e in at.error]
+    deadline = time.monotonic() + 180
+    while True:
+        db = connect(home / "tether.db")
+        try:
+            jobs = list_jobs(db)
+        finally:
+            db.close()
+        if jobs and jobs[0]["status"] in ("done", "failed", "interrupted"):
+            break
+        assert time.monotonic() < deadline, jobs
+        time.sleep(1)
+    job = jobs[0]
+    console = Path(job["output_dir"]) / "console.log"
+    assert job["status"] == "done", (job, console.read_text()[-2000:] if console.exists() else "")
+    assert job["step"] == 3 and job["model_id"]
+
+    at = _admin_session()  # a new session: nothing of the launch is left in session state
+    table = _frame(at, "step")
+    assert table.iloc[0]["status"] == "done" and table.iloc[0]["step"] == "3/3"
+    assert at.get("arrow_line_chart") or at.get("vega_lite_chart")  # the loss chart
+    assert any("step" in c.value for c in at.code)  # the log tail
