@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-dev run search test bench clean
+.PHONY: install install-dev run chat test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,13 @@ install: $(VENV)/.installed $(DATA)/models/smollm2-135m-instruct/tether-model.js
 
 install-dev: $(VENV)/.installed-dev
 
+# ingests the sample handbook and opens the web app on http://127.0.0.1:8501 (`make chat` for the terminal)
 run: install
 	$(BIN)/tether --data-dir $(DATA) ingest examples/handbook
-	$(BIN)/tether --data-dir $(DATA) search "How many days of annual leave do employees get?" -k 3
+	TETHER_HOME=$(abspath $(DATA)) $(BIN)/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501 --browser.gatherUsageStats false
+
+chat: install
+	$(BIN)/tether --data-dir $(DATA) ingest examples/handbook
 	$(BIN)/tether --data-dir $(DATA) chat
 
 test: install-dev

@@ -136,14 +136,16 @@ def ask(
     k: Optional[int] = typer.Option(None, "-k", help="passages to retrieve"),
     collection: Optional[str] = typer.Option(None, "--collection", "-c"),
     as_json: bool = typer.Option(False, "--json", help="print the answer as a JSON object"),
+    policy: Optional[str] = typer.Option(None, "--policy", help="conflicts: prefer-official | prefer-recent | present-both"),
+    cad: Optional[str] = typer.Option(None, "--cad", help="context-aware decoding (hf): off | on | auto"),
+    consistency: Optional[bool] = typer.Option(None, "--consistency/--no-consistency", help="intra-memory check: answer from memory in 3 phrasings and compare"),
 ) -> None:
-    """Answer one question from the documents, with verified citations."""
+    """Answer one question from the documents, with verified citations and any conflict between them."""
     from assistant.engine import ChatEngine
+    from assistant.types import Rewrite
 
     cfg = _config(collection=collection)
-    changes = {k_: v for k_, v in (("generator", generator), ("top_k", k)) if v is not None}
-    if changes:
-        cfg = cfg.with_assistant(**changes)
+    cfg = _assistant_overrides(cfg, generator=generator, top_k=k, conflict_policy=policy, cad=cad, consistency=consistency)
     engine = ChatEngine(cfg)
     if as_json:
         answer = engine.answer(question)
@@ -154,6 +156,8 @@ def ask(
         if isinstance(item, str):
             if engine.cfg.assistant.generator != "extractive" or engine.fallback:
                 typer.echo(item, nl=False)
+        elif isinstance(item, Rewrite):
+            typer.echo(f"\n({item.reason})")
         else:
             answer = item
     if answer is None:
@@ -166,9 +170,27 @@ def ask(
     _print_sources(answer)
 
 
+def _assistant_overrides(cfg, **changes):
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return cfg.with_assistant(**changes) if changes else cfg
+
+
 def _print_sources(answer) -> None:
+    from assistant.consistency import summarise
+
     if answer.fallback:
         typer.echo(f"note: {answer.fallback}", err=True)
+    for i, (conflict, decision) in enumerate(zip(answer.conflicts, answer.decisions)):
+        a, b = conflict.claims
+        tag = "" if i in answer.relevant_conflicts else " (about something else than the question)"
+        typer.echo(f"  conflict ({conflict.kind}){tag}: {conflict.subject}")
+        for claim in (a, b):
+            meta = ", ".join(x for x in (claim.date, claim.authority, claim.status) if x)
+            typer.echo(f"    - {claim.source} ({meta}): {claim.text}")
+        typer.echo(f"    {decision.policy}: " + ("both shown" if decision.winner is None else f"{conflict.claims[decision.winner].source} applies") + f" — {decision.reason}")
+    note = summarise(answer.consistency)
+    if note:
+        typer.echo(f"  consistency: {note}")
     supported = {c.n: c.supported for c in answer.citations}
     for n, h in enumerate(answer.passages, start=1):
         mark = {True: "cited, supported", False: "cited, NOT supported"}.get(supported.get(n), "not cited")
@@ -183,14 +205,15 @@ def chat(
     generator: Optional[str] = typer.Option(None, "--generator", "-g", help="hf | extractive | openai"),
     collection: Optional[str] = typer.Option(None, "--collection", "-c"),
     user: Optional[str] = typer.Option(None, "--user", help="who is chatting (stored with feedback)"),
+    policy: Optional[str] = typer.Option(None, "--policy", help="conflicts: prefer-official | prefer-recent | present-both"),
+    cad: Optional[str] = typer.Option(None, "--cad", help="context-aware decoding (hf): off | on | auto"),
 ) -> None:
     """Interactive multi-turn chat. Commands: /sources, /feedback up|down [comment], /new, /quit."""
     from assistant.engine import ChatEngine
-    from assistant.types import Conversation
+    from assistant.types import Conversation, Rewrite
 
     cfg = _config(collection=collection)
-    if generator:
-        cfg = cfg.with_assistant(generator=generator)
+    cfg = _assistant_overrides(cfg, generator=generator, conflict_policy=policy, cad=cad)
     engine = ChatEngine(cfg)
     if engine.fallback:
         typer.echo(f"note: {engine.fallback}", err=True)
@@ -229,11 +252,15 @@ def chat(
         for item in engine.stream(line, conversation):
             if isinstance(item, str):
                 typer.echo(item, nl=False)
+            elif isinstance(item, Rewrite):
+                typer.echo(f"\n({item.reason})\ntether> ", nl=False)
             else:
                 last = item
         typer.echo("")
         if last is not None and last.groundedness is not None:
             typer.echo(f"        (groundedness {last.groundedness:.2f}; /sources for the passages)")
+        if last is not None and last.conflicts:
+            typer.echo(f"        ({len(last.conflicts)} conflict(s) between sources; /sources shows them)")
 
 
 @app.command()
@@ -250,9 +277,15 @@ def serve(
     from assistant.models import resolve_model
     from assistant.serve import serve as run_server
 
+    from assistant.engine import _promoted
+
     cfg = _config()
-    path = resolve_model(model or cfg.assistant.model, cfg.models_dir)
-    chosen_adapter = adapter or (Path(cfg.assistant.adapter) if cfg.assistant.adapter else None)
+    promoted = None if (model or adapter) else _promoted(cfg)
+    if promoted is not None:
+        path, chosen_adapter = promoted  # the registry's promoted model (tether models promote)
+    else:
+        path = resolve_model(model or cfg.assistant.model, cfg.models_dir)
+        chosen_adapter = adapter or (Path(cfg.assistant.adapter) if cfg.assistant.adapter else None)
     generator = HFGenerator(path, adapter=chosen_adapter)
     typer.echo(f"serving {path} as '{model_name}' on http://{host}:{port}/v1", err=True)
     run_server(generator, host=host, port=port, model_name=model_name, api_key=api_key)
@@ -273,8 +306,27 @@ def models_install(name: str = typer.Argument("smollm2", help="smollm2 (SmolLM2-
     typer.echo(str(path))
 
 
+@models_app.command("pull")
+def models_pull(
+    repo_id: str = typer.Argument(..., help="hub id, e.g. HuggingFaceTB/SmolLM2-360M-Instruct"),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+) -> None:
+    """Download a model from the hub into the data dir (the only command that uses the network)."""
+    from assistant.models import pull_model
+
+    typer.echo(str(pull_model(repo_id, _config().models_dir, revision=revision)))
+
+
 logs_app = typer.Typer(help="The conversation log.")
 app.add_typer(logs_app, name="logs")
+
+from assistant.evaluation.cli import eval_app  # noqa: E402  (typer apps only; heavy imports stay inside the commands)
+
+app.add_typer(eval_app, name="eval")
+
+from training.cli import register as _register_training  # noqa: E402
+
+_register_training(app, models_app)  # train, export, models list|promote|rollback|set-admin-password
 
 
 @logs_app.command("export")

@@ -11,6 +11,8 @@ Any other model must be a local folder; fetching one is the job of ``tether mode
 
 from __future__ import annotations
 
+import re
+
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -183,3 +185,25 @@ def resolve_model(name_or_path: str, models_dir: Path) -> Path:
         f"`tether models pull {name_or_path}` and set assistant.model to the folder it prints "
         "(Tether never downloads at run time)"
     )
+
+
+def pull_model(repo_id: str, models_dir: Path, *, revision: str | None = None) -> Path:
+    """Download a hub model into ``models_dir/<owner>--<name>`` (the one command that may touch the
+    network); returns the folder to set as ``assistant.model``."""
+    import os
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
+        raise BackendUnavailable(f"{repo_id!r} is not a hub id of the form owner/name")
+    target = Path(models_dir) / repo_id.replace("/", "--")
+    saved = {k: os.environ.pop(k, None) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id, revision=revision, local_dir=str(target))
+    except Exception as exc:  # no network, unknown repo, gated model: one clear line
+        raise BackendUnavailable(f"could not download {repo_id}: {exc}. Copy the checkpoint folder by hand and set assistant.model to it") from exc
+    finally:
+        for k, v in saved.items():
+            if v is not None:
+                os.environ[k] = v
+    return target
