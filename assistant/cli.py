@@ -50,7 +50,7 @@ def main_options(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "chromadb", "sentence_transformers", "urllib3", "bm25s", "transformers"):
+    for noisy in ("httpx", "chromadb", "sentence_transformers", "urllib3", "bm25s", "transformers", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
     state.data_dir = data_dir
     state.config = config

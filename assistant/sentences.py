@@ -47,3 +47,12 @@ def citation_numbers(sentence: str) -> list[int]:
 
 def strip_citations(sentence: str) -> str:
     return _CITE.sub("", sentence).strip()
+
+
+def heading_prefix(sentence: str) -> int:
+    """Length of a heading line glued to the front of a sentence ("Daily allowance\nThe daily…": a
+    short unpunctuated first line followed by more text), including the newline; 0 if none."""
+    first, sep, rest = sentence.partition("\n")
+    if sep and rest.strip() and len(first.split()) <= 5 and not first.rstrip().endswith((".", ":", ";", ",")):
+        return len(first) + 1
+    return 0

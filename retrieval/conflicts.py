@@ -564,7 +564,7 @@ def _normalise_ws(text: str) -> str:
 
 def split_claims(hit: Any, min_words: int = 4) -> list[Claim]:
     """The sentence claims of one passage (a SearchHit or anything with its fields)."""
-    from assistant.sentences import split_sentences
+    from assistant.sentences import heading_prefix, split_sentences
 
     text = hit.text
     base = hit.span[0] if getattr(hit, "span", None) else None
@@ -574,6 +574,11 @@ def split_claims(hit: Any, min_words: int = 4) -> list[Claim]:
         lead = re.match(r"^(?:#+\s*|[-*•]\s+|\d+[.)]\s+|Q:\s*|A:\s*)", piece)
         if lead:
             start += lead.end()
+            piece = text[start:end]
+        heading = heading_prefix(piece)  # "Daily allowance\nThe daily allowance is …": the claim starts after it
+        if heading:
+            start += heading
+            start += len(text[start:end]) - len(text[start:end].lstrip())
             piece = text[start:end]
         sentence = _normalise_ws(piece)
         if len(sentence.split()) < min_words or sentence.startswith("#"):

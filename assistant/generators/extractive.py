@@ -17,7 +17,7 @@ import numpy as np
 
 from assistant.generators.base import GeneratorIdentity
 from assistant.prompts import REFUSAL
-from assistant.sentences import split_sentences
+from assistant.sentences import heading_prefix, split_sentences
 from retrieval.search import SearchHit
 
 _STOP = set(
@@ -41,11 +41,9 @@ class ExtractiveConfig:
 
 
 def _drop_heading(sentence: str) -> str:
-    """'Approval\nEvery trip must…' -> 'Every trip must…': a short unpunctuated first line is a heading."""
-    first, sep, rest = sentence.partition("\n")
-    if sep and rest.strip() and len(first.split()) <= 5 and not first.rstrip().endswith((".", ":", ";", ",")):
-        return rest.strip()
-    return sentence
+    """'Approval\nEvery trip must…' -> 'Every trip must…'; 'A: For trips…' -> 'For trips…' (FAQ markers)."""
+    sentence = sentence[heading_prefix(sentence):].strip()
+    return re.sub(r"^(?:Q|A):\s+", "", sentence)
 
 
 class ExtractiveAnswerer:
