@@ -120,6 +120,17 @@ class LogStore:
             )
             return int(cur.lastrowid)
 
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        """Every feedback row with its turn's question, answer and model, newest first."""
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT f.id, f.created_at, f.kind, f.user, f.comment, f.edited_answer, f.passage_id, f.turn_id,"
+                " t.question, t.answer, t.generator, t.model, t.adapter FROM feedback f JOIN turns t ON t.id = f.turn_id"
+                " ORDER BY f.created_at DESC, f.id DESC"
+            )
+        ]
+
     def turn(self, turn_id: str) -> dict[str, Any]:
         """The full record of one turn, as stored."""
         db = self.db

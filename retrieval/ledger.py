@@ -144,6 +144,17 @@ def uncommitted_ids(db: sqlite3.Connection, collection: str) -> tuple[list[str],
     return [r["chunk_id"] for r in rows if not r["committed"]], [r["chunk_id"] for r in rows if r["committed"]]
 
 
+def set_metadata(db: sqlite3.Connection, collection: str, source: str, *, doc_date: str | None, status: str | None,
+                 authority: str | None) -> bool:
+    """Change a committed document's date, status and authority (search reads them from here);
+    False when there is no such document. The caller owns the transaction."""
+    cur = db.execute(
+        "UPDATE documents SET doc_date = ?, status = ?, authority = ? WHERE collection = ? AND source = ?",
+        (doc_date or None, status or None, authority or None, collection, source),
+    )
+    return cur.rowcount > 0
+
+
 def documents(db: sqlite3.Connection, collection: str) -> list[DocumentRow]:
     rows = db.execute(
         "SELECT id, collection, source, path, content_hash, title, kind, doc_date, status, authority, n_chunks, size,"

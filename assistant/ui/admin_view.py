@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from assistant.logstore import LogStore
 from assistant.ui import jobs
 from assistant.ui.suites import suite_files
 from retrieval.config import TetherConfig
@@ -20,16 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def feedback_frame(cfg: TetherConfig) -> pd.DataFrame:
     """Every feedback row with its turn's question, answer and model, newest first."""
-    db = connect(cfg.db_path)
-    try:
-        rows = db.execute(
-            "SELECT f.id, f.created_at, f.kind, f.user, f.comment, f.edited_answer, f.passage_id, f.turn_id,"
-            " t.question, t.answer, t.generator, t.model, t.adapter FROM feedback f JOIN turns t ON t.id = f.turn_id"
-            " ORDER BY f.created_at DESC, f.id DESC"
-        ).fetchall()
-    finally:
-        db.close()
-    return pd.DataFrame([dict(r) for r in rows], columns=["id", "created_at", "kind", "user", "comment", "edited_answer", "passage_id",
+    rows = LogStore(cfg.db_path).feedback_rows()
+    return pd.DataFrame(rows, columns=["id", "created_at", "kind", "user", "comment", "edited_answer", "passage_id",
                                                            "turn_id", "question", "answer", "generator", "model", "adapter"])
 
 

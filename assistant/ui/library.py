@@ -90,10 +90,8 @@ def set_metadata(cfg: TetherConfig, edit: MetadataEdit) -> None:
         if not rows:
             raise TetherError(f"no document {edit.source!r} in collection '{cfg.retrieval.collection}'")
         with transaction(db):
-            db.execute(
-                "UPDATE documents SET doc_date = ?, status = ?, authority = ? WHERE collection = ? AND source = ?",
-                (edit.doc_date or None, edit.status or None, edit.authority or None, cfg.retrieval.collection, edit.source),
-            )
+            ledger.set_metadata(db, cfg.retrieval.collection, edit.source, doc_date=edit.doc_date, status=edit.status,
+                                authority=edit.authority)
     finally:
         db.close()
     doc = rows[0]
