@@ -1,7 +1,8 @@
 """Two stored runs side by side: every metric, the delta, and whether B regressed against A.
 
 Direction: higher is better, except latency (``latency.*``) and ``answers.false_refusal_rate``.
-Rates are compared with an absolute tolerance; latencies with a relative one (a share of A's value).
+Rates are compared with an absolute tolerance; latencies with a relative one (a share of A's value)
+and an absolute floor of 1 ms.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from assistant.evaluation.runs import RunSummary
 LOWER_IS_BETTER_PREFIXES = ("latency.",)
 LOWER_IS_BETTER = frozenset({"answers.false_refusal_rate"})
 DEFAULT_LATENCY_TOLERANCE = 0.5  # a latency regresses when it grows by more than half
+LATENCY_FLOOR_MS = 1.0  # ...and by more than this: 0.01 ms -> 0.04 ms is noise, not a regression
 
 
 def higher_is_better(metric: str) -> bool:
@@ -28,7 +30,7 @@ def is_latency(metric: str) -> bool:
 def regressed(metric: str, baseline: float, candidate: float, tolerance: float, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE) -> bool:
     """True when ``candidate`` is worse than ``baseline`` by more than the tolerance for that metric."""
     if is_latency(metric):
-        return candidate > baseline * (1 + latency_tolerance) + 1e-9
+        return candidate > baseline * (1 + latency_tolerance) + 1e-9 and candidate - baseline > LATENCY_FLOOR_MS
     delta = candidate - baseline
     return (delta < -tolerance - 1e-12) if higher_is_better(metric) else (delta > tolerance + 1e-12)
 
