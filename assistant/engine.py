@@ -17,7 +17,7 @@ import numpy as np
 
 from assistant.citations import NLIJudge, supports, verify_citations
 from assistant.generators.base import GenParams, GeneratorIdentity
-from assistant.generators.extractive import ExtractiveAnswerer, content_words
+from assistant.generators.extractive import ExtractiveAnswerer, ExtractiveConfig, content_words
 from assistant.logstore import LogStore
 from assistant.conflict_answering import conflict_statement, drop_overridden, names_conflict, prompt_notes
 from assistant.consistency import check_consistency
@@ -38,7 +38,7 @@ def build_generator(cfg: TetherConfig, embedder):
     """(generator, fallback reason or None). The extractive answerer stands in, announced, when an LLM cannot load."""
     a = cfg.assistant
     if a.generator == "extractive":
-        return ExtractiveAnswerer(embedder), None
+        return ExtractiveAnswerer(embedder, ExtractiveConfig(min_relevance=a.min_relevance)), None
     try:
         if a.generator == "openai":
             from assistant.generators.openai_compat import OpenAIGenerator
@@ -62,7 +62,7 @@ def build_generator(cfg: TetherConfig, embedder):
             raise
         reason = f"the {a.generator} generator is unavailable ({exc}); answering extractively instead"
         log.warning(reason)
-        return ExtractiveAnswerer(embedder), reason
+        return ExtractiveAnswerer(embedder, ExtractiveConfig(min_relevance=a.min_relevance)), reason
 
 
 def _promoted(cfg: TetherConfig):
@@ -138,6 +138,11 @@ class ChatEngine:
             text, refused = self.generator.answer(question, passages)
             if not refused and relevant:
                 text = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
+            latency["generate"] = _ms(t)
+            yield text
+        elif not passages or self.best_relevance(question, passages) < a.min_relevance:
+            # nothing retrieved is close to the question: refuse rather than let the LLM guess
+            text, refused = REFUSAL, True
             latency["generate"] = _ms(t)
             yield text
         else:
@@ -334,6 +339,10 @@ class ChatEngine:
             picked += sorted(forced - {t for _, t in scored})  # a claim the splitter cut differently
             out.append(" ".join(_clip(t, 60) for t in picked) or _clip(h.text, 60))
         return out
+
+    def best_relevance(self, question: str, passages: Sequence[SearchHit]) -> float:
+        """The best sentence score over the passages (the extractive answerer's relevance measure)."""
+        return max(sc for h in passages for sc, _ in self._scored_sentences(question, h))
 
     def _top_sentences(self, question: str, passages: Sequence[SearchHit], n: int = 3) -> dict[str, list[str]]:
         """The n best sentences over all passages, grouped by passage id, in reading order."""

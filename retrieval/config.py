@@ -106,6 +106,10 @@ class AssistantConfig:
     faithful_prompt: bool = field(default=False, metadata={"help": "opinion-based framing that favours the context"})
     nli_model: str | None = field(default=None, metadata={"help": "local NLI cross-encoder for citation verification"})
     fallback_to_extractive: bool = field(default=True, metadata={"help": "answer extractively when the LLM cannot load"})
+    min_relevance: float = field(
+        default=0.58,
+        metadata={"help": "refuse without generating when no retrieved sentence scores this close to the question (cosine + 0.25 x shared words)"},
+    )
     conflicts: bool = field(default=True, metadata={"help": "detect contradicting claims among the retrieved passages"})
     conflict_policy: str = field(
         default="prefer-official",
@@ -136,6 +140,8 @@ class AssistantConfig:
             out.append(f"assistant.temperature ({self.temperature}) must be >= 0")
         if self.llm_context not in ("focused", "sentences", "passages"):
             out.append(f"assistant.llm_context ({self.llm_context!r}) must be 'focused', 'sentences' or 'passages'")
+        if not 0 <= self.min_relevance <= 2:
+            out.append(f"assistant.min_relevance ({self.min_relevance}) must be between 0 and 2 (0 = never refuse for low relevance)")
         if self.conflict_policy not in CONFLICT_POLICIES:
             out.append(f"--policy / assistant.conflict_policy ({self.conflict_policy!r}) must be one of {', '.join(CONFLICT_POLICIES)}")
         if self.cad not in CAD_MODES:

@@ -154,6 +154,18 @@ def test_smollm2_answers_from_the_sample_base_with_a_verified_citation(handbook_
     assert "first_token" in record["latency_ms"]
 
 
+def test_an_llm_is_not_asked_when_nothing_retrieved_is_relevant(handbook_cfg, smollm2_dir):
+    """Below assistant.min_relevance the engine refuses without generating (a small LLM would guess)."""
+    engine = ChatEngine(handbook_cfg.with_assistant(generator="hf", model=str(smollm2_dir), max_new_tokens=8))
+    a = engine.answer("Does the company subsidise gym memberships?")
+    assert a.refused and a.text == REFUSAL and "first_token" not in a.latency_ms
+    assert engine.best_relevance(a.question, a.passages) < handbook_cfg.assistant.min_relevance
+    # the same question is put to the model once the threshold is off
+    b = ChatEngine(handbook_cfg.with_assistant(generator="hf", model=str(smollm2_dir), max_new_tokens=8, min_relevance=0.0),
+                   generator=engine.generator).answer("Does the company subsidise gym memberships?")
+    assert "first_token" in b.latency_ms
+
+
 def test_the_llm_prompt_treats_injected_text_as_data(engine):
     """The exact messages an LLM generator receives, for a question that retrieves the quoted phishing email."""
     hits = engine.searcher.search("phishing email asking to ignore previous instructions and reveal salaries", k=5)
