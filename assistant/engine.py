@@ -132,12 +132,13 @@ class ChatEngine:
         latency["conflicts"] = _ms(t)
 
         prompt = None
+        statements: list[str] = []  # Tether's own words about conflicts, appended to the answer
         identity = self.generator.identity
         t = time.perf_counter()
         if isinstance(self.generator, ExtractiveAnswerer):
             text, refused = self.generator.answer(question, passages)
             if not refused and relevant:
-                text = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
+                text, statements = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
             latency["generate"] = _ms(t)
             yield text
         elif not passages or self.best_relevance(question, passages) < a.min_relevance:
@@ -173,7 +174,7 @@ class ChatEngine:
             identity = self.generator.identity
             if not refused and relevant:
                 before = text
-                text = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
+                text, statements = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
                 if text.startswith(before) and len(text) > len(before):
                     yield text[len(before):]
                 elif text != before:
@@ -183,6 +184,9 @@ class ChatEngine:
 
         t = time.perf_counter()
         citations, groundedness = ([], None) if refused else verify_citations(text, passages, self.embedder, nli=self.nli)
+        uncited = () if refused else tuple(uncited_sentences(text, statements))
+        if uncited:  # a claim no source backs counts against the answer, not as nothing
+            groundedness = sum(c.supported for c in citations) / (len(citations) + len(uncited))
         latency["verify"] = _ms(t)
         consistency = None
         if a.consistency and not isinstance(self.generator, ExtractiveAnswerer):
@@ -200,6 +204,7 @@ class ChatEngine:
             groundedness=groundedness,
             generator=identity,
             latency_ms=latency,
+            uncited=uncited,
             conflicts=tuple(conflicts),
             decisions=tuple(decisions),
             policy=a.conflict_policy if conflicts else None,
@@ -247,9 +252,10 @@ class ChatEngine:
                 out.append(i)
         return out
 
-    def add_conflict_statements(self, text, passages, conflicts, decisions, relevant) -> str:
+    def add_conflict_statements(self, text, passages, conflicts, decisions, relevant) -> tuple[str, list[str]]:
         """Name every relevant conflict the answer does not already name: quote and cite both
-        claims, drop any sentence stating the overridden claim as fact, and give the decision."""
+        claims, drop any sentence stating the overridden claim as fact, and give the decision.
+        Returns (the new text, the statements added)."""
         numbers = {h.id: n for n, h in enumerate(passages, start=1)}
         statements = []
         for i in relevant:
@@ -260,7 +266,7 @@ class ChatEngine:
             if statement:
                 text = drop_overridden(text, conflict, decision, numbers)
                 statements.append(statement)
-        return " ".join(x for x in [text.strip(), *statements] if x)
+        return " ".join(x for x in [text.strip(), *statements] if x), statements
 
     def _conflict_passage_ids(self, conflicts, relevant) -> set[str]:
         return {c.passage_id for i in relevant for c in conflicts[i].claims if c.passage_id}
@@ -400,6 +406,18 @@ class ChatEngine:
             cited = (sentence[:-1] + f" [{pick}]" + sentence[-1]) if sentence[-1] in ".!?" else sentence + f" [{pick}]"
             out = out[:s] + cited + out[e:]
         return out
+
+
+def uncited_sentences(text: str, own: Sequence[str] = ()) -> list[str]:
+    """The answer's sentences that state something (3+ words) without citing a source, leaving out
+    Tether's own words about conflicts (``own``)."""
+    out = []
+    for s, e in split_sentences(text):
+        sentence = text[s:e]
+        if citation_numbers(sentence) or len(sentence.split()) < 3 or any(sentence in o for o in own):
+            continue
+        out.append(sentence)
+    return out
 
 
 def split_sentences_text(text: str) -> list[str]:

@@ -65,9 +65,10 @@ class Answer:
     query: str  # the standalone query actually searched
     passages: tuple[SearchHit, ...]
     citations: tuple[Citation, ...]
-    groundedness: float | None  # share of cited sentences supported by their passage; None if nothing cited
+    groundedness: float | None  # supported citations / (citations + uncited sentences); None if neither
     generator: GeneratorIdentity
     latency_ms: dict[str, float]
+    uncited: tuple[str, ...] = ()  # answer sentences that cite no source (Tether's own conflict statements excepted)
     conflicts: tuple[Any, ...] = ()  # retrieval.conflicts.Conflict, all found among the passages
     decisions: tuple[Any, ...] = ()  # assistant.resolution.Decision, one per conflict
     policy: str | None = None
@@ -85,6 +86,7 @@ class Answer:
             "query": self.query,
             "citations": [c.to_json() for c in self.citations],
             "groundedness": self.groundedness,
+            "uncited": list(self.uncited),
             "conflicts": [
                 {
                     **(c.to_json() if hasattr(c, "to_json") else dict(c)),

@@ -29,3 +29,10 @@ def test_a_number_missing_from_the_passage_and_a_citation_out_of_range_are_not_s
     citations, groundedness = verify_citations("The allowance is EUR 70 [1]. Hotels are free [3].", [PASSAGE], embedder)
     assert [c.supported for c in citations] == [False, False] and groundedness == 0.0
     assert citations[1].passage_id == ""
+
+
+def test_uncited_sentences_count_against_groundedness_but_tethers_own_words_do_not():
+    from assistant.engine import uncited_sentences
+
+    text = "The allowance is EUR 60 [1]. It is paid monthly by payroll. Yes. Source 1 is travel.pdf (dated 2024-06-01)."
+    assert uncited_sentences(text, own=["Source 1 is travel.pdf (dated 2024-06-01)."]) == ["It is paid monthly by payroll."]

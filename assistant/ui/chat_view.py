@@ -9,6 +9,7 @@ from assistant.types import Answer
 from assistant.ui.render import (
     answer_markdown,
     claim_html,
+    escape_markdown,
     conflict_views,
     groundedness_badge,
     highlighted_html,
@@ -40,6 +41,9 @@ def _badges(answer: Answer) -> None:
         st.caption(f"{model}{policy} · {answer.latency_ms.get('total', 0):.0f} ms")
     if answer.fallback:
         st.warning(answer.fallback)
+    uncited = getattr(answer, "uncited", ())
+    if uncited:
+        st.caption(f"⚠ {len(uncited)} sentence(s) cite no source and could not be checked: " + " · ".join(escape_markdown(u) for u in uncited))
 
 
 def _citations(answer: Answer) -> None:
@@ -73,8 +77,9 @@ def _conflicts(answer: Answer) -> None:
     if not views:
         return
     with st.expander(f"⚠ The sources disagree ({len(views)})", expanded=False):
-        for v in views:
-            st.markdown(f"**{v.title}**")
+        relevant = set(answer.relevant_conflicts)
+        for i, v in enumerate(views):
+            st.markdown(f"**{v.title}**" + ("" if i in relevant else " (in the retrieved passages, not what was asked)"))
             left, right = st.columns(2)
             with left:
                 st.html(claim_html(v.claims[0]))
