@@ -19,6 +19,8 @@ def _fmt(name: str, value: float | None) -> str:
 
 
 def _generator(g: dict) -> str:
+    if g.get("backend") == "none":
+        return "none (only the conflict detector ran)"
     s = f"{g.get('backend', '?')}:{g.get('model', '?')}"
     if g.get("adapter"):
         s += f" + {g['adapter']}" + (f" ({g['adapter_hash']})" if g.get("adapter_hash") else "")
