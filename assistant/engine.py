@@ -21,7 +21,7 @@ from assistant.generators.extractive import ExtractiveAnswerer, ExtractiveConfig
 from assistant.logstore import LogStore
 from assistant.conflict_answering import conflict_statement, drop_overridden, names_conflict, prompt_notes
 from assistant.consistency import check_consistency
-from assistant.prompts import REFUSAL, PromptSource, build_context_free_messages, build_messages, condense_query
+from assistant.prompts import REFUSAL, PromptSource, build_context_free_messages, build_messages, clean_reply, condense_query
 from assistant.resolution import Decision, resolve
 from assistant.sentences import citation_numbers, split_sentences
 from assistant.types import Answer, Conversation, Rewrite, Turn
@@ -293,7 +293,7 @@ class ChatEngine:
 
     def _finish(self, raw: str, passages: Sequence[SearchHit]) -> tuple[str, bool]:
         """(answer text with citations attached, refused) from the generator's raw reply."""
-        text = raw.strip()
+        text = clean_reply(raw)
         refused = not passages or not text or any(m in text.lower() for m in _REFUSAL_MARKERS)
         if refused:
             return text or REFUSAL, True

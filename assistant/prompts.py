@@ -93,6 +93,18 @@ def build_messages(
     return [Message("system", system), Message("user", "\n\n".join(parts))]
 
 
+def clean_reply(text: str) -> str:
+    """A model's reply without echoes of the prompt: source fence tags and sentences of the system
+    prompt copied verbatim (small models do both). Never changes anything else."""
+    text = _FENCE.sub("", text)
+    for prompt in (SYSTEM_PROMPT, FAITHFUL_SYSTEM_PROMPT):
+        for sentence in re.split(r"(?<=[.:])\s+", prompt):
+            sentence = sentence.strip()
+            if len(sentence.split()) >= 5 and sentence in text:
+                text = text.replace(sentence, "")
+    return re.sub(r"[ \t]+\n", "\n", re.sub(r"\n{3,}", "\n\n", text)).strip()
+
+
 def build_context_free_messages(question: str) -> list[Message]:
     """The same question without sources: the second pass of context-aware decoding
     (``GenParams(cad_alpha=a, cad_context_free=tuple(build_context_free_messages(q)))``).
