@@ -193,7 +193,8 @@ def test_upload_ingest_ask_and_delete(home):
     at.chat_input(key="question").set_value("Where do visitors park their zeppelins?").run()
     _ok(at)
     answer = at.session_state.history[-1]["answer"]
-    assert any(answer.passages[c.n - 1].source == "zeppelin_parking.md" for c in answer.citations)
+    assert any(answer.passages[c.n - 1].source == "zeppelin_parking.md" for c in answer.citations), (
+        answer.text, answer.refused, [h.source for h in answer.passages], [(c.n, c.source) for c in answer.citations])
     page = "".join(h.value for h in at.html)
     assert "<script>" not in page and "<img" not in page  # document HTML is shown as text, never run
     assert "&lt;script&gt;" in page or "zeppelin" in page.lower()
