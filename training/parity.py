@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from assistant.generators.base import GenParams
+from assistant.generators.hf import _common_prefix  # the length of the shared start of two id lists
 from assistant.prompts import PromptSource, build_messages
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,6 @@ PARITY_PROMPTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 
 def parity_messages():
     return [build_messages(q, [PromptSource(title=t, text=x) for t, x in srcs]) for q, srcs in PARITY_PROMPTS]
-
-
-def _prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _hf_logits(gen, ids: Sequence[int]):
@@ -83,7 +75,7 @@ def check_parity(base: Path, adapter: Path, variants: dict[str, Path], *, max_ne
         same_prompt = mine == prompts  # the same chat template and tokenizer
         outs = [list(gen.tokens(p, params)) for p in prompts]
         exact = sum(o == r for o, r in zip(outs, ref_out))
-        prefix = [(_prefix(o, r) / max(1, len(r))) for o, r in zip(outs, ref_out)]
+        prefix = [(_common_prefix(o, r) / max(1, len(r))) for o, r in zip(outs, ref_out)]
         agree = total = 0
         for p, r in zip(prompts, ref_out):
             if not r:
