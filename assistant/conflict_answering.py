@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from assistant.resolution import Decision
 from assistant.prompts import sanitize_source_text
-from assistant.sentences import citation_numbers, split_sentences
+from assistant.sentences import citation_numbers, split_sentences, strip_citations
 
 
 def _numbers_of(conflict, numbers: Mapping[str, int]) -> tuple[int | None, int | None]:
@@ -102,7 +102,7 @@ def drop_overridden(answer: str, conflict, decision: Decision, numbers: Mapping[
         return answer
     loser = conflict.claims[1 - decision.winner]
     key = _norm(loser.text)
-    kept = [answer[s:e] for s, e in split_sentences(answer) if _norm(re.sub(r"\s*\[\d+(?:,\s*\d+)*\]", "", answer[s:e])) != key]
+    kept = [answer[s:e] for s, e in split_sentences(answer) if _norm(strip_citations(answer[s:e])) != key]
     return " ".join(kept)
 
 
@@ -112,7 +112,7 @@ def _states(answer: str, claim_text: str, n: int) -> bool:
     for s, e in split_sentences(answer):
         sentence = answer[s:e]
         if n in citation_numbers(sentence):
-            body = _norm(re.sub(r"\s*\[\d+(?:,\s*\d+)*\]", "", sentence))
+            body = _norm(strip_citations(sentence))
             if body and (body in key or key in body):
                 return True
     return False
