@@ -17,7 +17,7 @@ import numpy as np
 
 from assistant.citations import NLIJudge, supports, verify_citations
 from assistant.generators.base import GenParams, GeneratorIdentity
-from assistant.generators.extractive import ExtractiveAnswerer, ExtractiveConfig, content_words
+from assistant.generators.extractive import LEXICAL_WEIGHT, ExtractiveAnswerer, ExtractiveConfig, lexical_overlap
 from assistant.logstore import LogStore
 from assistant.conflict_answering import conflict_statement, drop_overridden, names_conflict, prompt_notes
 from assistant.consistency import check_consistency
@@ -132,6 +132,7 @@ class ChatEngine:
         latency["conflicts"] = _ms(t)
 
         prompt = None
+        verified = None  # (text, verify_citations(text)) when cad=auto already checked a reply
         statements: list[str] = []  # Tether's own words about conflicts, appended to the answer
         identity = self.generator.identity
         t = time.perf_counter()
@@ -147,10 +148,11 @@ class ChatEngine:
             latency["generate"] = _ms(t)
             yield text
         else:
-            passages = self.focus(question, passages, keep=self._conflict_passage_ids(conflicts, relevant))
+            claims = self._conflict_sentences(conflicts, relevant)  # passage id -> claims the prompt must show
+            passages = self.focus(question, passages, keep=set(claims))
             numbers = {h.id: n for n, h in enumerate(passages, start=1)}
             notes = prompt_notes([conflicts[i] for i in relevant], [decisions[i] for i in relevant], numbers)
-            messages = self.build_messages(question, passages, notes=notes, keep=self._conflict_sentences(conflicts, relevant))
+            messages = self.build_messages(question, passages, notes=notes, keep=claims)
             prompt = [asdict(m) for m in messages]
             use_cad = self._cad_supported() and (a.cad == "on" or (a.cad == "auto" and bool(relevant)))
             pieces: list[str] = []
@@ -163,7 +165,8 @@ class ChatEngine:
             latency["first_token"] = first if first is not None else _ms(t)
             text, refused = self._finish("".join(pieces), passages)
             if not refused and a.cad == "auto" and not use_cad and self._cad_supported():
-                _, g = verify_citations(text, passages, self.embedder, nli=self.nli)
+                verified = (text, verify_citations(text, passages, self.embedder, nli=self.nli))
+                g = verified[1][1]
                 if g is not None and g < a.cad_min_groundedness:
                     yield Rewrite(f"groundedness {g:.2f} < {a.cad_min_groundedness}: regenerating with context-aware decoding")
                     pieces = []
@@ -183,7 +186,12 @@ class ChatEngine:
             latency["generate"] = _ms(t)
 
         t = time.perf_counter()
-        citations, groundedness = ([], None) if refused else verify_citations(text, passages, self.embedder, nli=self.nli)
+        if refused:
+            citations, groundedness = [], None
+        elif verified is not None and verified[0] == text:
+            citations, groundedness = verified[1]
+        else:
+            citations, groundedness = verify_citations(text, passages, self.embedder, nli=self.nli)
         uncited = () if refused else tuple(uncited_sentences(text, statements))
         if uncited:  # a claim no source backs counts against the answer, not as nothing
             groundedness = sum(c.supported for c in citations) / (len(citations) + len(uncited))
@@ -240,17 +248,8 @@ class ChatEngine:
             return []
         texts = [c.claims[k].text for c in conflicts for k in (0, 1)]
         vecs = self.embedder.embed_batch([question] + texts)
-        qwords = content_words(question)
-        out = []
-        for i in range(len(conflicts)):
-            best = 0.0
-            for k in (0, 1):
-                text = texts[2 * i + k]
-                lexical = len(qwords & content_words(text)) / max(1, len(qwords))
-                best = max(best, float(vecs[1 + 2 * i + k] @ vecs[0]) + 0.25 * lexical)
-            if best >= RELEVANT_CONFLICT:
-                out.append(i)
-        return out
+        scores = vecs[1:] @ vecs[0] + LEXICAL_WEIGHT * lexical_overlap(question, texts)  # claims a0, b0, a1, b1, ...
+        return [i for i in range(len(conflicts)) if max(scores[2 * i], scores[2 * i + 1]) >= RELEVANT_CONFLICT]
 
     def add_conflict_statements(self, text, passages, conflicts, decisions, relevant) -> tuple[str, list[str]]:
         """Name every relevant conflict the answer does not already name: quote and cite both
@@ -267,9 +266,6 @@ class ChatEngine:
                 text = drop_overridden(text, conflict, decision, numbers)
                 statements.append(statement)
         return " ".join(x for x in [text.strip(), *statements] if x), statements
-
-    def _conflict_passage_ids(self, conflicts, relevant) -> set[str]:
-        return {c.passage_id for i in relevant for c in conflicts[i].claims if c.passage_id}
 
     def _conflict_sentences(self, conflicts, relevant) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -366,8 +362,7 @@ class ChatEngine:
             spans = [(s, e) for s, e in split_sentences(hit.text) if len(hit.text[s:e].split()) >= 3] or [(0, len(hit.text))]
             texts = [" ".join(hit.text[s:e].split()) for s, e in spans]
             vecs = self.embedder.embed_batch([question] + texts)
-            qwords = content_words(question)
-            scores = vecs[1:] @ vecs[0] + 0.25 * np.array([len(qwords & content_words(x)) / max(1, len(qwords)) for x in texts])
+            scores = vecs[1:] @ vecs[0] + LEXICAL_WEIGHT * lexical_overlap(question, texts)
             if len(self._sentence_cache) > 256:
                 self._sentence_cache.clear()
             self._sentence_cache[key] = [(float(sc), t) for sc, t in zip(scores, texts)]
@@ -424,7 +419,7 @@ def split_sentences_text(text: str) -> list[str]:
     return [" ".join(text[s:e].split()) for s, e in split_sentences(text) if len(text[s:e].split()) >= 3]
 
 
-RELEVANT_CONFLICT = 0.55  # question-claim relevance (cosine + 0.25 x shared content words) for a conflict to enter the answer
+RELEVANT_CONFLICT = 0.55  # question-claim relevance (as for sentences: cosine + lexical overlap) for a conflict to enter the answer
 FOCUS_MARGIN = 0.15  # show the LLM passages whose best sentence scores within this of the best
 
 

@@ -108,3 +108,21 @@ def test_ask_json_carries_kind_claims_decision_and_policy(handbook_cfg):
 def test_turning_detection_off_removes_conflicts(handbook_cfg):
     a = _answer(handbook_cfg, MEALS, conflicts=False)
     assert a.conflicts == () and a.policy is None and "disagree" not in a.text
+
+
+def test_cad_auto_turns_on_only_when_the_question_meets_a_conflict(handbook_cfg, tmp_path_factory):
+    """cad=auto with a real hf generator (tiny random Llama): CAD decodes the conflicting question,
+    plain decoding the other; the answer still names the conflict either way."""
+    from assistant.generators.hf import HFGenerator
+    from tests.tiny_llm import make_tiny_llm
+
+    gen = HFGenerator(make_tiny_llm(tmp_path_factory.mktemp("tiny"), max_positions=4096), device="cpu")
+    cfg = handbook_cfg.with_assistant(generator="hf", cad="auto", max_new_tokens=4, cad_min_groundedness=0.0)
+    engine = ChatEngine(cfg, generator=gen)
+    try:
+        a = engine.answer(MEALS)
+        assert a.generator.decoding == "cad(alpha=0.5)" and a.relevant_conflicts and "disagree" in a.text
+        b = engine.answer("How much is reimbursed per kilometre when I drive my own car on a business trip?")
+        assert not b.relevant_conflicts and b.generator.decoding == "greedy"
+    finally:
+        engine.searcher.close()

@@ -59,7 +59,7 @@ def make_tokenizer(vocab_size: int = 400):
     return tok
 
 
-def make_tiny_llm(out_dir: Path, *, seed: int = 0, init_std: float = 0.1) -> Path:
+def make_tiny_llm(out_dir: Path, *, seed: int = 0, init_std: float = 0.1, max_positions: int = 512) -> Path:
     """Save a random 2-layer Llama and its tokenizer into ``out_dir``; returns ``out_dir``.
 
     ``init_std`` is larger than Llama's 0.02 so the next-token logits are peaked: greedy choices
@@ -76,7 +76,7 @@ def make_tiny_llm(out_dir: Path, *, seed: int = 0, init_std: float = 0.1) -> Pat
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=len(tok),
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,  # raise it for whole grounded prompts (the tiny vocab splits words finely)
         initializer_range=init_std,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

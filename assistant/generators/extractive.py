@@ -31,13 +31,23 @@ def content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and len(w) > 1}
 
 
+LEXICAL_WEIGHT = 0.25  # relevance = cosine(question, sentence) + LEXICAL_WEIGHT x lexical_overlap
+
+
+def lexical_overlap(question: str, texts: Sequence[str]) -> np.ndarray:
+    """For each text, the share of the question's content words it contains (numbers and names
+    matter in policies, and embeddings blur them)."""
+    qwords = content_words(question)
+    return np.array([len(qwords & content_words(t)) / max(1, len(qwords)) for t in texts])
+
+
 @dataclass(frozen=True)
 class ExtractiveConfig:
     max_sentences: int = 3
     min_relevance: float = 0.58  # below this best score, refuse (handbook QA: answerable >= 0.62, 4 of 6 unanswerable below)
     keep_ratio: float = 0.8  # later sentences must score at least this share of the best
     mmr_lambda: float = 0.7
-    lexical_weight: float = 0.25
+    lexical_weight: float = LEXICAL_WEIGHT
 
 
 def _drop_heading(sentence: str) -> str:
@@ -72,10 +82,7 @@ class ExtractiveAnswerer:
             return REFUSAL, True
         vecs = self.embedder.embed_batch([question] + [c[2] for c in cands])
         qvec, svecs = vecs[0], vecs[1:]
-        qwords = content_words(question)
-        lexical = np.array(
-            [len(qwords & content_words(c[2])) / max(1, len(qwords)) for c in cands], dtype=np.float32
-        )
+        lexical = lexical_overlap(question, [c[2] for c in cands]).astype(np.float32)
         relevance = svecs @ qvec + cfg.lexical_weight * lexical
         best = float(relevance.max())
         if best < cfg.min_relevance:
