@@ -180,7 +180,7 @@ def _print_sources(answer) -> None:
 
     if answer.fallback:
         typer.echo(f"note: {answer.fallback}", err=True)
-    for i, (conflict, decision) in enumerate(zip(answer.conflicts, answer.decisions)):
+    for i, (conflict, decision) in enumerate(answer.conflict_decisions()):
         a, b = conflict.claims
         tag = "" if i in answer.relevant_conflicts else " (about something else than the question)"
         typer.echo(f"  conflict ({conflict.kind}){tag}: {conflict.subject}")
@@ -277,10 +277,10 @@ def serve(
     from assistant.models import resolve_model
     from assistant.serve import serve as run_server
 
-    from assistant.engine import _promoted
+    from assistant.engine import promoted_model_paths
 
     cfg = _config()
-    promoted = None if (model or adapter) else _promoted(cfg)
+    promoted = None if (model or adapter) else promoted_model_paths(cfg)
     if promoted is not None:
         path, chosen_adapter = promoted  # the registry's promoted model (tether models promote)
     else:

@@ -51,7 +51,7 @@ def build_generator(cfg: TetherConfig, embedder):
         from assistant.generators.hf import HFGenerator
         from assistant.models import resolve_model
 
-        promoted = _promoted(cfg)
+        promoted = promoted_model_paths(cfg)
         if promoted is not None:
             path, adapter = promoted
             return HFGenerator(path, adapter=adapter), None
@@ -65,9 +65,10 @@ def build_generator(cfg: TetherConfig, embedder):
         return ExtractiveAnswerer(embedder, ExtractiveConfig(min_relevance=a.min_relevance)), reason
 
 
-def _promoted(cfg: TetherConfig):
-    """The registry's promoted model (training/registry.py), served when the config names the
-    default model; an explicitly configured model or adapter always wins."""
+def promoted_model_paths(cfg: TetherConfig):
+    """(model dir, adapter dir or None) of the registry's promoted model (training/registry.py),
+    served when the config names the default model; an explicitly configured model or adapter
+    always wins. None when that does not apply or nothing is promoted."""
     a = cfg.assistant
     if a.model != "smollm2" or a.adapter:
         return None

@@ -88,7 +88,7 @@ class LogStore:
                     (turn_id, i, getattr(c, "kind", "unknown"), json.dumps(c.to_json() if hasattr(c, "to_json") else c),
                      json.dumps({**d.to_json(), "relevant": i in answer.relevant_conflicts}) if d is not None else None,
                      answer.policy)
-                    for i, (c, d) in enumerate(zip(answer.conflicts, answer.decisions or (None,) * len(answer.conflicts)))
+                    for i, (c, d) in enumerate(answer.conflict_decisions())
                 ],
             )
             if answer.consistency is not None:

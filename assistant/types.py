@@ -78,6 +78,11 @@ class Answer:
     turn_id: str | None = None
     conversation_id: str | None = None
 
+    def conflict_decisions(self) -> list[tuple[Any, Any]]:
+        """(conflict, its decision or None) pairs, in order."""
+        decisions = self.decisions or (None,) * len(self.conflicts)
+        return list(zip(self.conflicts, decisions))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "answer": self.text,
@@ -94,7 +99,7 @@ class Answer:
                     "policy": self.policy,
                     "relevant": i in self.relevant_conflicts,
                 }
-                for i, (c, d) in enumerate(zip(self.conflicts, self.decisions or (None,) * len(self.conflicts)))
+                for i, (c, d) in enumerate(self.conflict_decisions())
             ],
             "policy": self.policy,
             "consistency": self.consistency,

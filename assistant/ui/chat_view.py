@@ -41,7 +41,7 @@ def _badges(answer: Answer) -> None:
         st.caption(f"{model}{policy} · {answer.latency_ms.get('total', 0):.0f} ms")
     if answer.fallback:
         st.warning(answer.fallback)
-    uncited = getattr(answer, "uncited", ())
+    uncited = answer.uncited
     if uncited:
         st.caption(f"⚠ {len(uncited)} sentence(s) cite no source and could not be checked: " + " · ".join(escape_markdown(u) for u in uncited))
 
@@ -73,7 +73,7 @@ def _citations(answer: Answer) -> None:
 
 
 def _conflicts(answer: Answer) -> None:
-    views = conflict_views(answer.conflicts, getattr(answer, "decisions", None))
+    views = conflict_views(answer.conflicts, answer.decisions)
     if not views:
         return
     with st.expander(f"⚠ The sources disagree ({len(views)})", expanded=False):

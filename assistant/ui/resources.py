@@ -7,7 +7,6 @@ The data dir comes from ``$TETHER_HOME`` (else ``./.tether``) and the config fil
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any
@@ -68,13 +67,6 @@ def _logstore(path: str):
     from assistant.logstore import LogStore
 
     return LogStore(path)
-
-
-def assistant_fields() -> set[str]:
-    """The assistant settings this version of the config knows (CAD and policy arrived later)."""
-    from retrieval.config import AssistantConfig
-
-    return {f.name for f in dataclasses.fields(AssistantConfig)}
 
 
 def _key(*parts: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from assistant.engine import promoted_model_paths
 from assistant.types import Answer, Conversation
 from assistant.ui import resources
 from assistant.ui.chat_view import render_answer
@@ -15,7 +16,6 @@ def _settings(cfg):
     """The sidebar: generator, model and decoding; returns the config to answer with."""
     from retrieval import config as rc
 
-    known = resources.assistant_fields()
     a = cfg.assistant
     st.sidebar.header("Answering")
     changes = {}
@@ -24,32 +24,21 @@ def _settings(cfg):
                                                 help="hf: a local model · extractive: quotes the best sentences · openai: a server")
     if changes["generator"] == "hf":
         model, adapter = a.model, a.adapter
-        served = _promoted(cfg)
+        served = promoted_model_paths(cfg)
         if served is not None:  # the registry's promoted model replaces the configured one
             model, adapter = str(served[0]), str(served[1]) if served[1] else None
         changes["model"] = st.sidebar.text_input("Model", value=model, key="opt_model", help="'smollm2' or a local checkpoint folder").strip() or model
         changes["adapter"] = st.sidebar.text_input("Adapter", value=adapter or "", key="opt_adapter", help="PEFT adapter folder (optional)").strip() or None
-    if "cad" in known:
-        modes = list(getattr(rc, "CAD_MODES", ("off", "on", "auto")))
-        changes["cad"] = st.sidebar.radio("Context-aware decoding", modes, index=modes.index(a.cad), key="opt_cad", horizontal=True)
-    if "conflict_policy" in known:
-        policies = list(rc.CONFLICT_POLICIES)
-        changes["conflict_policy"] = st.sidebar.selectbox("When sources disagree", policies, index=policies.index(a.conflict_policy), key="opt_policy")
+    modes = list(rc.CAD_MODES)
+    changes["cad"] = st.sidebar.radio("Context-aware decoding", modes, index=modes.index(a.cad), key="opt_cad", horizontal=True)
+    policies = list(rc.CONFLICT_POLICIES)
+    changes["conflict_policy"] = st.sidebar.selectbox("When sources disagree", policies, index=policies.index(a.conflict_policy), key="opt_policy")
     changes["top_k"] = st.sidebar.slider("Passages retrieved", 1, 10, value=min(a.top_k, 10), key="opt_top_k")
     try:
         return cfg.with_assistant(**changes)
     except TetherError as exc:
         st.sidebar.error(str(exc))
         return cfg
-
-
-def _promoted(cfg):
-    """(model, adapter) of the promoted model, or None (nothing promoted, or training not installed)."""
-    try:
-        from training.registry import promoted_model
-    except ImportError:
-        return None
-    return promoted_model(cfg)
 
 
 def _new_chat() -> None:
