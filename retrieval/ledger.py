@@ -164,6 +164,17 @@ def documents(db: sqlite3.Connection, collection: str) -> list[DocumentRow]:
     return [DocumentRow(**dict(r)) for r in rows]
 
 
+def chunk_rows(db: sqlite3.Connection, collection: str) -> list[dict]:
+    """Every committed chunk of a collection with its document's source and title
+    (``id``, ``text``, ``source``, ``title``), in the order they were written."""
+    rows = db.execute(
+        "SELECT c.id, c.text, d.source, d.title FROM chunks c JOIN documents d ON d.id = c.document_id"
+        " WHERE c.collection = ? ORDER BY c.rowid",
+        (collection,),
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
 def chunk_count(db: sqlite3.Connection, collection: str) -> int:
     return int(db.execute("SELECT COUNT(*) FROM chunks WHERE collection = ?", (collection,)).fetchone()[0])
 

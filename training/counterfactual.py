@@ -31,7 +31,6 @@ import json
 import logging
 import random
 import re
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -259,14 +258,12 @@ def from_corpus(cfg: "TetherConfig", *, n: int, seed: int = 0) -> list[dict]:
     built whose answer is that quantity, and the quantity is swapped throughout the chunk."""
     from assistant.sentences import split_sentences
 
-    db = sqlite3.connect(cfg.db_path)
-    db.row_factory = sqlite3.Row
+    from retrieval import ledger
+    from retrieval.db import connect
+
+    db = connect(cfg.db_path)
     try:
-        rows = db.execute(
-            "SELECT c.id, c.text, d.source FROM chunks c JOIN documents d ON d.id = c.document_id "
-            "WHERE c.collection = ? ORDER BY c.rowid",
-            (cfg.retrieval.collection,),
-        ).fetchall()
+        rows = ledger.chunk_rows(db, cfg.retrieval.collection)
     finally:
         db.close()
     rng = random.Random(seed)

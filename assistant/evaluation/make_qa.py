@@ -105,20 +105,16 @@ def parse_llm_qa(reply: str, passage: str) -> tuple[str, str] | None:
 
 
 def _sample_chunks(cfg: TetherConfig, n: int, seed: int):
+    from retrieval import ledger
     from retrieval.db import connect
 
     db = connect(cfg.db_path)
     try:
-        rows = db.execute(
-            "SELECT c.id, c.text, d.source, d.title FROM chunks c JOIN documents d ON d.id = c.document_id"
-            " WHERE c.collection = ? ORDER BY c.id",
-            (cfg.retrieval.collection,),
-        ).fetchall()
+        rows = sorted(ledger.chunk_rows(db, cfg.retrieval.collection), key=lambda r: r["id"])  # by id: the seed's sample
     finally:
         db.close()
     if not rows:
         raise IndexEmpty(f"collection '{cfg.retrieval.collection}' holds no documents: run `tether ingest PATH` first")
-    rows = [dict(r) for r in rows]
     random.Random(seed).shuffle(rows)
     return rows
 
