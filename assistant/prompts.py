@@ -93,15 +93,18 @@ def build_messages(
     return [Message("system", system), Message("user", "\n\n".join(parts))]
 
 
+# the system prompts' sentences (5+ words) that a small model sometimes copies into its reply
+_PROMPT_SENTENCES = tuple(
+    x.strip() for p in (SYSTEM_PROMPT, FAITHFUL_SYSTEM_PROMPT) for x in re.split(r"(?<=[.:])\s+", p) if len(x.split()) >= 5
+)
+
+
 def clean_reply(text: str) -> str:
     """A model's reply without echoes of the prompt: source fence tags and sentences of the system
     prompt copied verbatim (small models do both). Never changes anything else."""
     text = _FENCE.sub("", text)
-    for prompt in (SYSTEM_PROMPT, FAITHFUL_SYSTEM_PROMPT):
-        for sentence in re.split(r"(?<=[.:])\s+", prompt):
-            sentence = sentence.strip()
-            if len(sentence.split()) >= 5 and sentence in text:
-                text = text.replace(sentence, "")
+    for sentence in _PROMPT_SENTENCES:
+        text = text.replace(sentence, "")
     return re.sub(r"[ \t]+\n", "\n", re.sub(r"\n{3,}", "\n\n", text)).strip()
 
 
