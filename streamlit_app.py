@@ -1,7 +1,7 @@
 """Tether's web app: ``streamlit run streamlit_app.py`` (see docs/APP.md).
 
-Pages live in ``assistant/ui/pages/``; the engine and the stores are built once per process in
-``assistant/ui/resources.py``. The data dir is ``$TETHER_HOME`` (else ``./.tether``).
+Pages live in ``app/ui/pages/``; the engine and the stores are built once per process in
+``app/ui/resources.py``. The data dir is ``$TETHER_HOME`` (else ``./.tether``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts the script's folder first;
 
 import streamlit as st  # noqa: E402
 
-from assistant.ui.resources import offline_env  # noqa: E402
+from app.ui.resources import offline_env  # noqa: E402
 
 offline_env()
 st.set_page_config(page_title="Tether", page_icon=":material/link:", layout="wide")
-PAGES = ROOT / "assistant" / "ui" / "pages"
+PAGES = ROOT / "app" / "ui" / "pages"
 navigation = st.navigation(
     [
         st.Page(PAGES / "chat.py", title="Chat", icon=":material/chat:", default=True),
@@ -31,7 +31,7 @@ navigation = st.navigation(
 try:
     navigation.run()
 except Exception as exc:  # a TetherError (bad config, missing index) is shown, not a traceback
-    from retrieval.errors import TetherError
+    from tether.errors import TetherError
 
     if not isinstance(exc, TetherError):
         raise

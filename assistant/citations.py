@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from assistant.sentences import citation_numbers, split_sentences, strip_citations
+from tether.text.sentences import citation_numbers, split_sentences, strip_citations
 from assistant.types import Citation
 from retrieval.search import SearchHit
 

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from assistant.resolution import Decision
 from assistant.prompts import sanitize_source_text
-from assistant.sentences import citation_numbers, split_sentences, strip_citations
+from tether.text.sentences import citation_numbers, split_sentences, strip_citations
 
 
 def _numbers_of(conflict, numbers: Mapping[str, int]) -> tuple[int | None, int | None]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from assistant.generators.base import GenParams, generate
 from assistant.prompts import build_context_free_messages
-from assistant.sentences import strip_citations
+from tether.text.sentences import strip_citations
 
 AGREE_SIMILARITY = 0.75  # answers closer than this (MiniLM cosine) agree, unless their numbers differ
 

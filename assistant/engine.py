@@ -23,10 +23,10 @@ from assistant.conflict_answering import conflict_statement, drop_overridden, na
 from assistant.consistency import check_consistency
 from assistant.prompts import REFUSAL, PromptSource, build_context_free_messages, build_messages, clean_reply, condense_query
 from assistant.resolution import Decision, resolve
-from assistant.sentences import citation_numbers, split_sentences
+from tether.text.sentences import citation_numbers, split_sentences
 from assistant.types import Answer, Conversation, Rewrite, Turn
-from retrieval.config import TetherConfig
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.config import TetherConfig
+from tether.errors import BackendUnavailable, ConfigError
 from retrieval.search import SearchHit, Searcher
 
 log = logging.getLogger(__name__)

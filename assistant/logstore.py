@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from assistant.types import Answer
-from retrieval.db import connect, transaction
-from retrieval.errors import TetherError
+from tether.db import connect, transaction
+from tether.errors import TetherError
 
 FEEDBACK_KINDS = ("up", "down", "edit", "source", "comment")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from retrieval.errors import BackendUnavailable
+from tether.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from retrieval.config import CONFLICT_POLICIES as POLICIES  # validated in AssistantConfig
+from tether.config import CONFLICT_POLICIES as POLICIES  # validated in AssistantConfig
 AUTHORITY_RANK = {"official": 3, "team": 2, "informal": 1}
 
 

@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator, Sequence
 
 from assistant.generators.base import GenParams, Generator, Message
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 

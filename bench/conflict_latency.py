@@ -57,7 +57,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.conflicts import RuleConflictDetector
     from retrieval.embeddings import embedder_for
     from retrieval.ingest import ingest

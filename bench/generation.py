@@ -178,7 +178,7 @@ def main() -> None:
     from assistant.engine import ChatEngine
     from assistant.models import install_smollm2
     from assistant.prompts import PromptSource, build_messages
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.ingest import ingest
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="tether-genbench-"))

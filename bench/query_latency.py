@@ -50,7 +50,7 @@ def main() -> None:
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
     from retrieval import ledger
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.embeddings import SentenceTransformerEmbedder
     from retrieval.search import Searcher
 

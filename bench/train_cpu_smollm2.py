@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     from assistant.evaluation.gate import gate
     from assistant.evaluation.suites import run_suite
     from assistant.models import install_smollm2
-    from retrieval.config import load_config
-    from retrieval.db import connect
+    from tether.config import load_config
+    from tether.db import connect
     from retrieval.ingest import ingest
     from training.config import DataConfig, load_train_config
     from training.counterfactual import from_corpus

@@ -5,7 +5,7 @@ Passages are split into sentence claims. Two claims are compared by rules first 
 1. Scope: claims about a different location, year, population or purpose ("within the EU" vs
    "outside the EU", "Rotterdam" vs "Brno", "business use" vs "commuting", 2023 vs 2024) never conflict.
 2. Numeric and date: comparable quantities (same dimension and unit family, same rate denominator;
-   normalised by ``retrieval.quantities``) that disagree. A value inside a stated range agrees.
+   normalised by ``tether.text.quantities``) that disagree. A value inside a stated range agrees.
 3. Entity: the same role or approval slot filled by different people or roles.
 4. Polarity: allowed vs prohibited, required vs optional, required vs prohibited.
 
@@ -34,8 +34,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from retrieval.errors import BackendUnavailable, ConfigError
-from retrieval.quantities import Quantity, extract_quantities, singular
+from tether.errors import BackendUnavailable, ConfigError
+from tether.text.quantities import Quantity, extract_quantities, singular
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +564,7 @@ def _normalise_ws(text: str) -> str:
 
 def split_claims(hit: Any, min_words: int = 4) -> list[Claim]:
     """The sentence claims of one passage (a SearchHit or anything with its fields)."""
-    from assistant.sentences import heading_prefix, split_sentences
+    from tether.text.sentences import heading_prefix, split_sentences
 
     text = hit.text
     base = hit.span[0] if getattr(hit, "span", None) else None

@@ -15,8 +15,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from retrieval.config import DEFAULT_EMBED_MODEL
-from retrieval.errors import BackendUnavailable
+from tether.config import DEFAULT_EMBED_MODEL
+from tether.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

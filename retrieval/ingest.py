@@ -21,9 +21,9 @@ from typing import Iterator, Sequence
 
 from retrieval import ledger
 from retrieval.chunking import Chunk, chunk_text, make_splitter
-from retrieval.config import TetherConfig
-from retrieval.db import connect
-from retrieval.errors import FileRejected, TetherError
+from tether.config import TetherConfig
+from tether.db import connect
+from tether.errors import FileRejected, TetherError
 from retrieval.readers import ParsedDocument, is_sidecar, read_document, sidecar_for
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from retrieval.chunking import Chunk
-from retrieval.db import transaction
-from retrieval.errors import ConfigError
+from tether.db import transaction
+from tether.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import FileRejected
+from tether.errors import FileRejected
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from retrieval import ledger
-from retrieval.config import TetherConfig
-from retrieval.db import connect
-from retrieval.errors import IndexEmpty
+from tether.config import TetherConfig
+from tether.db import connect
+from tether.errors import IndexEmpty
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from retrieval.config import TetherConfig
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.config import TetherConfig
+from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 

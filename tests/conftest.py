@@ -40,7 +40,7 @@ def _isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def embedder(tmp_path_factory):
     """The embedder the default configuration uses."""
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.embeddings import embedder_for
 
     return embedder_for(load_config(tmp_path_factory.mktemp("defaults")))
@@ -48,7 +48,7 @@ def embedder(tmp_path_factory):
 
 @pytest.fixture
 def cfg(tmp_path):
-    from retrieval.config import load_config
+    from tether.config import load_config
 
     return load_config(tmp_path / "data")
 

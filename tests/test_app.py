@@ -15,7 +15,7 @@ QUESTION = "How many days of annual leave do full-time employees get?"
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, embedder):
     """A data dir holding the handbook, answering extractively."""
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.ingest import ingest
 
     root = tmp_path_factory.mktemp("app-home")
@@ -43,7 +43,7 @@ def _ok(at) -> None:
 
 
 def _page(at, name: str):
-    at.switch_page(f"assistant/ui/pages/{name}.py").run()
+    at.switch_page(f"app/ui/pages/{name}.py").run()
     _ok(at)
     return at
 
@@ -167,8 +167,8 @@ Visitors park their zeppelins on mooring mast 7 behind the Brno office.
 
 
 def test_upload_ingest_ask_and_delete(home):
-    from retrieval.config import load_config
-    from assistant.ui import library
+    from tether.config import load_config
+    from app.ui import library
 
     at = _page(_app().run(), "documents")
     at.file_uploader(key="uploads").set_value([
@@ -210,9 +210,9 @@ def test_upload_ingest_ask_and_delete(home):
 
 
 def test_metadata_edit_reaches_search(home, embedder):
-    from assistant.ui import library
-    from retrieval.config import load_config
-    from retrieval.errors import TetherError
+    from app.ui import library
+    from tether.config import load_config
+    from tether.errors import TetherError
     from retrieval.search import Searcher
 
     cfg = load_config(home)
@@ -240,14 +240,14 @@ def test_metadata_edit_reaches_search(home, embedder):
     ],
 )
 def test_upload_names_are_sanitised(given, expected):
-    from assistant.ui.uploads import sanitize_filename
+    from app.ui.uploads import sanitize_filename
 
     assert sanitize_filename(given) == expected
 
 
 @pytest.mark.parametrize("bad", ["run.sh", "noext", "...", "x.meta.yaml", "/"])
 def test_upload_rejects_unsupported_names(bad, tmp_path):
-    from assistant.ui.uploads import UploadRejected, save_upload
+    from app.ui.uploads import UploadRejected, save_upload
 
     with pytest.raises(UploadRejected):
         save_upload(tmp_path, bad, b"data", max_mb=1)
@@ -255,7 +255,7 @@ def test_upload_rejects_unsupported_names(bad, tmp_path):
 
 
 def test_upload_size_limit(tmp_path):
-    from assistant.ui.uploads import UploadRejected, save_upload
+    from app.ui.uploads import UploadRejected, save_upload
 
     with pytest.raises(UploadRejected, match="over the 0.001 MB limit"):
         save_upload(tmp_path, "big.txt", b"x" * 2000, max_mb=0.001)
@@ -300,7 +300,7 @@ def _admin_session():
 
 def test_admin_feedback_table_and_datasets(home):
     from assistant.engine import ChatEngine
-    from retrieval.config import load_config
+    from tether.config import load_config
 
     turn = ChatEngine(load_config(home)).answer("Who approves purchases above the limit?").turn_id
     _store(home).add_feedback(turn, "down", comment="admin-test marker")
@@ -326,8 +326,8 @@ def test_promote_is_blocked_by_the_gate(home, tmp_path_factory):
     """A random tiny model answers worse than the configured (extractive) one: the gate refuses it."""
     import json
 
-    from retrieval.config import load_config
-    from retrieval.db import connect
+    from tether.config import load_config
+    from tether.db import connect
     from tests.tiny_llm import make_tiny_llm
     from training import registry
 
@@ -390,13 +390,13 @@ def test_pages_say_not_available_when_a_module_is_missing(monkeypatch):
     real_import = builtins.__import__
 
     def no_eval(name, globals=None, locals=None, fromlist=(), level=0):
-        if name.startswith(("assistant.evaluation", "training")) or (name == "assistant.ui" and fromlist and ("evaluation_view" in fromlist or "admin_view" in fromlist)):
+        if name.startswith(("assistant.evaluation", "training")) or (name == "app.ui" and fromlist and ("evaluation_view" in fromlist or "admin_view" in fromlist)):
             raise ImportError(f"No module named {name!r} (simulated)")
         return real_import(name, globals, locals, fromlist, level)
 
     import sys
 
-    for mod in ("assistant.ui.evaluation_view", "assistant.ui.admin_view"):
+    for mod in ("app.ui.evaluation_view", "app.ui.admin_view"):
         monkeypatch.delitem(sys.modules, mod, raising=False)
     monkeypatch.setattr(builtins, "__import__", no_eval)
     at = _page(_app().run(), "evaluation")
@@ -410,7 +410,7 @@ def test_training_job_runs_in_the_background_and_survives_a_reload(home, tmp_pat
     import json
     import time
 
-    from retrieval.db import connect
+    from tether.db import connect
     from tests.tiny_llm import make_tiny_llm
     from training.jobs import list_jobs
 

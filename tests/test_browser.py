@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, embedder):
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.ingest import ingest
 
     home = tmp_path_factory.mktemp("browser-home")

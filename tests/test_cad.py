@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from assistant.generators.base import GenParams, Message, generate
-from retrieval.errors import ConfigError
+from tether.errors import ConfigError
 from tests.tiny_llm import make_tiny_llm
 
 CONTEXT = [

@@ -1,7 +1,7 @@
 import pytest
 
-from retrieval.config import load_config, resolve_data_dir
-from retrieval.errors import ConfigError
+from tether.config import load_config, resolve_data_dir
+from tether.errors import ConfigError
 
 
 def test_data_dir_resolution(tmp_path, monkeypatch):

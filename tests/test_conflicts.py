@@ -16,7 +16,7 @@ from retrieval.conflicts import (
     prf,
     rule_hit,
 )
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.errors import BackendUnavailable, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDBOOK = ROOT / "examples" / "handbook"
@@ -202,7 +202,7 @@ def test_judge_reaches_f1_085_on_the_labelled_set(detector):
 
 @pytest.fixture(scope="module")
 def handbook_searcher(embedder, tmp_path_factory):
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.ingest import ingest
     from retrieval.search import Searcher
 

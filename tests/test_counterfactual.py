@@ -97,7 +97,7 @@ def test_cli_writes_the_cases(tmp_path, made):
 
 
 def test_from_corpus_builds_questions_from_ingested_chunks(tmp_path):
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.ingest import ingest
 
     docs = tmp_path / "docs"

@@ -1,7 +1,7 @@
 import sqlite3
 import threading
 
-from retrieval.db import MIGRATIONS, connect, migrate
+from tether.db import MIGRATIONS, connect, migrate
 
 
 def _columns(db, table):

@@ -11,7 +11,7 @@ from assistant.engine import ChatEngine
 from assistant.logstore import LogStore
 from assistant.prompts import REFUSAL
 from assistant.types import Conversation
-from retrieval.config import load_config
+from tether.config import load_config
 from retrieval.ingest import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def test_turn_is_logged_and_readable(engine, handbook_cfg):
     store.add_feedback(a2.turn_id, "source", passage_id=a2.passages[0].id, user="ana")
     kinds = [f["kind"] for f in store.turn(a2.turn_id)["feedback"]]
     assert kinds == ["down", "edit", "source"]
-    from retrieval.errors import TetherError
+    from tether.errors import TetherError
 
     with pytest.raises(TetherError, match="needs the edited answer"):
         store.add_feedback(a2.turn_id, "edit")
@@ -126,7 +126,7 @@ def test_cli_chat_session_with_feedback(handbook_cfg):
 
     script = "How long is the probation period?\n/sources\n/feedback up clear answer\n/quit\n"
     out = subprocess.run(
-        [sys.executable, "-m", "assistant.cli", "--data-dir", str(handbook_cfg.data_dir), "chat", "-g", "extractive", "--user", "bo"],
+        [sys.executable, "-m", "app.cli", "--data-dir", str(handbook_cfg.data_dir), "chat", "-g", "extractive", "--user", "bo"],
         input=script, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=300,
     )
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from assistant.engine import ChatEngine
 from assistant.logstore import LogStore
-from retrieval.config import load_config
+from tether.config import load_config
 from retrieval.ingest import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,10 +90,10 @@ def test_conflicts_and_decisions_are_logged_and_exported(handbook_cfg):
 
 
 def test_ask_json_carries_kind_claims_decision_and_policy(handbook_cfg):
-    from assistant.cli import app
+    from app.cli import app as tether
 
     result = CliRunner().invoke(
-        app, ["--data-dir", str(handbook_cfg.data_dir), "ask", MEALS, "--generator", "extractive", "-k", "8", "--json", "--policy", "prefer-recent"]
+        tether, ["--data-dir", str(handbook_cfg.data_dir), "ask", MEALS, "--generator", "extractive", "-k", "8", "--json", "--policy", "prefer-recent"]
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)

@@ -14,8 +14,8 @@ from assistant.evaluation.conflicts import ConflictOutcome, conflict_metrics, fo
 from assistant.evaluation.gate import gate
 from assistant.evaluation.make_qa import parse_llm_qa, template_question
 from assistant.evaluation.runs import RunSummary
-from retrieval.db import connect
-from retrieval.errors import ConfigError
+from tether.db import connect
+from tether.errors import ConfigError
 
 
 def test_normalize_answer_squad_style_plus_currency_and_thousands():

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import typer
+
+from tether.cli import CliOptions
 from typer.testing import CliRunner
 
 from assistant.evaluation import cli as eval_cli
@@ -18,9 +20,9 @@ from assistant.evaluation.gate import DEFAULT_GATE_METRICS, gate
 from assistant.evaluation.make_qa import make_qa, write_jsonl
 from assistant.evaluation.runs import corpus_hash, list_runs, load_items, load_run
 from assistant.evaluation.suites import run_suite
-from retrieval.config import load_config
-from retrieval.db import connect
-from retrieval.errors import ConfigError, TetherError
+from tether.config import load_config
+from tether.db import connect
+from tether.errors import ConfigError, TetherError
 from retrieval.ingest import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +52,7 @@ def suite_file(tmp_path_factory):
 
 
 def _app():
-    """The eval app mounted the way assistant/cli.py mounts it."""
+    """The eval app mounted the way app/cli.py mounts it."""
     app = typer.Typer()
     app.callback()(lambda: None)
     app.add_typer(eval_cli.eval_app, name="eval")
@@ -59,11 +61,9 @@ def _app():
 
 @pytest.fixture(scope="module")
 def cli(handbook_cfg):
-    old = eval_cli.config_loader
-    eval_cli.config_loader = lambda **kw: load_config(handbook_cfg.data_dir, **kw).with_assistant(generator="extractive")
+    options = CliOptions(data_dir=handbook_cfg.data_dir, assistant={"generator": "extractive"})
     runner = CliRunner()
-    yield lambda *args: runner.invoke(_app(), ["eval", *args])
-    eval_cli.config_loader = old
+    return lambda *args: runner.invoke(_app(), ["eval", *args], obj=options)
 
 
 @pytest.fixture(scope="module")

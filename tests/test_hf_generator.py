@@ -10,7 +10,7 @@ import time
 import pytest
 
 from assistant.generators.base import GenParams, Message, generate
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.errors import BackendUnavailable, ConfigError
 from tests.tiny_llm import make_lora_adapter, make_tiny_llm
 
 MESSAGES = [

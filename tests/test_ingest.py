@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from retrieval import ledger
-from retrieval.db import connect
+from tether.db import connect
 from retrieval.ingest import ingest
 from retrieval.store import ChromaStore
 from tests.corpus import make_corpus, write_zip_bomb
@@ -137,7 +137,7 @@ class Boom(Exception):
 def test_killed_ingest_leaves_no_duplicate_or_missing_chunk(cfg, embedder, tmp_path, monkeypatch):
     folder = make_corpus(tmp_path / "kb")
     # reference: a clean ingest into another data dir
-    from retrieval.config import load_config
+    from tether.config import load_config
 
     clean_cfg = load_config(tmp_path / "clean")
     ingest(clean_cfg, [folder], embedder=embedder)
@@ -243,14 +243,14 @@ def test_bad_inputs_get_one_line_each_and_the_rest_proceeds(cfg, embedder, tmp_p
 
 
 def test_missing_path_is_a_clear_error(cfg, tmp_path):
-    from retrieval.errors import TetherError
+    from tether.errors import TetherError
 
     with pytest.raises(TetherError, match="does not exist"):
         ingest(cfg, [tmp_path / "nope"])
 
 
 def test_a_collection_refuses_vectors_from_another_embedder(cfg, embedder, tmp_path):
-    from retrieval.errors import ConfigError
+    from tether.errors import ConfigError
 
     folder = make_corpus(tmp_path / "kb")
     ingest(cfg, [folder], embedder=embedder)

@@ -24,7 +24,7 @@ import pytest
 from assistant.generators.base import GenParams, GeneratorIdentity, Message, generate
 from assistant.generators.openai_compat import OpenAIGenerator, chat_completions_url
 from assistant.serve import make_server
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.errors import BackendUnavailable, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 from assistant.prompts import REFUSAL, PromptSource, build_messages, condense_query, sanitize_source_text
-from assistant.sentences import citation_numbers, split_sentences, strip_citations
+from tether.text.sentences import citation_numbers, split_sentences, strip_citations
 
 
 def test_build_messages_exact():

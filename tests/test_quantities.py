@@ -2,7 +2,7 @@
 
 import pytest
 
-from retrieval.quantities import Quantity, extract_quantities, normalise, parse_number
+from tether.text.quantities import Quantity, extract_quantities, normalise, parse_number
 
 
 def one(text: str) -> Quantity:

@@ -1,6 +1,6 @@
 import pytest
 
-from retrieval.errors import FileRejected
+from tether.errors import FileRejected
 from retrieval.readers import decode_text, html_visible_text, read_document
 from tests.corpus import LEAVE_MD, SECURITY_HTML, TRAVEL_PAGES, make_corpus, write_pdf, write_zip_bomb
 

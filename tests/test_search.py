@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.errors import IndexEmpty
+from tether.errors import IndexEmpty
 from retrieval.ingest import ingest
 from retrieval.search import SearchFilters, Searcher, rrf_fuse
 from tests.corpus import make_corpus
@@ -94,7 +94,7 @@ def _tether(*args, env=None):
 
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "assistant.cli", *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=300
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=300
     )
 
 
@@ -156,7 +156,7 @@ def chroma_server(tmp_path):
 
 @pytest.mark.slow
 def test_server_path_against_a_real_chroma_server(chroma_server, tmp_path, embedder, monkeypatch):
-    from retrieval.config import load_config
+    from tether.config import load_config
     from retrieval.store import ChromaStore
 
     monkeypatch.setenv("TETHER_CHROMA_URL", chroma_server)
@@ -174,8 +174,8 @@ def test_server_path_against_a_real_chroma_server(chroma_server, tmp_path, embed
 
 
 def test_server_down_is_a_clear_error(tmp_path, monkeypatch):
-    from retrieval.config import load_config
-    from retrieval.errors import BackendUnavailable
+    from tether.config import load_config
+    from tether.errors import BackendUnavailable
     from retrieval.store import ChromaStore
 
     monkeypatch.setenv("TETHER_CHROMA_URL", f"http://127.0.0.1:{_free_port()}")

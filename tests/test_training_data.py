@@ -10,7 +10,7 @@ from assistant.prompts import PromptSource, build_messages
 from tests.training_fixtures import COUNTERFACTUALS, TURNS, read_jsonl, seed_log_db
 from training.config import DataConfig, load_train_config
 from training.data import Row, build_datasets, dedupe, rebuild_prompt, split
-from retrieval.errors import ConfigError
+from tether.errors import ConfigError
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_sft_rows_use_the_logged_prompt_and_the_good_answers(built):
 
 
 def test_extractive_turn_prompt_is_rebuilt_from_retrievals_with_the_same_builder(built, cfg):
-    from retrieval.db import connect
+    from tether.db import connect
 
     seeded, dcfg, _ = built
     rows = _all(dcfg, "sft")
@@ -145,7 +145,7 @@ class QueuedGenerator:
 
 
 def test_backtranslated_rows_use_the_chunk_sentence_as_the_answer(cfg):
-    from retrieval.db import connect
+    from tether.db import connect
     from training.data import sft_from_documents
     from tests.training_fixtures import seed_ledger
 
@@ -168,7 +168,7 @@ def test_backtranslation_with_a_real_tiny_llm_keeps_exactly_the_well_formed_ques
 
     from assistant.generators.base import GenParams
     from assistant.generators.hf import HFGenerator
-    from retrieval.db import connect
+    from tether.db import connect
     from tests.tiny_llm import make_tiny_llm
     from tests.training_fixtures import seed_ledger
     from training.data import sft_from_documents

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def exported(tmp_path_factory):
     import torch
 
-    from retrieval.config import load_config
+    from tether.config import load_config
     from training.export import export
     from training.registry import register
 
@@ -25,7 +25,7 @@ def exported(tmp_path_factory):
     cfg = load_config(root / "data")
     model = make_tiny_llm(root / "tiny")
     adapter = make_lora_adapter(model, root / "lora")  # random non-zero B: the adapter changes the outputs
-    from retrieval.db import connect
+    from tether.db import connect
 
     db = connect(cfg.db_path)
     parent = register(db, kind="adapter", path=str(adapter), base=str(model), adapter=str(adapter), method="sft")
@@ -61,7 +61,7 @@ def test_int8_within_tolerance_and_smaller(exported):
 
 
 def test_merged_is_plain_safetensors_and_everything_is_registered(exported):
-    from retrieval.db import connect
+    from tether.db import connect
 
     merged = exported["res"].paths["merged"]
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
@@ -82,7 +82,7 @@ def test_parity_fails_for_a_different_model(exported, tmp_path):
 
 
 def test_unknown_format_is_refused(exported):
-    from retrieval.errors import ConfigError
+    from tether.errors import ConfigError
     from training.export import export
 
     with pytest.raises(ConfigError, match="unknown gguf"):

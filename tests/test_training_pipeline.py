@@ -26,14 +26,19 @@ SUITE = [
 def cli(tmp_path, monkeypatch):
     import torch
 
-    from retrieval.config import load_config
+    from tether.cli import CliOptions
     from training import cli as training_cli
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    cfg = load_config(tmp_path / "data").with_assistant(generator="extractive", max_new_tokens=8)
-    monkeypatch.setattr(training_cli, "config_loader", lambda: cfg)
+    options = CliOptions(data_dir=tmp_path / "data", assistant={"generator": "extractive", "max_new_tokens": 8})
+    cfg = options.load()
     app, models_app = typer.Typer(), typer.Typer()
+
+    @app.callback()
+    def root(ctx: typer.Context) -> None:  # what app/cli.py's root does with --data-dir
+        ctx.obj = options
+
     app.add_typer(models_app, name="models")
     training_cli.register(app, models_app)
     yield app, cfg
@@ -76,7 +81,7 @@ def test_one_command_trains_exports_and_the_gate_refuses(cli, tmp_path):
 
 
 def test_pipeline_config_reports_every_problem(tmp_path):
-    from retrieval.errors import ConfigError
+    from tether.errors import ConfigError
     from training.pipeline import load_pipeline_config
 
     (tmp_path / "p.yaml").write_text("data: {kinds: 'sft,xyz'}\nsft: {lora_r: 0}\npreference: {method: ppo}\npromote: {force: true}\nextra: {}\n")

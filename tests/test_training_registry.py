@@ -25,8 +25,8 @@ SUITE = [
 def world(tmp_path_factory):
     import torch
 
-    from retrieval.config import load_config
-    from retrieval.db import connect
+    from tether.config import load_config
+    from tether.db import connect
     from training.registry import register
 
     threads = torch.get_num_threads()
@@ -47,7 +47,7 @@ def world(tmp_path_factory):
 
 
 def test_promote_refused_by_a_failing_gate_then_forced_then_rolled_back(world):
-    from retrieval.db import connect
+    from tether.db import connect
     from training.registry import PromotionRefused, list_models, promote, promoted_model, rollback
 
     cfg, first, second = world["cfg"], *world["ids"]
@@ -73,14 +73,14 @@ def test_promote_refused_by_a_failing_gate_then_forced_then_rolled_back(world):
 
     assert rollback(cfg) == first and promoted_model(cfg) == (world["model"], world["adapter"])
     assert rollback(cfg) is None and promoted_model(cfg) is None
-    from retrieval.errors import TetherError
+    from tether.errors import TetherError
 
     with pytest.raises(TetherError, match="nothing to roll back"):
         rollback(cfg)
 
 
 def test_exports_the_engine_cannot_serve_are_not_promoted(world):
-    from retrieval.errors import TetherError
+    from tether.errors import TetherError
     from training.registry import promote
 
     with pytest.raises(TetherError, match="the engine serves adapters"):
@@ -88,8 +88,8 @@ def test_exports_the_engine_cannot_serve_are_not_promoted(world):
 
 
 def test_promoted_model_ignores_missing_files(world, tmp_path):
-    from retrieval.config import load_config
-    from retrieval.db import connect, transaction
+    from tether.config import load_config
+    from tether.db import connect, transaction
     from training.registry import promoted_model, register
 
     cfg = load_config(tmp_path / "d")
@@ -101,7 +101,7 @@ def test_promoted_model_ignores_missing_files(world, tmp_path):
 
 
 def test_admin_password_check(monkeypatch, tmp_path):
-    from retrieval.errors import TetherError
+    from tether.errors import TetherError
     from training.admin import hash_password, require_admin, set_admin_password, verify_password
 
     h = hash_password("s3cret")
@@ -121,7 +121,7 @@ def test_admin_password_check(monkeypatch, tmp_path):
 
 
 def test_m004_training_schema():
-    from retrieval.db import connect
+    from tether.db import connect
 
     db = connect(":memory:")
     assert db.execute("SELECT 1 FROM _migrations WHERE name = 'm004_training'").fetchone()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny model, a seeded log database and the datasets built from it (shared by the module)."""
-    from retrieval.config import load_config
+    from tether.config import load_config
     from training.data import build_datasets
 
     import torch
@@ -30,7 +30,7 @@ def world(tmp_path_factory):
     cfg = load_config(root / "data")
     seed_log_db(cfg.db_path)
     model = make_tiny_llm(root / "tiny")
-    from retrieval.db import connect
+    from tether.db import connect
     from training.registry import record_dataset
 
     db = connect(cfg.db_path)
@@ -84,7 +84,7 @@ def test_sft_trains_the_adapter(world, sft):
 
 
 def test_sft_job_and_registry_rows(world, sft):
-    from retrieval.db import connect
+    from tether.db import connect
 
     db = connect(world["cfg"].db_path)
     job = dict(db.execute("SELECT * FROM training_jobs WHERE id = ?", (sft.job_id,)).fetchone())
@@ -128,7 +128,7 @@ def test_kto_trains_from_single_thumbs(world):
 
 
 def test_resume_after_an_interruption(world):
-    from retrieval.db import connect
+    from tether.db import connect
     from training.trainers import run
 
     tc = _tc(world, "sft", "sft-resume", max_steps=6, save_steps=2)
@@ -145,7 +145,7 @@ def test_resume_after_an_interruption(world):
 
 
 def test_planner_on_the_cpu_and_for_an_8b_shape():
-    from retrieval.errors import ConfigError
+    from tether.errors import ConfigError
     from training.planner import Device, ModelShape, plan_training
 
     cpu = plan_training(ModelShape(64, 2, 128, 4, 2, 400), Device("cpu", "2 cores", 8.0), seq_len=512)

@@ -10,7 +10,7 @@ from assistant.generators.base import GeneratorIdentity
 from assistant.logstore import LogStore
 from assistant.prompts import PromptSource, build_messages
 from assistant.types import Answer
-from retrieval.db import connect, transaction
+from tether.db import connect, transaction
 from retrieval.search import SearchHit
 
 DOCS = {

@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from retrieval.errors import TetherError
+from tether.errors import TetherError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import os
 import secrets
 from pathlib import Path
 
-from retrieval.errors import TetherError
+from tether.errors import TetherError
 
 ENV_HASH = "TETHER_ADMIN_PASSWORD_HASH"
 ENV_PASSWORD = "TETHER_ADMIN_PASSWORD"

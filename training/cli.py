@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
-from retrieval.errors import TetherError
+from tether.cli import load
+from tether.errors import TetherError
 
 train_app = typer.Typer(help="Training: datasets from the log, SFT / DPO / KTO with LoRA or QLoRA.", no_args_is_help=True)
 
-
-def _main_config():
-    from assistant.cli import _config
-
-    return _config()
-
-
-config_loader: Callable[[], object] = _main_config  # tests and other front ends may replace it
 
 ADMIN = typer.Option(None, "--admin-password", envvar="TETHER_ADMIN_PASSWORD", help="admin password (once one is set)")
 
@@ -44,6 +37,7 @@ def _admin(cfg, password: Optional[str]) -> None:
 
 @train_app.command("data")
 def data_cmd(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="folder receiving sft/, dpo/, kto/"),
     kinds: str = typer.Option("sft,dpo,kto", "--kinds", help="comma-separated subset of sft, dpo, kto"),
     eval_fraction: float = typer.Option(0.1, "--eval-fraction"),
@@ -61,7 +55,7 @@ def data_cmd(
     from training.data import build_datasets
     from training.registry import record_dataset
 
-    cfg = config_loader()
+    cfg = load(ctx)
     _admin(cfg, admin_password)
     dcfg = DataConfig(out_dir=str(out), kinds=kinds, eval_fraction=eval_fraction, max_tokens=max_tokens, near_dup_threshold=near_dup,
                       synthetic=synthetic, counterfactuals=counterfactuals,
@@ -80,7 +74,7 @@ def data_cmd(
         generator, fallback = build_generator(cfg, None)
         if fallback:
             raise TetherError(f"--synthetic needs an LLM generator: {fallback}")
-    from retrieval.db import connect
+    from tether.db import connect
 
     db = connect(cfg.db_path)
     try:
@@ -94,6 +88,7 @@ def data_cmd(
 
 def _train(method: str):
     def command(
+        ctx: typer.Context,
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML of training.config.TrainConfig fields"),
         plan: bool = typer.Option(False, "--plan", help="print the memory/speed plan for this model and device, then stop"),
         base_model: Optional[str] = typer.Option(None, "--base-model"),
@@ -119,7 +114,7 @@ def _train(method: str):
                                max_steps=max_steps, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size, grad_accum=grad_accum,
                                max_length=max_length, quantize=quantize, device=device, gradient_checkpointing=gradient_checkpointing,
                                liger=liger, resume=resume)
-        cfg = config_loader()
+        cfg = load(ctx)
         if plan:
             from transformers import AutoConfig
 
@@ -153,6 +148,7 @@ for _m in ("sft", "dpo", "kto"):
 
 @train_app.command("pipeline")
 def pipeline_cmd(
+    ctx: typer.Context,
     config: Path = typer.Option(..., "--config", "-c", help="pipeline YAML (sections data, sft, preference, export, promote)"),
     admin_password: Optional[str] = ADMIN,
 ) -> None:
@@ -160,7 +156,7 @@ def pipeline_cmd(
     from training.pipeline import load_pipeline_config, run_pipeline
 
     pc = load_pipeline_config(config)
-    cfg = config_loader()
+    cfg = load(ctx)
     _admin(cfg, admin_password)
     tok = None
     if pc.data.tokenizer:
@@ -175,12 +171,12 @@ def pipeline_cmd(
 
 
 @train_app.command("jobs")
-def jobs_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+def jobs_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Training jobs, newest first (status, progress, loss, log)."""
-    from retrieval.db import connect
+    from tether.db import connect
     from training.jobs import list_jobs
 
-    db = connect(config_loader().db_path)
+    db = connect(load(ctx).db_path)
     try:
         rows = list_jobs(db)
     finally:
@@ -194,6 +190,7 @@ def jobs_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def export_cmd(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="a registered adapter id (tether models list) or an adapter folder"),
     out: Path = typer.Option(..., "--out", "-o", help="folder receiving merged/, bnb4/, onnx/, onnx-int8/"),
     formats: str = typer.Option("merged,onnx,onnx-int8", "--formats", help="merged, bnb4, onnx, onnx-int8"),
@@ -203,11 +200,11 @@ def export_cmd(
 ) -> None:
     """Merge an adapter into its base and export it (safetensors, 4-bit, ONNX, int8 ONNX) with a parity check."""
     from assistant.models import resolve_model
-    from retrieval.db import connect
+    from tether.db import connect
     from training.export import export
     from training.registry import get_model
 
-    cfg = config_loader()
+    cfg = load(ctx)
     _admin(cfg, admin_password)
     parent_id = None
     if Path(model).is_dir():
@@ -231,12 +228,12 @@ def export_cmd(
         raise typer.Exit(1)
 
 
-def models_list(as_json: bool = typer.Option(False, "--json")) -> None:
+def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Registered models (adapters and exports), newest first; * marks the one the engine serves."""
-    from retrieval.db import connect
+    from tether.db import connect
     from training.registry import list_models
 
-    db = connect(config_loader().db_path)
+    db = connect(load(ctx).db_path)
     try:
         rows = list_models(db)
     finally:
@@ -252,6 +249,7 @@ def models_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def models_promote(
+    ctx: typer.Context,
     model_id: str = typer.Argument(..., help="registered model id"),
     suite: Path = typer.Option(..., "--suite", "-s", help="evaluation cases (JSONL file or folder) for the gate"),
     force: bool = typer.Option(False, "--force", help="promote even when the gate finds a regression"),
@@ -263,7 +261,7 @@ def models_promote(
     """Evaluate MODEL against the served model; promote it unless the gate finds a regression."""
     from training.registry import PromotionRefused, promote
 
-    cfg = config_loader()
+    cfg = load(ctx)
     _admin(cfg, admin_password)
     try:
         res = promote(cfg, model_id, suite, force=force, metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
@@ -276,24 +274,25 @@ def models_promote(
     typer.echo(f"promoted {res['model_id']} (previous {res['previous_id'] or 'default'}; {'FORCED past ' if res['forced'] else ''}gate: {res['gate']['reason']})")
 
 
-def models_rollback(admin_password: Optional[str] = ADMIN) -> None:
+def models_rollback(ctx: typer.Context, admin_password: Optional[str] = ADMIN) -> None:
     """Undo the latest promotion: the previously promoted model (or the configured default) is served again."""
     from training.registry import rollback
 
-    cfg = config_loader()
+    cfg = load(ctx)
     _admin(cfg, admin_password)
     now = rollback(cfg)
     typer.echo(f"serving {now or 'the configured assistant.model'}")
 
 
 def models_set_admin_password(
+    ctx: typer.Context,
     password: str = typer.Option(..., "--password", prompt=True, hide_input=True, confirmation_prompt=True),
     admin_password: Optional[str] = ADMIN,
 ) -> None:
     """Set (or change) the admin password; changing one needs the current password."""
     from training.admin import set_admin_password
 
-    cfg = config_loader()
+    cfg = load(ctx)
     _admin(cfg, admin_password)
     typer.echo(f"admin password hash written to {set_admin_password(cfg.data_dir, password)}")
 

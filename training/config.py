@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from retrieval.errors import ConfigError
+from tether.errors import ConfigError
 
 METHODS = ("sft", "dpo", "kto")
 QUANTIZE = ("auto", "none", "4bit")

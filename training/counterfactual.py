@@ -34,10 +34,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from retrieval.quantities import extract_quantities, parse_number
+from tether.text.quantities import extract_quantities, parse_number
 
 if TYPE_CHECKING:
-    from retrieval.config import TetherConfig
+    from tether.config import TetherConfig
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +253,13 @@ def _question_for(sentence: str, span: tuple[int, int]) -> str:
 
 
 def from_corpus(cfg: "TetherConfig", *, n: int, seed: int = 0) -> list[dict]:
-    """Up to ``n`` counterfactual cases from the chunks of the ingested collection (retrieval.db):
+    """Up to ``n`` counterfactual cases from the chunks of the ingested collection (tether.db):
     chunks are sampled (seeded), a sentence stating a quantity is picked, a template question is
     built whose answer is that quantity, and the quantity is swapped throughout the chunk."""
-    from assistant.sentences import split_sentences
+    from tether.text.sentences import split_sentences
 
     from retrieval import ledger
-    from retrieval.db import connect
+    from tether.db import connect
 
     db = connect(cfg.db_path)
     try:

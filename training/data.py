@@ -231,7 +231,7 @@ def sft_from_documents(
     configured LLM writes the question it answers. Questions that are not one line ending in '?'
     with 3-30 words are dropped."""
     from assistant.generators.base import generate
-    from assistant.sentences import split_sentences
+    from tether.text.sentences import split_sentences
 
     chunks = list(db.execute(CHUNK_QUERY, (collection,)))
     rng = random.Random(seed)
@@ -497,8 +497,8 @@ def build_datasets(cfg: Any, dcfg: DataConfig, *, generator: Any | None = None, 
     lengths; ``counterfactual_rows`` replaces ``load_counterfactual_cases``; ``record`` is called
     with each manifest (the registry stores it). Returns the manifests by kind.
     """
-    from retrieval.db import connect
-    from retrieval.errors import ConfigError
+    from tether.db import connect
+    from tether.errors import ConfigError
 
     dcfg.validated()
     faithful = bool(getattr(cfg.assistant, "faithful_prompt", False))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from assistant.generators.base import GenParams, GeneratorIdentity, Message
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def export(base: Path, adapter: Path, out_dir: Path, *, formats: Sequence[str] =
         (out_dir / "parity.json").write_text(json.dumps(report, indent=2))
     ids: dict[str, str] = {}
     if db_path is not None:
-        from retrieval.db import connect
+        from tether.db import connect
         from training.registry import register
 
         db = connect(db_path)

@@ -15,7 +15,7 @@ import sqlite3
 import uuid
 from typing import Any
 
-from retrieval.db import transaction
+from tether.db import transaction
 
 
 def _now() -> str:
@@ -82,7 +82,7 @@ def spawn(data_dir: str, args: list[str], log_file: str, *, admin_password: str 
     if admin_password:
         env["TETHER_ADMIN_PASSWORD"] = admin_password
     log = open(log_file, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "--data-dir", str(data_dir), *args], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(data_dir), *args], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     log.close()
     return proc.pid

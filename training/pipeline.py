@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import ConfigError, TetherError
+from tether.errors import ConfigError, TetherError
 from training.config import DataConfig, TrainConfig, _coerce, load_train_config
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def run_pipeline(cfg: Any, pc: PipelineConfig, *, generator: Any | None = None, 
     """Run every configured stage; returns a summary. A refused promotion is reported, not raised."""
     import dataclasses
 
-    from retrieval.db import connect
+    from tether.db import connect
     from training.data import build_datasets
     from training.registry import PromotionRefused, promote, record_dataset
     from training.trainers import run

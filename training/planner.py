@@ -129,7 +129,7 @@ def detect_device(requested: str = "auto") -> Device:
 
     import torch
 
-    from retrieval.errors import ConfigError
+    from tether.errors import ConfigError
 
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
@@ -182,7 +182,7 @@ def plan_training(shape: ModelShape, device: Device, *, seq_len: int, lora_r: in
     Raises:
         ConfigError: nothing fits, naming the smallest estimate and what to change.
     """
-    from retrieval.errors import ConfigError
+    from tether.errors import ConfigError
 
     cuda = device.kind == "cuda"
     dtype_bytes = 2 if (cuda and device.bf16) else 4

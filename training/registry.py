@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from retrieval.db import connect, transaction
-from retrieval.errors import TetherError
+from tether.db import connect, transaction
+from tether.errors import TetherError
 
 log = logging.getLogger(__name__)
 

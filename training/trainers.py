@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from retrieval.errors import BackendUnavailable, TetherError
+from tether.errors import BackendUnavailable, TetherError
 from training.config import TrainConfig, to_dict
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
         ConfigError / BackendUnavailable: bad config, missing model, empty dataset.
         KeyboardInterrupt: the run was stopped; the job is marked interrupted and rerunning resumes.
     """
-    from retrieval.db import connect
+    from tether.db import connect
     from training import jobs, registry
     from training.planner import detect_device, plan_for_model
 
@@ -341,7 +341,7 @@ def _plan_summary(plan) -> dict[str, Any]:
 
 def _build_trainer(cfg: TrainConfig, base: Path, plan, ckpt_dir: Path, callback):
     """The trl trainer of ``cfg.method``: SFT, DPO or KTO, written out one by one."""
-    from retrieval.errors import ConfigError
+    from tether.errors import ConfigError
 
     tok = load_tokenizer(base)
     model = load_model(base, plan, init_adapter=cfg.init_adapter, device=cfg.device)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import ConfigError
+from tether.errors import ConfigError
 
 
 @dataclass(frozen=True)

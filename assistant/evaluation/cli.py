@@ -1,4 +1,4 @@
-"""``tether eval``: the typer app ``eval_app`` (registered by assistant/cli.py as ``app.add_typer(eval_app, name="eval")``).
+"""``tether eval``: the typer app ``eval_app`` (mounted by app/cli.py as ``tether eval``).
 
     run       -> suites.run_suite
     compare   -> compare.compare
@@ -7,35 +7,24 @@
     conflicts -> suites.run_suite(suites=("conflicts",))
     list/show -> runs.list_runs / runs.load_run
 
-The configuration comes from ``config_loader`` (by default the main CLI's ``_config``, which
-honours ``tether --data-dir/--config``); tests and other front ends may replace it.
+The configuration comes from the root options in ``typer.Context.obj`` (``tether.cli.load``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
-from retrieval.errors import ConfigError
+from tether.cli import load, with_assistant
+from tether.errors import ConfigError
 
 eval_app = typer.Typer(help="Evaluation: suites over JSONL cases, stored runs, compare, gate, QA builder.", no_args_is_help=True)
 
 
-def _main_config(**retrieval):
-    from assistant.cli import _config
-
-    return _config(**retrieval)
-
-
-config_loader: Callable[..., object] = _main_config
-
-
-def _cfg(collection: Optional[str] = None, **assistant):
-    cfg = config_loader(collection=collection)
-    changes = {k: v for k, v in assistant.items() if v is not None}
-    return cfg.with_assistant(**changes) if changes else cfg
+def _cfg(ctx: typer.Context, collection: Optional[str] = None, **assistant):
+    return with_assistant(load(ctx, collection=collection), **assistant)
 
 
 def _echo_or_write(text: str, path: Optional[Path]) -> None:
@@ -55,6 +44,7 @@ def _suites(value: Optional[str]) -> tuple[str, ...]:
 
 @eval_app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     suite: Path = typer.Option(..., "--suite", "-s", help="JSONL file of cases, or a folder of them"),
     label: Optional[str] = typer.Option(None, "--label", help="a name for this run (compare/gate accept it instead of the id)"),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="folder to ingest (incrementally) into the collection first"),
@@ -73,7 +63,7 @@ def run_cmd(
     from assistant.evaluation.runs import load_items
     from assistant.evaluation.suites import run_suite
 
-    cfg = _cfg(collection, generator=generator, model=model, adapter=str(adapter) if adapter else None, top_k=k)
+    cfg = _cfg(ctx, collection, generator=generator, model=model, adapter=str(adapter) if adapter else None, top_k=k)
     run = run_suite(cfg, suite, label=label, suites=_suites(suites), corpus=corpus, counterfactual=counterfactual)
     items = load_items(cfg.db_path, run.run_id)
     if report:
@@ -85,6 +75,7 @@ def run_cmd(
 
 @eval_app.command("compare")
 def compare_cmd(
+    ctx: typer.Context,
     run_a: str = typer.Argument(..., help="run id, unique id prefix or label (the baseline, A)"),
     run_b: str = typer.Argument(..., help="run id, unique id prefix or label (B)"),
     tolerance: float = typer.Option(0.02, "--tolerance", help="absolute tolerance on rates before a drop counts as a regression"),
@@ -97,7 +88,7 @@ def compare_cmd(
     from assistant.evaluation.compare import compare
     from assistant.evaluation.runs import load_run
 
-    db = config_loader().db_path
+    db = load(ctx).db_path
     cmp = compare(load_run(db, run_a), load_run(db, run_b), metrics=_split(metrics), tolerance=tolerance, latency_tolerance=latency_tolerance)
     typer.echo(R.dumps(R.comparison_json(cmp)) + "\n" if as_json else R.comparison_markdown(cmp), nl=False)
 
@@ -106,13 +97,12 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
     return [m.strip() for m in value.split(",") if m.strip()] if value else None
 
 
-def resolve_run(ref: str, adapter: Optional[Path], suite: Optional[Path], role: str, *, corpus: Optional[Path] = None, generator: Optional[str] = None):
+def resolve_run(cfg, ref: str, adapter: Optional[Path], suite: Optional[Path], role: str, *, corpus: Optional[Path] = None, generator: Optional[str] = None):
     """A stored run for ``ref``: the run itself when ``ref`` names one (id, prefix or label);
     otherwise ``ref`` is a model ('smollm2' or a checkpoint dir) and the suite is run on it now."""
     from assistant.evaluation.runs import load_run
     from assistant.evaluation.suites import run_suite
 
-    cfg = config_loader()
     looks_like_model = ref.lower() == "smollm2" or Path(ref).expanduser().is_dir()
     if not looks_like_model:
         if adapter:
@@ -127,6 +117,7 @@ def resolve_run(ref: str, adapter: Optional[Path], suite: Optional[Path], role: 
 
 @eval_app.command("gate")
 def gate_cmd(
+    ctx: typer.Context,
     candidate: str = typer.Option(..., "--candidate", help="stored run (id/prefix/label), or a model: 'smollm2' or a checkpoint dir"),
     baseline: str = typer.Option(..., "--baseline", help="stored run (id/prefix/label), or a model"),
     suite: Optional[Path] = typer.Option(None, "--suite", help="cases to run a model on (needed when a side is a model)"),
@@ -146,8 +137,9 @@ def gate_cmd(
         raise ConfigError(f"--tolerance ({tolerance}) and --latency-tolerance ({latency_tolerance}) must be >= 0")
     if suite is not None and not suite.exists():
         raise ConfigError(f"--suite {suite} does not exist")
-    base = resolve_run(baseline, baseline_adapter, suite, "baseline", corpus=corpus)
-    cand = resolve_run(candidate, candidate_adapter, suite, "candidate", corpus=corpus)
+    cfg = load(ctx)
+    base = resolve_run(cfg, baseline, baseline_adapter, suite, "baseline", corpus=corpus)
+    cand = resolve_run(cfg, candidate, candidate_adapter, suite, "candidate", corpus=corpus)
     result = gate(cand, base, metrics=_split(metrics) or DEFAULT_GATE_METRICS, tolerance=tolerance, latency_tolerance=latency_tolerance)
     if as_json:
         typer.echo(R.dumps({**result.to_json(), "candidate": cand.run_id, "baseline": base.run_id}))
@@ -158,6 +150,7 @@ def gate_cmd(
 
 @eval_app.command("make-qa")
 def make_qa_cmd(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write"),
     n: int = typer.Option(20, "-n", help="number of questions (one per sampled passage)"),
     seed: int = typer.Option(0, "--seed"),
@@ -169,7 +162,7 @@ def make_qa_cmd(
     """Build a QA set from an ingested collection: a question per sampled passage, its answer a span of it."""
     from assistant.evaluation.make_qa import make_qa, write_jsonl
 
-    cfg = _cfg(collection, generator=generator, model=model)
+    cfg = _cfg(ctx, collection, generator=generator, model=model)
     cases = make_qa(cfg, n, seed=seed, maker=maker)
     write_jsonl(cases, out)
     by = {m: sum(c.maker == m for c in cases) for m in ("llm", "template")}
@@ -178,6 +171,7 @@ def make_qa_cmd(
 
 @eval_app.command("conflicts")
 def conflicts_cmd(
+    ctx: typer.Context,
     cases: Path = typer.Option(..., "--cases", help="labelled conflict pairs (JSONL), e.g. examples/eval/handbook_conflicts.jsonl"),
     counterfactual: Optional[Path] = typer.Option(None, "--counterfactual", help="counterfactual cases for the follow-context rate"),
     label: Optional[str] = typer.Option(None, "--label"),
@@ -190,7 +184,7 @@ def conflicts_cmd(
     from assistant.evaluation.runs import load_items
     from assistant.evaluation.suites import run_suite
 
-    cfg = _cfg(collection, generator=generator)
+    cfg = _cfg(ctx, collection, generator=generator)
     run = run_suite(cfg, cases, label=label, suites=("conflicts",), counterfactual=counterfactual)
     if as_json:
         typer.echo(R.dumps(R.run_json(run)))
@@ -201,6 +195,7 @@ def conflicts_cmd(
 
 @eval_app.command("list")
 def list_cmd(
+    ctx: typer.Context,
     suite: Optional[str] = typer.Option(None, "--suite", help="only runs of this suite path"),
     label: Optional[str] = typer.Option(None, "--label"),
     limit: int = typer.Option(20, "--limit", "-n"),
@@ -210,7 +205,7 @@ def list_cmd(
     from assistant.evaluation import report as R
     from assistant.evaluation.runs import list_runs
 
-    runs = list_runs(config_loader().db_path, suite=suite, label=label, limit=limit)
+    runs = list_runs(load(ctx).db_path, suite=suite, label=label, limit=limit)
     if as_json:
         typer.echo(R.dumps([r.to_json() for r in runs]))
         return
@@ -224,6 +219,7 @@ def list_cmd(
 
 @eval_app.command("show")
 def show_cmd(
+    ctx: typer.Context,
     run: str = typer.Argument(..., help="run id, unique prefix or label"),
     as_json: bool = typer.Option(False, "--json"),
     items: bool = typer.Option(False, "--items", help="include every item (JSON)"),
@@ -232,7 +228,7 @@ def show_cmd(
     from assistant.evaluation import report as R
     from assistant.evaluation.runs import load_items, load_run
 
-    db = config_loader().db_path
+    db = load(ctx).db_path
     summary = load_run(db, run)
     rows = load_items(db, summary.run_id)
     if as_json:
@@ -241,4 +237,4 @@ def show_cmd(
         typer.echo(R.run_markdown(summary, rows), nl=False)
 
 
-__all__ = ["eval_app", "config_loader", "resolve_run"]
+__all__ = ["eval_app", "resolve_run"]

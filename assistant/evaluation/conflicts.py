@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from assistant.evaluation import metrics as M
 from assistant.evaluation.cases import CaseSet, ClaimSide, ConflictCase
 from assistant.evaluation.runs import EvalItem
-from retrieval.config import TetherConfig
+from tether.config import TetherConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ConflictSuiteResult:
 def _ledger_meta(cfg: TetherConfig) -> dict[str, dict[str, Any]]:
     """source -> title/date/status/authority from the configured collection (fills what a case omits)."""
     from retrieval import ledger
-    from retrieval.db import connect
+    from tether.db import connect
 
     db = connect(cfg.db_path)
     try:

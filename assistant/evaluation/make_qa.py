@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Sequence
 
 from assistant.generators.base import Message
-from assistant.sentences import split_sentences
-from retrieval.config import TetherConfig
-from retrieval.errors import ConfigError, IndexEmpty
+from tether.text.sentences import split_sentences
+from tether.config import TetherConfig
+from tether.errors import ConfigError, IndexEmpty
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def parse_llm_qa(reply: str, passage: str) -> tuple[str, str] | None:
 
 def _sample_chunks(cfg: TetherConfig, n: int, seed: int):
     from retrieval import ledger
-    from retrieval.db import connect
+    from tether.db import connect
 
     db = connect(cfg.db_path)
     try:

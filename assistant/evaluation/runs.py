@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from retrieval.db import connect, transaction
-from retrieval.errors import TetherError
+from tether.db import connect, transaction
+from tether.errors import TetherError
 
 
 @dataclass(frozen=True)

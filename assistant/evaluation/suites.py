@@ -16,8 +16,8 @@ from typing import Sequence
 from assistant.evaluation import metrics as M
 from assistant.evaluation.cases import CaseSet, QACase, load_cases
 from assistant.evaluation.runs import EvalItem, RunSummary, config_dict, corpus_hash, git_commit, store_run
-from retrieval.config import TetherConfig
-from retrieval.errors import ConfigError
+from tether.config import TetherConfig
+from tether.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

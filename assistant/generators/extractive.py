@@ -17,7 +17,7 @@ import numpy as np
 
 from assistant.generators.base import GeneratorIdentity
 from assistant.prompts import REFUSAL
-from assistant.sentences import heading_prefix, split_sentences
+from tether.text.sentences import heading_prefix, split_sentences
 from retrieval.search import SearchHit
 
 _STOP = set(

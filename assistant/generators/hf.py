@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 from assistant.generators.base import GenParams, GeneratorIdentity, Message
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 

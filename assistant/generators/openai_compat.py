@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from assistant.generators.base import GenParams, GeneratorIdentity, Message
-from retrieval.errors import BackendUnavailable, ConfigError
+from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 

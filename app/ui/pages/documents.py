@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from assistant.ui import library, resources
-from assistant.ui.uploads import ALLOWED_SUFFIXES, UploadRejected, save_upload
-from retrieval.errors import TetherError
+from app.ui import library, resources
+from app.ui.uploads import ALLOWED_SUFFIXES, UploadRejected, save_upload
+from tether.errors import TetherError
 from retrieval.readers import AUTHORITIES, STATUSES
 
 

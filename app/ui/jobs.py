@@ -1,4 +1,4 @@
-"""Training jobs launched from the web app: a detached ``python -m assistant.ui.jobs`` process per
+"""Training jobs launched from the web app: a detached ``python -m app.ui.jobs`` process per
 job (it outlives the page and the browser session), tracked in ``training_jobs`` by
 ``training.trainers.run``; the page polls that table, the run's ``train.log`` and ``loss_curve.json``.
 """
@@ -24,7 +24,7 @@ def launch(data_dir: Path, method: str, settings: dict[str, Any]) -> tuple[int, 
     env = {**os.environ, "TETHER_HOME": str(data_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with console.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "assistant.ui.jobs", method, json.dumps(settings)],
+            [sys.executable, "-m", "app.ui.jobs", method, json.dumps(settings)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     return proc.pid, console
@@ -59,7 +59,7 @@ def log_tail(path: str | Path, lines: int = 40) -> str:
 def _main(argv: list[str]) -> int:
     import logging
 
-    from retrieval.config import load_config
+    from tether.config import load_config
     from training.config import load_train_config
     from training.trainers import run
 

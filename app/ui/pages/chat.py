@@ -6,15 +6,15 @@ import streamlit as st
 
 from assistant.engine import promoted_model_paths
 from assistant.types import Answer, Conversation
-from assistant.ui import resources
-from assistant.ui.chat_view import render_answer
-from assistant.ui.render import escape_markdown
-from retrieval.errors import IndexEmpty, TetherError
+from app.ui import resources
+from app.ui.chat_view import render_answer
+from app.ui.render import escape_markdown
+from tether.errors import IndexEmpty, TetherError
 
 
 def _settings(cfg):
     """The sidebar: generator, model and decoding; returns the config to answer with."""
-    from retrieval import config as rc
+    from tether import config as rc
 
     a = cfg.assistant
     st.sidebar.header("Answering")

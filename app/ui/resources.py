@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from retrieval.config import TetherConfig, load_config, resolve_data_dir
+from tether.config import TetherConfig, load_config, resolve_data_dir
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from typing import Callable, Sequence
 import yaml
 
 from retrieval import ledger
-from retrieval.config import TetherConfig
-from retrieval.db import connect, transaction
-from retrieval.errors import TetherError
+from tether.config import TetherConfig
+from tether.db import connect, transaction
+from tether.errors import TetherError
 from retrieval.ingest import FileOutcome, ingest
 from retrieval.readers import AUTHORITIES, SIDECAR_SUFFIX, STATUSES
 
-from assistant.ui.uploads import uploads_dir
+from app.ui.uploads import uploads_dir
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from assistant.logstore import LogStore
-from assistant.ui import jobs
-from assistant.ui.suites import suite_files
-from retrieval.config import TetherConfig
-from retrieval.db import connect
-from retrieval.errors import TetherError
+from app.ui import jobs
+from app.ui.suites import suite_files
+from tether.config import TetherConfig
+from tether.db import connect
+from tether.errors import TetherError
 
 ROOT = Path(__file__).resolve().parents[2]
 

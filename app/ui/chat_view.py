@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from assistant.types import Answer
-from assistant.ui.render import (
+from app.ui.render import (
     answer_markdown,
     claim_html,
     escape_markdown,
@@ -16,7 +16,7 @@ from assistant.ui.render import (
     source_line,
     support_offsets,
 )
-from retrieval.errors import TetherError
+from tether.errors import TetherError
 
 
 def render_answer(answer: Answer, store) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from assistant.ui import resources
+from app.ui import resources
 
 st.title("Evaluation")
 try:
-    from assistant.ui import evaluation_view
+    from app.ui import evaluation_view
 except ImportError as exc:  # the evaluation package has not landed in this checkout
     st.info(f"Evaluation is not available yet ({exc}).")
 else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from assistant.ui import auth, resources
+from app.ui import auth, resources
 
 
 def _gate(cfg) -> bool:
@@ -37,7 +37,7 @@ def main() -> None:
     if not _gate(cfg):
         return
     try:
-        from assistant.ui import admin_view
+        from app.ui import admin_view
     except ImportError as exc:  # training has not landed in this checkout
         st.info(f"Training and the model registry are not available yet ({exc}).")
         return

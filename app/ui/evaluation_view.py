@@ -11,9 +11,9 @@ import streamlit as st
 
 from assistant.evaluation.runs import RunSummary, list_runs, load_run
 from assistant.evaluation.suites import ALL_SUITES, QA_SUITES, run_suite
-from assistant.ui.suites import suite_files
-from retrieval.config import TetherConfig
-from retrieval.errors import TetherError
+from app.ui.suites import suite_files
+from tether.config import TetherConfig
+from tether.errors import TetherError
 
 
 

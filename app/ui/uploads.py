@@ -8,7 +8,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from retrieval.errors import TetherError
+from tether.errors import TetherError
 from retrieval.readers import SUPPORTED
 
 ALLOWED_SUFFIXES = tuple(sorted(SUPPORTED))  # .md .markdown .txt .html .htm .pdf .docx

@@ -1,0 +1,85 @@
+"""The root of the ``tether`` command: global options, and every package's commands mounted in
+one place (each package keeps its own commands beside the stage functions they call):
+
+    retrieval.cli.register            ingest, search, docs
+    assistant.cli.register            ask, chat, serve, logs export, models install|pull
+    assistant.evaluation.cli.eval_app eval run|compare|gate|make-qa|conflicts|list|show
+    training.cli.register             train ..., export, models list|promote|rollback|set-admin-password
+
+The options reach the commands in ``typer.Context.obj`` (``tether.cli.CliOptions``). Errors that
+users should see (``TetherError``) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from assistant import cli as assistant_cli
+from assistant.evaluation.cli import eval_app
+from retrieval import cli as retrieval_cli
+from tether.cli import CliOptions, offline_env
+from tether.errors import TetherError
+from training import cli as training_cli
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tether: grounded chat over your documents.")
+models_app = typer.Typer(help="Local models: install the shipped ones, list what is there.")
+log = logging.getLogger("tether")
+
+_QUIET = ("httpx", "chromadb", "sentence_transformers", "urllib3", "bm25s", "transformers", "bitsandbytes")
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="state folder (default $TETHER_HOME, else ./.tether)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default <data dir>/tether.yaml)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log debug details"),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in _QUIET:
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    given = ctx.obj if isinstance(ctx.obj, CliOptions) else CliOptions()
+    ctx.obj = replace(given, data_dir=data_dir or given.data_dir, config=config or given.config)
+
+
+retrieval_cli.register(app)
+assistant_cli.register(app, models_app)
+app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
+training_cli.register(app, models_app)
+
+
+def main() -> None:
+    offline_env()
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except TetherError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
