@@ -42,6 +42,8 @@ chat: install
 	$(BIN)/tether --data-dir $(DATA) chat
 
 test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -ra
 
 bench: install-dev

@@ -26,6 +26,7 @@ from retrieval import cli as retrieval_cli
 from tether.cli import CliOptions, offline_env
 from tether.errors import TetherError
 from training import cli as training_cli
+from training.registry import RegistryModelSource
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tether: grounded chat over your documents.")
 models_app = typer.Typer(help="Local models: install the shipped ones, list what is there.")
@@ -49,7 +50,9 @@ def main_options(
     for noisy in _QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
     given = ctx.obj if isinstance(ctx.obj, CliOptions) else CliOptions()
-    ctx.obj = replace(given, data_dir=data_dir or given.data_dir, config=config or given.config)
+    # the engine serves the registry's promoted model (training/registry.py) unless the caller gave a source
+    source = given.model_source if given.model_source is not None else RegistryModelSource()
+    ctx.obj = replace(given, data_dir=data_dir or given.data_dir, config=config or given.config, model_source=source)
 
 
 retrieval_cli.register(app)
@@ -60,25 +63,17 @@ training_cli.register(app, models_app)
 
 
 def main() -> None:
+    """The console script. Usage errors (typer/click) print their message and exit 2 (standalone
+    mode); a ``TetherError`` prints one line and exits 2; Ctrl-C exits 130."""
     offline_env()
     try:
-        rc = app(standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else 0)
+        app(standalone_mode=True, prog_name="tether")
     except TetherError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

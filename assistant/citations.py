@@ -1,71 +1,60 @@
 """Attach citations to an answer and verify each one against the passage it cites.
 
 Every answer sentence that carries [n] is compared with the sentences of passage n (cosine
-similarity of MiniLM embeddings, plus a check that the numbers it states appear in the passage);
+similarity of MiniLM embeddings, plus a check that the passage states every value it states);
 it is supported when the best match clears the threshold. Groundedness is the share of cited
-sentences that are supported.
+sentences that are supported. Values are read by ``tether.text.quantities``, as conflict detection
+reads them: "3 weeks" is backed by "21 days", not by "14 days".
 """
 
 from __future__ import annotations
 
-import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from tether.text.sentences import citation_numbers, split_sentences, strip_citations
 from assistant.types import Citation
 from retrieval.search import SearchHit
+from tether.crossencoder import load_cross_encoder
+from tether.text.quantities import Number, Quantity, find_numbers, missing_values, singular
+from tether.text.sentences import citation_numbers, split_sentences, strip_citations
 
 SUPPORT_THRESHOLD = 0.55
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_WORDS = {
-    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9",
-    "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
-}
-_QUANTITY = re.compile(r"\b(\d+(?:[.,]\d+)?|" + "|".join(_WORDS) + r")\s*(%|[a-z]+)?", re.I)
 
 
-def _numbers(text: str) -> set[str]:
-    return {n.replace(",", "") for n in _NUMBER.findall(text)} | {_WORDS[w.lower()] for w in re.findall(r"\b(" + "|".join(_WORDS) + r")\b", text, re.I)}
+def _value_label(v: Quantity | Number) -> tuple[str, str]:
+    """('2', 'year') for "2 years", ('60', 'EUR') for "EUR 60", ('2222', '') for a bare number."""
+    if isinstance(v, Number):
+        return _fmt_number(v.value), ""
+    numbers = find_numbers(v.text)
+    value = _fmt_number(numbers[0].value) if numbers else v.norm
+    if v.kind in ("duration", "count"):
+        unit = singular(v.text.split()[-1]) if len(v.text.split()) > 1 else v.unit
+    else:
+        unit = v.unit
+    return value, unit
 
 
-def _quantities(text: str) -> set[tuple[str, str]]:
-    """(value, unit word) pairs: '2 years' and 'two years' both give ('2', 'year')."""
-    out = set()
-    for value, unit in _QUANTITY.findall(text):
-        value = _WORDS.get(value.lower(), value.replace(",", ""))
-        unit = (unit or "").lower().rstrip("s")
-        out.add((value, unit))
-    return out
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def unsupported_quantities(claim: str, passage: str) -> set[tuple[str, str]]:
-    """Quantities the claim states with a unit that the passage never states with that unit."""
-    have = _quantities(passage)
-    values_with_units = {(v, u) for v, u in have}
-    missing = set()
-    for value, unit in _quantities(claim):
-        if not unit or unit in ("the", "and", "of", "to", "a", "an", "per", "in", "on", "at", "for", "or"):
-            if value not in {v for v, _ in have}:
-                missing.add((value, unit))
-            continue
-        if (value, unit) not in values_with_units:
-            missing.add((value, unit))
-    return missing
+    """The values the claim states that the passage does not, as (number, unit word) pairs:
+    "2 years" against a passage saying "two months" gives ('2', 'year'); "3 weeks" against "21 days"
+    nothing (``tether.text.quantities.missing_values`` decides)."""
+    return {_value_label(v) for v in missing_values(claim, passage)}
 
 
 def supports(similarity: float, claim: str, evidence: str, threshold: float = SUPPORT_THRESHOLD) -> bool:
     """Does evidence support claim? Similar enough, about the same scope, and stating every quantity the claim states,
     or, for a claim that is mostly a number ("The number is 2222."), stating that number in a
     moderately similar sentence."""
-    claim_numbers = _numbers(claim)
-    missing = (claim_numbers - _numbers(evidence)) or unsupported_quantities(claim, evidence)
-    if missing or _other_scope(claim, evidence):
+    if missing_values(claim, evidence) or _other_scope(claim, evidence):
         return False
     if similarity >= threshold:
         return True
-    return bool(claim_numbers) and similarity >= threshold - 0.25
+    return bool(find_numbers(claim, in_codes=True)) and similarity >= threshold - 0.25
 
 
 def _other_scope(claim: str, evidence: str) -> bool:
@@ -77,9 +66,10 @@ def _other_scope(claim: str, evidence: str) -> bool:
 
 
 def _same_scope_somewhere(claim: str, text: str, spans) -> bool:
-    """Some sentence of the passage that states the claim's numbers speaks of the claim's scope."""
-    numbers = _numbers(claim)
-    stating = [text[s:e] for s, e in spans if numbers <= _numbers(text[s:e])] if numbers else []
+    """Some sentence of the passage that states the claim's values speaks of the claim's scope."""
+    if not find_numbers(claim, in_codes=True):
+        return True
+    stating = [text[s:e] for s, e in spans if not missing_values(claim, text[s:e])]
     return not stating or any(not _other_scope(claim, sentence) for sentence in stating)
 
 
@@ -89,11 +79,7 @@ class NLIJudge:
     found from the model's ``id2label`` ("entailment"), else taken as ``entailment_index``."""
 
     def __init__(self, path: str, entailment_index: int | None = None):
-        from sentence_transformers import CrossEncoder
-
-        from retrieval.embeddings import resolve_model_path
-
-        self.model = CrossEncoder(str(resolve_model_path(path)), local_files_only=True)
+        self.model = load_cross_encoder(path, setting="assistant.nli_model", what="NLI model")
         labels = {int(k): str(v).lower() for k, v in (self.model.config.id2label or {}).items()}
         found = next((i for i, name in labels.items() if name.startswith("entail")), None)
         self.entailment = found if found is not None else (entailment_index if entailment_index is not None else 0)

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from tether.cli import load, with_assistant
+from tether.cli import load, options, with_assistant
 from tether.errors import TetherError
 
 logs_app = typer.Typer(help="The conversation log.")
@@ -45,30 +45,27 @@ def ask(
 ) -> None:
     """Answer one question from the documents, with verified citations and any conflict between them."""
     from assistant.engine import ChatEngine
-    from assistant.types import Rewrite
+    from assistant.events import consume
 
     cfg = load(ctx, collection=collection)
     cfg = with_assistant(cfg, generator=generator, top_k=k, conflict_policy=policy, cad=cad, consistency=consistency)
-    engine = ChatEngine(cfg)
+    engine = ChatEngine(cfg, model_source=options(ctx).model_source)
     if as_json:
         answer = engine.answer(question)
         typer.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
         return
-    answer = None
-    for item in engine.stream(question):
-        if isinstance(item, str):
-            if engine.cfg.assistant.generator != "extractive" or engine.fallback:
-                typer.echo(item, nl=False)
-        elif isinstance(item, Rewrite):
-            typer.echo(f"\n({item.reason})")
-        else:
-            answer = item
-    if answer is None:
-        return
-    if answer.generator.backend == "extractive":
+    # a generator that streams tokens is shown as it writes, then the answer with its citations;
+    # one that answers in one piece (extractive) is shown once, as the final answer
+    streams = engine.capabilities.token_streaming
+    answer = consume(
+        engine.stream(question),
+        on_token=(lambda piece: typer.echo(piece, nl=False)) if streams else None,
+        on_replace=(lambda event: typer.echo(f"\n({event.reason})\n{event.text}", nl=False)) if streams else None,
+    )
+    if not streams:
         typer.echo(answer.text, nl=False)
     typer.echo("")
-    if answer.generator.backend != "extractive" and not answer.refused:
+    if streams and not answer.refused:
         typer.echo(f"with citations: {answer.text}")
     _print_sources(answer)
 
@@ -83,11 +80,12 @@ def chat(
 ) -> None:
     """Interactive multi-turn chat. Commands: /sources, /feedback up|down [comment], /new, /quit."""
     from assistant.engine import ChatEngine
-    from assistant.types import Conversation, Rewrite
+    from assistant.events import consume
+    from assistant.types import Conversation
 
     cfg = load(ctx, collection=collection)
     cfg = with_assistant(cfg, generator=generator, conflict_policy=policy, cad=cad)
-    engine = ChatEngine(cfg)
+    engine = ChatEngine(cfg, model_source=options(ctx).model_source)
     if engine.fallback:
         typer.echo(f"note: {engine.fallback}", err=True)
     conversation = Conversation(user=user)
@@ -122,13 +120,11 @@ def chat(
             typer.echo("(thanks: feedback stored)")
             continue
         typer.echo("tether> ", nl=False)
-        for item in engine.stream(line, conversation):
-            if isinstance(item, str):
-                typer.echo(item, nl=False)
-            elif isinstance(item, Rewrite):
-                typer.echo(f"\n({item.reason})\ntether> ", nl=False)
-            else:
-                last = item
+        last = consume(
+            engine.stream(line, conversation),
+            on_token=lambda piece: typer.echo(piece, nl=False),
+            on_replace=lambda event: typer.echo(f"\n({event.reason})\ntether> {event.text}", nl=False),
+        )
         typer.echo("")
         if last is not None and last.groundedness is not None:
             typer.echo(f"        (groundedness {last.groundedness:.2f}; /sources for the passages)")
@@ -153,13 +149,13 @@ def serve(
     from assistant.engine import promoted_model_paths
 
     cfg = load(ctx)
-    promoted = None if (model or adapter) else promoted_model_paths(cfg)
+    promoted = None if (model or adapter) else promoted_model_paths(cfg, options(ctx).model_source)
     if promoted is not None:
-        path, chosen_adapter = promoted  # the registry's promoted model (tether models promote)
+        path, chosen_adapter = promoted  # the registry's promoted model (tether models promote), injected by app/cli.py
     else:
         path = resolve_model(model or cfg.assistant.model, cfg.models_dir)
         chosen_adapter = adapter or (Path(cfg.assistant.adapter) if cfg.assistant.adapter else None)
-    generator = HFGenerator(path, adapter=chosen_adapter)
+    generator = HFGenerator.from_config(path, chosen_adapter, cfg.hf)
     typer.echo(f"serving {path} as '{model_name}' on http://{host}:{port}/v1", err=True)
     run_server(generator, host=host, port=port, model_name=model_name, api_key=api_key)
 

@@ -8,10 +8,11 @@ All functions are pure. ``numbers`` maps a passage id to its [n] in the answer's
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from assistant.resolution import Decision
 from assistant.prompts import sanitize_source_text
+from assistant.resolution import Decision
 from tether.text.sentences import citation_numbers, split_sentences, strip_citations
 
 
@@ -48,10 +49,8 @@ def prompt_notes(conflicts: Sequence, decisions: Sequence[Decision], numbers: Ma
         if decision.winner is None:
             notes.append(f"{head} Give both values, each with its citation, and say that the sources disagree.")
         else:
-            w, l = (na, nb) if decision.winner == 0 else (nb, na)
-            notes.append(
-                f"{head} Answer with [{w}] ({decision.reason}) and say that it overrides [{l}]."
-            )
+            won, lost = (na, nb) if decision.winner == 0 else (nb, na)
+            notes.append(f"{head} Answer with [{won}] ({decision.reason}) and say that it overrides [{lost}].")
     return notes
 
 
@@ -60,19 +59,25 @@ def conflict_statement(conflict, decision: Decision, numbers: Mapping[str, int],
 
     Only the quotations carry citations (so citation verification checks them against their
     passages); the sentences about sources and policy carry none. A winning claim that ``answer``
-    already states with its citation is not quoted again.
+    already states with its citation is not quoted again. The one template for the conflict
+    answer: the engine appends it to answers, ``training.data`` writes it into DPO "chosen" rows.
     """
     na, nb = _numbers_of(conflict, numbers)
     if na is None or nb is None:
         return ""
+    winner = None if decision.winner is None else ((conflict.claims[0], na), (conflict.claims[1], nb))[decision.winner]
+    stated = winner is not None and _states(answer, winner[0].text, winner[1])
+    return _statement(conflict, decision, na, nb, quote_winner=not stated)
+
+
+def _statement(conflict, decision: Decision, na: int, nb: int, *, quote_winner: bool) -> str:
     a, b = conflict.claims
     if decision.winner is None:
         first, second = (a, na), (b, nb)
     else:
         first, second = ((a, na), (b, nb)) if decision.winner == 0 else ((b, nb), (a, na))
-    stated = decision.winner is not None and _states(answer, first[0].text, first[1])
     parts = [f"The sources disagree on {conflict.subject}."]
-    if not stated:
+    if quote_winner or decision.winner is None:
         parts.append(f"{_quote(first[0].text)} [{first[1]}].")
     parts.append(f"{_quote(second[0].text)} [{second[1]}].")
     lines = f"{_source_line(*first)}; {_source_line(*second)}."
@@ -84,6 +89,29 @@ def conflict_statement(conflict, decision: Decision, numbers: Mapping[str, int],
             f"Following the {decision.policy} policy, source {first[1]} applies and overrides source {second[1]}: {decision.reason}."
         )
     return " ".join(parts)
+
+
+def split_statements(answer: str, resolved: Sequence[tuple[Any, Decision]], numbers: Mapping[str, int]) -> tuple[str, list[int]]:
+    """Take Tether's conflict statements off the end of an answer the engine wrote: (the answer
+    without them, the indexes into ``resolved`` of the conflicts whose statement was there).
+
+    The engine appends one ``conflict_statement`` per conflict it names, in order, after the
+    generator's reply; this finds exactly those strings (with or without the winner's quotation),
+    so the reply that ignored the conflict is recovered without guessing.
+    """
+    text, found = answer.strip(), []
+    for i in reversed(range(len(resolved))):
+        conflict, decision = resolved[i]
+        na, nb = _numbers_of(conflict, numbers)
+        if na is None or nb is None:
+            continue
+        for quote_winner in (True, False):
+            statement = _statement(conflict, decision, na, nb, quote_winner=quote_winner)
+            if text == statement or text.endswith(" " + statement):
+                text = text[: len(text) - len(statement)].rstrip()
+                found.append(i)
+                break
+    return text, found[::-1]
 
 
 _DISAGREE = re.compile(r"\b(disagree|conflict|contradict|differ|whereas|however|supersed|overrid|replac|outdated|older)", re.I)

@@ -13,11 +13,11 @@ Paraphrases are made by rules (no second model ships offline): a request form an
 from __future__ import annotations
 
 import itertools
-import re
 from typing import Any
 
 from assistant.generators.base import GenParams, generate
 from assistant.prompts import build_context_free_messages
+from tether.text.quantities import missing_values
 from tether.text.sentences import strip_citations
 
 AGREE_SIMILARITY = 0.75  # answers closer than this (MiniLM cosine) agree, unless their numbers differ
@@ -30,17 +30,10 @@ def paraphrases(question: str) -> list[str]:
     return [f"Could you tell me: {body}?", f"According to company policy, {body}?"]
 
 
-_NUM = re.compile(r"\d+(?:[.,]\d+)?")
-
-
-def _numbers(text: str) -> set[str]:
-    return {n.replace(",", "") for n in _NUM.findall(text)}
-
-
 def agree(a: str, b: str, similarity: float) -> bool:
-    """Two answers agree when they state the same numbers (if any) and say similar things."""
-    na, nb = _numbers(a), _numbers(b)
-    if (na or nb) and na != nb:
+    """Two answers agree when they state the same values, if any ("3 weeks" and "21 days" are one
+    value; ``tether.text.quantities`` reads them), and say similar things."""
+    if missing_values(a, b) or missing_values(b, a):
         return False
     return similarity >= AGREE_SIMILARITY
 

@@ -1,89 +1,208 @@
-"""The chat engine: question -> standalone query -> retrieval -> grounded prompt -> generation ->
-citations attached and verified -> the turn logged.
+"""The chat engine: a short loop over stages, each a method with typed input and output.
 
-``ChatEngine.answer`` returns an ``Answer``; ``ChatEngine.stream`` yields text pieces as the
-generator produces them and ends with the ``Answer``. The engine logs; callers only render.
+    retrieve          question, conversation          -> Retrieved (standalone query, passages)
+    detect_conflicts  question, passages              -> Findings (conflicts, decisions, relevant ones)
+    select_context    question, passages, Findings    -> Context (passages to cite, the grounded prompt)
+    generate          Context, Findings               -> Draft (reply cleaned, citations attached)
+    retry_with_cad    Context, Draft                  -> Draft (cad=auto: a poorly grounded reply again, with CAD)
+    resolve           Draft, Context, Findings        -> Resolved (relevant conflicts named, the policy applied)
+    verify            Resolved, passages              -> Verification (citations checked, uncited sentences)
+    log               Answer, Conversation, Context   -> Answer (with its turn and conversation ids)
+
+``ChatEngine.stream`` yields events (assistant/events.py): ``Token`` pieces as the generator
+produces them, ``Replace`` when the text shown so far is replaced, then ``Final(answer)``;
+``ChatEngine.answer`` returns the ``Answer``. The stages that stream are generator functions that
+yield their events and return their result (``draft = yield from self.generate(...)``).
+
+What a backend can do (CAD, token streaming, whether it reads a prompt at all) is read from its
+declared ``Capabilities``. The model to serve comes from the caller's ``ModelSource`` (the
+registry's promoted model, training/registry.py), never from importing the registry here.
+The engine logs; callers only render.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from dataclasses import asdict, replace
-from typing import Iterator, Sequence
+from collections.abc import Generator as Streaming
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from assistant.citations import NLIJudge, supports, verify_citations
-from assistant.generators.base import GenParams, GeneratorIdentity
-from assistant.generators.extractive import LEXICAL_WEIGHT, ExtractiveAnswerer, ExtractiveConfig, lexical_overlap
-from assistant.logstore import LogStore
 from assistant.conflict_answering import conflict_statement, drop_overridden, names_conflict, prompt_notes
 from assistant.consistency import check_consistency
+from assistant.events import Event, Final, Replace, Token, consume
+from assistant.generators.base import Capabilities, GenParams, Grounding, Message, capabilities_of
+from assistant.generators.extractive import ExtractiveAnswerer, ExtractiveConfig
+from assistant.logstore import LogStore
 from assistant.prompts import REFUSAL, PromptSource, build_context_free_messages, build_messages, clean_reply, condense_query
 from assistant.resolution import Decision, resolve
-from tether.text.sentences import citation_numbers, split_sentences
-from assistant.types import Answer, Conversation, Rewrite, Turn
+from assistant.types import Answer, Citation, Conversation, Turn
+from retrieval.search import SearchHit, Searcher
 from tether.config import TetherConfig
 from tether.errors import BackendUnavailable, ConfigError
-from retrieval.search import SearchHit, Searcher
+from tether.text.sentences import citation_numbers, split_sentences, split_sentences_text
+from tether.text.terms import LEXICAL_WEIGHT, lexical_overlap
 
 log = logging.getLogger(__name__)
 
-_REFUSAL_MARKERS = ("i don't know", "i do not know", "do not say", "don't say", "not contain", "no information", "cannot find", "could not find")
+CAD_RETRY = "groundedness {g:.2f} < {min}: regenerating with context-aware decoding"
+CONFLICT_REWRITE = "conflicting sources: the answer now names the conflict and applies the policy"
 
 
-def build_generator(cfg: TetherConfig, embedder):
+# -- the model to serve -----------------------------------------------------------------------
+
+
+class ModelSource(Protocol):
+    """Where the model to serve comes from when the config names the default one. training/registry.py
+    provides ``RegistryModelSource`` (the promoted model); the CLI root and the app pass it in."""
+
+    def promoted(self, cfg: TetherConfig) -> tuple[Path, Path | None] | None:
+        """(model dir, adapter dir or None) to serve instead of the configured model, or None."""
+        ...
+
+
+def promoted_model_paths(cfg: TetherConfig, source: ModelSource | None) -> tuple[Path, Path | None] | None:
+    """What ``source`` says to serve, when the config names the default model: an explicitly
+    configured model or adapter always wins. None when that does not apply, there is no source,
+    or nothing is promoted."""
+    a = cfg.assistant
+    if source is None or a.model != "smollm2" or a.adapter:
+        return None
+    return source.promoted(cfg)
+
+
+def build_generator(cfg: TetherConfig, embedder, *, model_source: ModelSource | None = None):
     """(generator, fallback reason or None). The extractive answerer stands in, announced, when an LLM cannot load."""
     a = cfg.assistant
     if a.generator == "extractive":
-        return ExtractiveAnswerer(embedder, ExtractiveConfig(min_relevance=a.min_relevance)), None
+        return ExtractiveAnswerer(embedder, ExtractiveConfig.from_config(cfg)), None
     try:
         if a.generator == "openai":
             from assistant.generators.openai_compat import OpenAIGenerator
 
-            gen = OpenAIGenerator(a.openai_url, a.openai_model)
+            gen = OpenAIGenerator.from_config(cfg.openai)
             gen.models()  # fail now, while the extractive fallback can still stand in
             return gen, None
-        from pathlib import Path
-
         from assistant.generators.hf import HFGenerator
         from assistant.models import resolve_model
 
-        promoted = promoted_model_paths(cfg)
+        promoted = promoted_model_paths(cfg, model_source)
         if promoted is not None:
             path, adapter = promoted
-            return HFGenerator(path, adapter=adapter), None
+            return HFGenerator.from_config(path, adapter, cfg.hf), None
         path = resolve_model(a.model, cfg.models_dir)
-        return HFGenerator(path, adapter=Path(a.adapter) if a.adapter else None), None
+        return HFGenerator.from_config(path, Path(a.adapter) if a.adapter else None, cfg.hf), None
     except (BackendUnavailable, ImportError, OSError) as exc:
         if not a.fallback_to_extractive:
             raise
         reason = f"the {a.generator} generator is unavailable ({exc}); answering extractively instead"
         log.warning(reason)
-        return ExtractiveAnswerer(embedder, ExtractiveConfig(min_relevance=a.min_relevance)), reason
+        return ExtractiveAnswerer(embedder, ExtractiveConfig.from_config(cfg)), reason
 
 
-def promoted_model_paths(cfg: TetherConfig):
-    """(model dir, adapter dir or None) of the registry's promoted model (training/registry.py),
-    served when the config names the default model; an explicitly configured model or adapter
-    always wins. None when that does not apply or nothing is promoted."""
-    a = cfg.assistant
-    if a.model != "smollm2" or a.adapter:
-        return None
-    from training.registry import promoted_model
+# -- what the stages hand each other ------------------------------------------------------------
 
-    return promoted_model(cfg)
+
+@dataclass(frozen=True)
+class Retrieved:
+    question: str
+    query: str  # the standalone query actually searched
+    passages: tuple[SearchHit, ...]
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The conflicts among the retrieved passages, the policy's decision on each, and the indexes
+    of those the question is about (only these enter the prompt and the answer)."""
+
+    conflicts: tuple[Any, ...] = ()  # retrieval.conflicts.Conflict
+    decisions: tuple[Decision, ...] = ()
+    relevant: tuple[int, ...] = ()
+
+    def claims_by_passage(self) -> dict[str, list[str]]:
+        """Passage id -> the relevant conflicting claims it holds (the prompt must show them)."""
+        out: dict[str, list[str]] = {}
+        for i in self.relevant:
+            for c in self.conflicts[i].claims:
+                if c.passage_id:
+                    out.setdefault(c.passage_id, []).append(c.text)
+        return out
+
+
+@dataclass(frozen=True)
+class Context:
+    question: str
+    passages: tuple[SearchHit, ...]  # what the answer cites: [n] is passages[n - 1]
+    messages: tuple[Message, ...] = ()  # the grounded prompt; () when none is built (refusal, no LLM)
+    refuse: bool = False  # nothing retrieved is close enough to the question: refuse without generating
+
+
+@dataclass(frozen=True)
+class Verification:
+    citations: tuple[Citation, ...] = ()
+    groundedness: float | None = None  # supported citations / (citations + uncited sentences)
+    uncited: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Draft:
+    text: str  # the reply cleaned, with citations attached
+    refused: bool
+    cad: bool = False  # decoded with context-aware decoding
+    checked: Verification | None = None  # the citations of exactly this text, when a stage already checked them
+
+
+@dataclass(frozen=True)
+class Resolved:
+    text: str
+    refused: bool
+    statements: tuple[str, ...] = ()  # Tether's own words about conflicts, appended to the answer
+    checked: Verification | None = None
+
+
+class Clock:
+    """Milliseconds per stage, for ``Answer.latency_ms``."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.ms: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+
+    @contextmanager
+    def lap(self, name: str) -> Iterator[None]:
+        self.started[name] = t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = _ms(t)
+
+    def mark(self, name: str, since: str) -> None:
+        """Record ``name`` once: the time since lap ``since`` started (first_token)."""
+        if name not in self.ms:
+            self.ms[name] = _ms(self.started.get(since, self.t0))
+
+    def total(self) -> dict[str, float]:
+        self.ms["total"] = _ms(self.t0)
+        return dict(self.ms)
+
+
+# -- the engine ---------------------------------------------------------------------------------
 
 
 class ChatEngine:
-    def __init__(self, cfg: TetherConfig, *, searcher: Searcher | None = None, generator=None, logstore: LogStore | None = None, fallback: str | None = None, log_turns: bool = True):
+    def __init__(self, cfg: TetherConfig, *, searcher: Searcher | None = None, generator=None, logstore: LogStore | None = None,
+                 fallback: str | None = None, log_turns: bool = True, model_source: ModelSource | None = None):
         self.cfg = cfg
         self.searcher = searcher or Searcher(cfg)
         self.embedder = self.searcher.embedder
         if generator is None:
-            generator, fallback = build_generator(cfg, self.embedder)
+            generator, fallback = build_generator(cfg, self.embedder, model_source=model_source)
         self.generator = generator
         self.fallback = fallback
         self.logstore = logstore or LogStore(cfg.db_path)
@@ -93,142 +212,205 @@ class ChatEngine:
         self._detector = None
 
     @property
+    def capabilities(self) -> Capabilities:
+        return capabilities_of(self.generator)
+
+    @property
     def detector(self):
         """The conflict detector (built on first use): rules, plus the NLI model when one is configured."""
         if self._detector is None:
             from retrieval.conflicts import get_detector
 
-            self._detector = get_detector(self.embedder, nli_model=self.cfg.assistant.nli_model)
+            self._detector = get_detector(self.embedder, nli_model=self.cfg.assistant.nli_model, config=self.cfg.conflicts)
         return self._detector
 
     # -- public -----------------------------------------------------------------------------
 
     def answer(self, question: str, conversation: Conversation | None = None) -> Answer:
-        result = None
-        for item in self.stream(question, conversation):
-            if isinstance(item, Answer):
-                result = item
-        assert result is not None
-        return result
+        return consume(self.stream(question, conversation))
 
-    def stream(self, question: str, conversation: Conversation | None = None) -> Iterator[str | Rewrite | Answer]:
-        """Text pieces as they are generated (a ``Rewrite`` when the text so far is replaced), then the ``Answer``."""
+    def stream(self, question: str, conversation: Conversation | None = None) -> Iterator[Event]:
+        """``Token``s as the answer is generated, a ``Replace`` when the text shown so far is replaced, then ``Final``."""
         question = (question or "").strip()
         if not question:
             raise ConfigError("the question is empty")
-        a = self.cfg.assistant
         conversation = conversation if conversation is not None else Conversation()
-        latency: dict[str, float] = {}
-        t0 = time.perf_counter()
+        clock = Clock()
+        retrieved = self.retrieve(question, conversation, clock)
+        with clock.lap("conflicts"):
+            found = self.detect_conflicts(question, retrieved.passages)
+        with clock.lap("generate"):
+            context = self.select_context(question, retrieved.passages, found)
+            draft = yield from self.generate(context, found, clock)
+            draft = yield from self.retry_with_cad(context, draft)
+            resolved = yield from self.resolve(draft, context, found)
+        with clock.lap("verify"):
+            verification = self.verify(resolved, context.passages)
+        consistency = self.check_consistency(question, resolved, clock)
+        answer = self.compose(retrieved, found, context, resolved, verification, consistency, clock.total())
+        yield Final(self.log(answer, conversation, context))
 
-        t = time.perf_counter()
-        query = condense_query(question, [(turn.question, turn.answer) for turn in conversation.turns])
-        latency["condense"] = _ms(t)
-        t = time.perf_counter()
-        passages = self.searcher.search(query, k=a.top_k)
-        latency["retrieve"] = _ms(t)
-        t = time.perf_counter()
+    # -- stages -----------------------------------------------------------------------------
+
+    def retrieve(self, question: str, conversation: Conversation, clock: Clock | None = None) -> Retrieved:
+        """A follow-up condensed into a standalone query (``condense``), then searched (``retrieve``)."""
+        clock = clock or Clock()
+        with clock.lap("condense"):
+            query = condense_query(question, [(turn.question, turn.answer) for turn in conversation.turns])
+        with clock.lap("retrieve"):
+            passages = self.searcher.search(query, k=self.cfg.assistant.top_k)
+        return Retrieved(question, query, tuple(passages))
+
+    def detect_conflicts(self, question: str, passages: Sequence[SearchHit]) -> Findings:
         conflicts, decisions = self.find_conflicts(passages)
-        relevant = self.relevant_conflicts(question, conflicts)
-        latency["conflicts"] = _ms(t)
+        return Findings(tuple(conflicts), tuple(decisions), tuple(self.relevant_conflicts(question, conflicts)))
 
-        prompt = None
-        verified = None  # (text, verify_citations(text)) when cad=auto already checked a reply
-        statements: list[str] = []  # Tether's own words about conflicts, appended to the answer
-        identity = self.generator.identity
-        t = time.perf_counter()
-        if isinstance(self.generator, ExtractiveAnswerer):
-            text, refused = self.generator.answer(question, passages)
-            if not refused and relevant:
-                text, statements = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
-            latency["generate"] = _ms(t)
-            yield text
-        elif not passages or self.best_relevance(question, passages) < a.min_relevance:
-            # nothing retrieved is close to the question: refuse rather than let the LLM guess
-            text, refused = REFUSAL, True
-            latency["generate"] = _ms(t)
-            yield text
-        else:
-            claims = self._conflict_sentences(conflicts, relevant)  # passage id -> claims the prompt must show
-            passages = self.focus(question, passages, keep=set(claims))
-            numbers = {h.id: n for n, h in enumerate(passages, start=1)}
-            notes = prompt_notes([conflicts[i] for i in relevant], [decisions[i] for i in relevant], numbers)
-            messages = self.build_messages(question, passages, notes=notes, keep=claims)
-            prompt = [asdict(m) for m in messages]
-            use_cad = self._cad_supported() and (a.cad == "on" or (a.cad == "auto" and bool(relevant)))
-            pieces: list[str] = []
-            first = None
-            for piece in self.generator.stream(messages, self._params(question, use_cad)):
-                if first is None:
-                    first = _ms(t)
-                pieces.append(piece)
-                yield piece
-            latency["first_token"] = first if first is not None else _ms(t)
-            text, refused = self._finish("".join(pieces), passages)
-            if not refused and a.cad == "auto" and not use_cad and self._cad_supported():
-                verified = (text, verify_citations(text, passages, self.embedder, nli=self.nli))
-                g = verified[1][1]
-                if g is not None and g < a.cad_min_groundedness:
-                    yield Rewrite(f"groundedness {g:.2f} < {a.cad_min_groundedness}: regenerating with context-aware decoding")
-                    pieces = []
-                    for piece in self.generator.stream(messages, self._params(question, True)):
-                        pieces.append(piece)
-                        yield piece
-                    text, refused = self._finish("".join(pieces), passages)
-            identity = self.generator.identity
-            if not refused and relevant:
-                before = text
-                text, statements = self.add_conflict_statements(text, passages, conflicts, decisions, relevant)
-                if text.startswith(before) and len(text) > len(before):
-                    yield text[len(before):]
-                elif text != before:
-                    yield Rewrite("conflicting sources: the answer now names the conflict and applies the policy")
-                    yield text
-            latency["generate"] = _ms(t)
+    def select_context(self, question: str, passages: Sequence[SearchHit], found: Findings) -> Context:
+        """What the generator answers from. A generator that reads no prompt gets every passage.
+        For an LLM: a refusal when nothing retrieved is close to the question (rather than let it
+        guess), else the passages worth showing it (``focus``) and the grounded prompt, with a note
+        on each relevant conflict and its claims always shown."""
+        if not self.capabilities.needs_llm_prompt:
+            return Context(question, tuple(passages))
+        if not passages or self.best_relevance(question, passages) < self.cfg.assistant.min_relevance:
+            return Context(question, tuple(passages), refuse=True)
+        claims = found.claims_by_passage()
+        shown = self.focus(question, passages, keep=set(claims))
+        numbers = {h.id: n for n, h in enumerate(shown, start=1)}
+        notes = prompt_notes([found.conflicts[i] for i in found.relevant], [found.decisions[i] for i in found.relevant], numbers)
+        messages = self.build_messages(question, shown, notes=notes, keep=claims)
+        return Context(question, tuple(shown), tuple(messages))
 
-        t = time.perf_counter()
-        if refused:
-            citations, groundedness = [], None
-        elif verified is not None and verified[0] == text:
-            citations, groundedness = verified[1]
-        else:
-            citations, groundedness = verify_citations(text, passages, self.embedder, nli=self.nli)
-        uncited = () if refused else tuple(uncited_sentences(text, statements))
+    def generate(self, context: Context, found: Findings, clock: Clock | None = None) -> Streaming[Event, None, Draft]:
+        """Stream the reply (with CAD when ``cad`` is on, or auto and a relevant conflict is in play), then ``finish`` it."""
+        if context.refuse:
+            yield Token(REFUSAL)
+            return Draft(REFUSAL, refused=True)
+        a = self.cfg.assistant
+        cad = self.capabilities.cad and (a.cad == "on" or (a.cad == "auto" and bool(found.relevant)))
+        raw = yield from self._decode(context, cad, clock)
+        return self.finish(raw, context, cad=cad)
+
+    def retry_with_cad(self, context: Context, draft: Draft) -> Streaming[Event, None, Draft]:
+        """cad=auto: a reply decoded without CAD whose groundedness is below ``cad_min_groundedness``
+        is replaced by a new attempt with CAD (``Replace("")``, then its tokens). The check is kept
+        on the draft so ``verify`` need not repeat it."""
+        a = self.cfg.assistant
+        if draft.refused or draft.cad or a.cad != "auto" or not self.capabilities.cad:
+            return draft
+        checked = self.check_citations(draft.text, context.passages)
+        g = checked.groundedness
+        if g is None or g >= a.cad_min_groundedness:
+            return replace(draft, checked=checked)
+        yield Replace("", CAD_RETRY.format(g=g, min=a.cad_min_groundedness))
+        raw = yield from self._decode(context, True)
+        return self.finish(raw, context, cad=True)
+
+    def resolve(self, draft: Draft, context: Context, found: Findings) -> Streaming[Event, None, Resolved]:
+        """Name each relevant conflict the answer does not already name and apply the policy
+        (``add_conflict_statements``): a ``Token`` when that only appends, a ``Replace`` when it
+        also drops a sentence stating the overridden claim."""
+        if draft.refused or not found.relevant:
+            return Resolved(draft.text, draft.refused, (), draft.checked)
+        text, statements = self.add_conflict_statements(draft.text, context.passages, found.conflicts, found.decisions, found.relevant)
+        if text.startswith(draft.text) and len(text) > len(draft.text):
+            yield Token(text[len(draft.text):])
+        elif text != draft.text:
+            yield Replace(text, CONFLICT_REWRITE)
+        return Resolved(text, False, tuple(statements), draft.checked if text == draft.text else None)
+
+    def verify(self, resolved: Resolved, passages: Sequence[SearchHit]) -> Verification:
+        """Every citation checked against its passage; sentences that cite nothing (Tether's own
+        conflict statements excepted) count against the groundedness."""
+        if resolved.refused:
+            return Verification()
+        checked = resolved.checked if resolved.checked is not None else self.check_citations(resolved.text, passages)
+        uncited = tuple(uncited_sentences(resolved.text, resolved.statements))
+        groundedness = checked.groundedness
         if uncited:  # a claim no source backs counts against the answer, not as nothing
-            groundedness = sum(c.supported for c in citations) / (len(citations) + len(uncited))
-        latency["verify"] = _ms(t)
-        consistency = None
-        if a.consistency and not isinstance(self.generator, ExtractiveAnswerer):
-            t = time.perf_counter()
-            consistency = check_consistency(self.generator, question, text, self.embedder)
-            latency["consistency"] = _ms(t)
-        latency["total"] = _ms(t0)
-        answer = Answer(
-            text=text,
-            refused=refused,
-            question=question,
-            query=query,
-            passages=tuple(passages),
-            citations=tuple(citations),
-            groundedness=groundedness,
-            generator=identity,
-            latency_ms=latency,
-            uncited=uncited,
-            conflicts=tuple(conflicts),
-            decisions=tuple(decisions),
-            policy=a.conflict_policy if conflicts else None,
-            relevant_conflicts=tuple(relevant),
+            groundedness = sum(c.supported for c in checked.citations) / (len(checked.citations) + len(uncited))
+        return Verification(checked.citations, groundedness, uncited)
+
+    def check_consistency(self, question: str, resolved: Resolved, clock: Clock | None = None) -> dict[str, Any] | None:
+        """The intra-memory check (``assistant.consistency``), for generators that can answer from memory."""
+        if not self.cfg.assistant.consistency or not self.capabilities.needs_llm_prompt:
+            return None
+        with (clock or Clock()).lap("consistency"):
+            return check_consistency(self.generator, question, resolved.text, self.embedder)
+
+    def compose(self, retrieved: Retrieved, found: Findings, context: Context, resolved: Resolved, verification: Verification,
+                consistency: dict[str, Any] | None, latency_ms: dict[str, float]) -> Answer:
+        return Answer(
+            text=resolved.text,
+            refused=resolved.refused,
+            question=retrieved.question,
+            query=retrieved.query,
+            passages=context.passages,
+            citations=verification.citations,
+            groundedness=verification.groundedness,
+            generator=self.generator.identity,
+            latency_ms=latency_ms,
+            uncited=verification.uncited,
+            conflicts=found.conflicts,
+            decisions=found.decisions,
+            policy=self.cfg.assistant.conflict_policy if found.conflicts else None,
+            relevant_conflicts=found.relevant,
             consistency=consistency,
             fallback=self.fallback,
         )
+
+    def log(self, answer: Answer, conversation: Conversation, context: Context) -> Answer:
+        """The turn written to the log (with the prompt the LLM saw) and added to the conversation."""
         conversation_id, turn_id = conversation.id, None
         if self.log_turns:
             conversation_id, turn_id = self.logstore.log_turn(
-                answer, collection=self.searcher.collection, conversation_id=conversation.id, user=conversation.user, prompt=prompt
+                answer, collection=self.searcher.collection, conversation_id=conversation.id, user=conversation.user,
+                prompt=[asdict(m) for m in context.messages] or None,
             )
         conversation.id = conversation_id
-        conversation.turns.append(Turn(question, text))
-        yield replace(answer, turn_id=turn_id, conversation_id=conversation_id)
+        conversation.turns.append(Turn(answer.question, answer.text))
+        return replace(answer, turn_id=turn_id, conversation_id=conversation_id)
+
+    # -- generation steps -------------------------------------------------------------------
+
+    def params(self, context: Context, cad: bool) -> GenParams:
+        """Decoding parameters; ``grounding`` carries the question and passages for generators that answer from them."""
+        a = self.cfg.assistant
+        params = GenParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature, grounding=Grounding(context.question, context.passages))
+        if cad:
+            params = replace(params, cad_alpha=a.cad_alpha, cad_context_free=tuple(build_context_free_messages(context.question)))
+        return params
+
+    def _decode(self, context: Context, cad: bool, clock: Clock | None = None) -> Streaming[Event, None, str]:
+        """One pass of the generator: a ``Token`` per piece; returns the whole reply. With ``clock``,
+        records ``first_token`` (for generators that stream tokens)."""
+        timed = clock is not None and self.capabilities.token_streaming
+        pieces: list[str] = []
+        for piece in self.generator.stream(context.messages, self.params(context, cad)):
+            if timed:
+                clock.mark("first_token", since="generate")
+            pieces.append(piece)
+            yield Token(piece)
+        if timed:
+            clock.mark("first_token", since="generate")
+        return "".join(pieces)
+
+    def finish(self, raw: str, context: Context, *, cad: bool = False) -> Draft:
+        """The generator's raw reply as a draft. An LLM's reply is cleaned of prompt echoes, read
+        for refusal phrases (``assistant.refusal_markers``) and given citations; a generator that
+        reads no prompt cites the passages itself, so its reply is kept as it is."""
+        if not self.capabilities.needs_llm_prompt:
+            return Draft(raw or REFUSAL, refused=not raw or raw == REFUSAL, cad=cad)
+        text = clean_reply(raw)
+        lower = text.lower()
+        refused = not context.passages or not text or text == REFUSAL or any(m.lower() in lower for m in self.cfg.assistant.refusal_markers)
+        if refused:
+            return Draft(text or REFUSAL, refused=True, cad=cad)
+        return Draft(self.attach_citations(text, context.passages), refused=False, cad=cad)
+
+    def check_citations(self, text: str, passages: Sequence[SearchHit]) -> Verification:
+        citations, groundedness = verify_citations(text, passages, self.embedder, nli=self.nli)
+        return Verification(tuple(citations), groundedness)
 
     # -- conflicts --------------------------------------------------------------------------
 
@@ -250,7 +432,8 @@ class ChatEngine:
         texts = [c.claims[k].text for c in conflicts for k in (0, 1)]
         vecs = self.embedder.embed_batch([question] + texts)
         scores = vecs[1:] @ vecs[0] + LEXICAL_WEIGHT * lexical_overlap(question, texts)  # claims a0, b0, a1, b1, ...
-        return [i for i in range(len(conflicts)) if max(scores[2 * i], scores[2 * i + 1]) >= RELEVANT_CONFLICT]
+        threshold = self.cfg.assistant.relevant_conflict
+        return [i for i in range(len(conflicts)) if max(scores[2 * i], scores[2 * i + 1]) >= threshold]
 
     def add_conflict_statements(self, text, passages, conflicts, decisions, relevant) -> tuple[str, list[str]]:
         """Name every relevant conflict the answer does not already name: quote and cite both
@@ -268,35 +451,7 @@ class ChatEngine:
                 statements.append(statement)
         return " ".join(x for x in [text.strip(), *statements] if x), statements
 
-    def _conflict_sentences(self, conflicts, relevant) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for i in relevant:
-            for c in conflicts[i].claims:
-                if c.passage_id:
-                    out.setdefault(c.passage_id, []).append(c.text)
-        return out
-
-    # -- generation helpers -----------------------------------------------------------------
-
-    def _cad_supported(self) -> bool:
-        return getattr(self.generator.identity, "backend", "") == "hf"
-
-    def _params(self, question: str, cad: bool) -> GenParams:
-        a = self.cfg.assistant
-        params = GenParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature)
-        if cad:
-            params = replace(params, cad_alpha=a.cad_alpha, cad_context_free=tuple(build_context_free_messages(question)))
-        return params
-
-    def _finish(self, raw: str, passages: Sequence[SearchHit]) -> tuple[str, bool]:
-        """(answer text with citations attached, refused) from the generator's raw reply."""
-        text = clean_reply(raw)
-        refused = not passages or not text or any(m in text.lower() for m in _REFUSAL_MARKERS)
-        if refused:
-            return text or REFUSAL, True
-        return self.attach_citations(text, passages), False
-
-    # -- steps ------------------------------------------------------------------------------
+    # -- context steps ----------------------------------------------------------------------
 
     def build_messages(self, question: str, passages: Sequence[SearchHit], *, notes: Sequence[str] = (), keep: dict[str, list[str]] | None = None):
         """The grounded prompt: each passage's context (see ``contexts``), the notes (conflicts), the question."""
@@ -309,7 +464,8 @@ class ChatEngine:
 
     def focus(self, question: str, passages: Sequence[SearchHit], keep: set[str] = frozenset()) -> list[SearchHit]:
         """The passages worth showing a small LLM: those whose best sentence is close to the best
-        overall, plus those in ``keep`` (passages holding a conflicting claim), in rank order.
+        overall (``assistant.focus_margin``), plus those in ``keep`` (passages holding a
+        conflicting claim), in rank order.
 
         Distractors hurt a 135M model more than a missing runner-up helps it.
         """
@@ -320,7 +476,7 @@ class ChatEngine:
             return [h for h in passages if h.id in top or h.id in keep]
         scores = [max(s for s, _ in self._scored_sentences(question, h)) for h in passages]
         best = max(scores)
-        return [h for h, s in zip(passages, scores) if s >= best - FOCUS_MARGIN or h.id in keep]
+        return [h for h, s in zip(passages, scores) if s >= best - self.cfg.assistant.focus_margin or h.id in keep]
 
     def contexts(self, question: str, passages: Sequence[SearchHit], keep: dict[str, list[str]] | None = None) -> list[str]:
         """What the LLM sees of each passage: its three most relevant sentences in reading order
@@ -352,7 +508,7 @@ class ChatEngine:
         scored = [(sc, h.id, i, t) for h in passages for i, (sc, t) in enumerate(self._scored_sentences(question, h))]
         best = sorted(scored, key=lambda x: -x[0])[:n]
         out: dict[str, list[str]] = {}
-        for _, pid, i, t in sorted(best, key=lambda x: (x[1], x[2])):
+        for _, pid, _, t in sorted(best, key=lambda x: (x[1], x[2])):
             if t not in out.setdefault(pid, []):
                 out[pid].append(t)
         return out
@@ -414,14 +570,6 @@ def uncited_sentences(text: str, own: Sequence[str] = ()) -> list[str]:
             continue
         out.append(sentence)
     return out
-
-
-def split_sentences_text(text: str) -> list[str]:
-    return [" ".join(text[s:e].split()) for s, e in split_sentences(text) if len(text[s:e].split()) >= 3]
-
-
-RELEVANT_CONFLICT = 0.55  # question-claim relevance (as for sentences: cosine + lexical overlap) for a conflict to enter the answer
-FOCUS_MARGIN = 0.15  # show the LLM passages whose best sentence scores within this of the best
 
 
 def _clip(sentence: str, words: int) -> str:

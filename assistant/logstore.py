@@ -3,34 +3,116 @@
 The engine writes; the UI and the training data builders read. Each thread gets its own SQLite
 connection and every write is one ``BEGIN IMMEDIATE`` transaction, so several app sessions,
 threads or processes can log at once without losing a row.
+
+Every SQL statement over these tables is in this module. The engine keeps one ``LogStore`` for its
+life; a reader opens one per use: ``with LogStore.open(cfg.db_path) as store: ...``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import json
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from assistant.generators.base import Message
 from assistant.types import Answer
+from retrieval.ledger import chunks_by_id
+from tether.clock import now_iso
 from tether.db import connect, transaction
 from tether.errors import TetherError
 
 FEEDBACK_KINDS = ("up", "down", "edit", "source", "comment")
 
+# what the training data builders read (their manifests record these statements)
+FEEDBACK_QUERY = (
+    "SELECT t.id, t.question, t.answer, t.refused, t.collection, t.prompt_json, f.kind, f.edited_answer"
+    " FROM turns t JOIN feedback f ON f.turn_id = t.id"
+    " WHERE f.kind IN ('up', 'down', 'edit') ORDER BY t.created_at, t.rowid, f.id"
+)
+CONFLICT_QUERY = (
+    "SELECT c.turn_id, c.idx, c.kind, c.claims_json, c.decision FROM conflicts c"
+    " JOIN turns t ON t.id = c.turn_id WHERE t.refused = 0 ORDER BY t.created_at, c.idx"
+)
+RETRIEVAL_QUERY = "SELECT rank, passage_id, source, score, cited FROM retrievals WHERE turn_id = ? ORDER BY rank"
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+@dataclass(frozen=True)
+class TurnRow:
+    """A logged turn as the training data builders read it: ``prompt`` is the exact logged prompt
+    (None for a turn that logged none, e.g. extractive); ``feedback`` its (kind, edited answer)
+    pairs of up/down/edit feedback, oldest first (empty when read without feedback)."""
+
+    id: str
+    question: str
+    answer: str
+    refused: bool
+    collection: str
+    prompt: tuple[Message, ...] | None
+    feedback: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class RetrievalRow:
+    rank: int
+    passage_id: str
+    source: str
+    score: float
+    cited: bool
+
+
+@dataclass(frozen=True)
+class RetrievedPassage:
+    """A turn's retrieved passage joined to the ledger; the text and metadata are None when the
+    passage is gone from the ledger."""
+
+    rank: int
+    passage_id: str
+    text: str | None
+    title: str | None
+    doc_date: str | None
+    authority: str | None
+    status: str | None
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    """One logged conflict of an answered (not refused) turn, its JSON columns as stored."""
+
+    turn_id: str
+    idx: int
+    kind: str
+    claims_json: str
+    decision: str | None
 
 
 class LogStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._local = threading.local()
+        self._conns: list = []
+        self._conns_lock = threading.Lock()
         connect(self.path).close()  # migrate once up front
+
+    @classmethod
+    def open(cls, path: str | Path) -> LogStore:
+        return cls(path)
+
+    def close(self) -> None:
+        """Close every connection this store opened (a thread that uses it again reopens one)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def db(self):
@@ -38,12 +120,14 @@ class LogStore:
         if conn is None:
             conn = connect(self.path)
             self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
         return conn
 
     def new_conversation(self, user: str | None = None, title: str | None = None) -> str:
         cid = uuid.uuid4().hex
         with transaction(self.db) as db:
-            db.execute("INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)", (cid, user, title, _now()))
+            db.execute("INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)", (cid, user, title, now_iso()))
         return cid
 
     def log_turn(self, answer: Answer, *, collection: str, conversation_id: str | None, user: str | None = None, prompt: Any = None) -> tuple[str, str]:
@@ -55,7 +139,7 @@ class LogStore:
                 conversation_id = conversation_id or uuid.uuid4().hex
                 db.execute(
                     "INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)",
-                    (conversation_id, user, answer.question[:80], _now()),
+                    (conversation_id, user, answer.question[:80], now_iso()),
                 )
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)).fetchone()[0]
             g = answer.generator
@@ -66,7 +150,7 @@ class LogStore:
                 (
                     turn_id, conversation_id, seq, collection, answer.question, answer.query, answer.text, int(answer.refused),
                     g.backend, g.model, g.adapter, g.adapter_hash, g.decoding, answer.fallback, answer.groundedness,
-                    answer.policy, json.dumps(answer.latency_ms), json.dumps(prompt) if prompt is not None else None, _now(),
+                    answer.policy, json.dumps(answer.latency_ms), json.dumps(prompt) if prompt is not None else None, now_iso(),
                 ),
             )
             db.executemany(
@@ -116,7 +200,7 @@ class LogStore:
                 raise TetherError(f"no turn with id {turn_id}")
             cur = db.execute(
                 "INSERT INTO feedback (turn_id, kind, edited_answer, passage_id, comment, user, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (turn_id, kind, edited_answer, passage_id, comment, user, _now()),
+                (turn_id, kind, edited_answer, passage_id, comment, user, now_iso()),
             )
             return int(cur.lastrowid)
 
@@ -155,3 +239,49 @@ class LogStore:
         ids = [r["id"] for r in self.db.execute("SELECT id FROM turns ORDER BY created_at, rowid")]
         for tid in ids:
             yield self.turn(tid)
+
+    # -- what the training data builders read -----------------------------------------------------
+
+    def feedback_turns(self) -> list[TurnRow]:
+        """Turns that received up/down/edit feedback, oldest first, each with that feedback."""
+        rows: dict[str, Any] = {}
+        feedback: dict[str, list[tuple[str, str | None]]] = {}
+        for r in self.db.execute(FEEDBACK_QUERY):
+            rows.setdefault(r["id"], r)
+            feedback.setdefault(r["id"], []).append((r["kind"], r["edited_answer"]))
+        return [_turn_row(r, tuple(feedback[tid])) for tid, r in rows.items()]
+
+    def turn_row(self, turn_id: str) -> TurnRow:
+        row = self.db.execute("SELECT id, question, answer, refused, collection, prompt_json FROM turns WHERE id = ?", (turn_id,)).fetchone()
+        if row is None:
+            raise TetherError(f"no turn with id {turn_id}")
+        return _turn_row(row, ())
+
+    def retrievals(self, turn_id: str) -> list[RetrievalRow]:
+        """A turn's retrieved passages by rank."""
+        return [
+            RetrievalRow(r["rank"], r["passage_id"], r["source"], r["score"], bool(r["cited"]))
+            for r in self.db.execute(RETRIEVAL_QUERY, (turn_id,))
+        ]
+
+    def retrieved_passages(self, turn_id: str) -> list[RetrievedPassage]:
+        """A turn's retrievals by rank with the ledger's chunk text and document metadata."""
+        hits = self.retrievals(turn_id)
+        chunks = chunks_by_id(self.db, sorted({h.passage_id for h in hits}))
+        out = []
+        for h in hits:
+            c = chunks.get(h.passage_id)
+            out.append(
+                RetrievedPassage(h.rank, h.passage_id, c.text, c.title, c.doc_date, c.authority, c.status) if c is not None
+                else RetrievedPassage(h.rank, h.passage_id, None, None, None, None, None)
+            )
+        return out
+
+    def answered_conflicts(self) -> list[ConflictRow]:
+        """The conflicts logged for turns that were answered (not refused), oldest turn first."""
+        return [ConflictRow(r["turn_id"], r["idx"], r["kind"], r["claims_json"], r["decision"]) for r in self.db.execute(CONFLICT_QUERY)]
+
+
+def _turn_row(r, feedback: tuple[tuple[str, str | None], ...]) -> TurnRow:
+    prompt = tuple(Message(m["role"], m["content"]) for m in json.loads(r["prompt_json"])) if r["prompt_json"] else None
+    return TurnRow(r["id"], r["question"], r["answer"], bool(r["refused"]), r["collection"], prompt, feedback)

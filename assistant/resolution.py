@@ -28,6 +28,20 @@ class Decision:
     def to_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "winner": self.winner, "reason": self.reason}
 
+    @classmethod
+    def from_json(cls, data: Any) -> Decision:
+        """The decision ``to_json`` wrote: ``from_json(d.to_json()) == d``. Other keys (the log's
+        ``relevant``) are ignored; ``ValueError`` names what is missing or out of range."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a decision must be an object, not {type(data).__name__}")
+        problems = [f"{k} (a string)" for k in ("policy", "reason") if not isinstance(data.get(k), str)]
+        winner = data.get("winner", "missing")
+        if winner is not None and (isinstance(winner, bool) or winner not in (0, 1)):
+            problems.append(f"winner (0, 1 or null, not {winner!r})")
+        if problems:
+            raise ValueError(f"a decision needs {', '.join(problems)}; it has {sorted(data)}")
+        return cls(data["policy"], winner, data["reason"])
+
 
 def _describe(claim) -> str:
     bits = [claim.source]

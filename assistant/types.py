@@ -49,15 +49,6 @@ class Conversation:
 
 
 @dataclass(frozen=True)
-class Rewrite:
-    """Yielded by ``ChatEngine.stream`` when the text streamed so far is replaced by a new attempt
-    (cad=auto regenerating a poorly grounded answer with context-aware decoding); the pieces that
-    follow are the new answer."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Answer:
     text: str
     refused: bool

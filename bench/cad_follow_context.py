@@ -56,7 +56,7 @@ def main() -> None:
     from assistant.generators.hf import HFGenerator
     from assistant.models import install_smollm2
     from assistant.prompts import PromptSource, build_context_free_messages, build_messages
-    from training.counterfactual import follows_context, load_cases
+    from assistant.counterfactual import follows_context, load_cases
 
     model_dir = args.model_dir or install_smollm2(args.data_dir / "models")
     gen = HFGenerator(model_dir, device="cpu", prefix_cache=False)

@@ -176,6 +176,7 @@ def main() -> None:
     from transformers.generation.streamers import BaseStreamer
 
     from assistant.engine import ChatEngine
+    from assistant.events import Final, Token
     from assistant.models import install_smollm2
     from assistant.prompts import PromptSource, build_messages
     from tether.config import load_config
@@ -214,10 +215,10 @@ def main() -> None:
         first = None
         answer = None
         for item in engine.stream(q["question"]):
-            if isinstance(item, str) and first is None:
+            if isinstance(item, Token) and first is None:
                 first = time.perf_counter()
-            elif not isinstance(item, str):
-                answer = item
+            elif isinstance(item, Final):
+                answer = item.answer
         t_total = time.perf_counter() - t0
         t_first = (first or time.perf_counter()) - t0
         prompt_tokens = engine.generator.last_stats.get("prompt_tokens")

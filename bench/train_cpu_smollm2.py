@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_cpu_smollm2.py --out bench/out/smollm2-train [--sft-steps 30 --kto-steps 20 --eval-cases 12]
 
 1. ingest examples/handbook; convert the shipped SmolLM2 once
-2. feedback: questions made from handbook chunks (``training.counterfactual.from_corpus`` on the real
+2. feedback: questions made from handbook chunks (``assistant.counterfactual.from_corpus`` on the real
    corpus, their original values as the gold) are answered by the engine (SmolLM2) and judged by a
    simulated user: thumbs up when the answer states the gold value, down otherwise (logged as real
    turns and feedback in tether.db)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     from tether.db import connect
     from retrieval.ingest import ingest
     from training.config import DataConfig, load_train_config
-    from training.counterfactual import from_corpus
+    from assistant.counterfactual import from_corpus
     from training.data import build_datasets
     from training.registry import record_dataset
     from training.trainers import run
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     fb_cases = [c for c in from_corpus(cfg, n=args.feedback * 2, seed=11) if held_out(c)][: args.feedback]
     engine = ChatEngine(cfg)
     ups = downs = 0
-    from training.counterfactual import _mentions  # the same value matcher the follow-context judge uses
+    from assistant.counterfactual import mentions  # the same value matcher the follow-context judge uses
 
     for c in fb_cases:
         answer = engine.answer(c["question"])
         original = c["swap"]["from"]
-        good = _mentions(answer.text, original, c["swap"]["kind"])
+        good = mentions(answer.text, original, c["swap"]["kind"])
         engine.logstore.add_feedback(answer.turn_id, "up" if good else "down", user="simulated")
         ups += good
         downs += not good

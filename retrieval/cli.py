@@ -2,7 +2,8 @@
 
     tether ingest PATH...  -> retrieval.ingest.ingest
     tether search QUERY    -> retrieval.search.Searcher.search
-    tether docs            -> retrieval.ledger.documents
+    tether docs            -> retrieval.ledger.Ledger.documents
+    tether doctor          -> retrieval.ingest.doctor
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from tether.errors import TetherError
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``ingest``, ``search`` and ``docs`` to the root app."""
+    """Add ``ingest``, ``search``, ``docs`` and ``doctor`` to the root app."""
     app.command("ingest")(ingest)
     app.command("search")(search)
     app.command("docs")(docs)
+    app.command("doctor")(doctor)
 
 
 def ingest(
@@ -75,6 +77,9 @@ def search(
     cfg = load(ctx, collection=collection)
     searcher = Searcher(cfg)
     try:
+        warning = searcher.health().warning
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
         hits = searcher.search(query, k=k, filters=SearchFilters(source=source, date_from=date_from, date_to=date_to))
     finally:
         searcher.close()
@@ -98,15 +103,11 @@ def docs(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the documents of a collection with chunk counts and metadata."""
-    from retrieval import ledger
-    from tether.db import connect
+    from retrieval.ledger import Ledger
 
     cfg = load(ctx, collection=collection)
-    db = connect(cfg.db_path)
-    try:
-        rows = ledger.documents(db, cfg.retrieval.collection)
-    finally:
-        db.close()
+    with Ledger.open(cfg.db_path) as ledger:
+        rows = ledger.documents(cfg.retrieval.collection)
     if as_json:
         from dataclasses import asdict
 
@@ -114,3 +115,22 @@ def docs(
         return
     for r in rows:
         typer.echo(f"{r.source}\t{r.n_chunks} chunks\t{r.doc_date or '-'}\t{r.status or '-'}\t{r.authority or '-'}\t{r.title}")
+
+
+def doctor(
+    ctx: typer.Context,
+    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
+    repair: bool = typer.Option(False, "--repair", help="fix what is wrong (re-embed, remove orphans, rebuild BM25)"),
+    as_json: bool = typer.Option(False, "--json", help="print the checks as JSON"),
+) -> None:
+    """Check the database, the vector store and the BM25 index against the ledger; exit 1 on a problem."""
+    from retrieval.ingest import doctor as run_doctor
+
+    cfg = load(ctx, collection=collection)
+    report = run_doctor(cfg, repair=repair)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    raise typer.Exit(report.exit_code)

@@ -28,19 +28,20 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from tether.config import ConflictsConfig
 from tether.errors import BackendUnavailable, ConfigError
 from tether.text.quantities import Quantity, extract_quantities, singular
+from tether.text.terms import STOP_WORDS
 
 log = logging.getLogger(__name__)
 
 KINDS = ("numeric", "date", "entity", "polarity", "supersession")
-VALUE_TYPES = ("amount", "duration", "count", "percent", "date", "entity", "polarity")
 
 
 # -- types ------------------------------------------------------------------------------------
@@ -63,6 +64,22 @@ class Claim:
         out["span"] = list(self.span) if self.span is not None else None
         return out
 
+    @classmethod
+    def from_json(cls, data: Any) -> Claim:
+        """The claim ``to_json`` wrote; ``ValueError`` names what is missing or mistyped."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a claim must be an object, not {type(data).__name__}")
+        missing = [k for k in ("text", "source") if not isinstance(data.get(k), str)]
+        if missing:
+            raise ValueError(f"a claim needs {' and '.join(missing)} (strings); it has {sorted(data)}")
+        kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        span = kwargs.get("span")
+        if span is not None:
+            if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(x, int) for x in span)):
+                raise ValueError(f"a claim's span must be two integers, not {span!r}")
+            kwargs["span"] = (span[0], span[1])
+        return cls(**kwargs)
+
 
 @dataclass(frozen=True)
 class Conflict:
@@ -77,9 +94,26 @@ class Conflict:
             "kind": self.kind,
             "value_type": self.value_type,
             "subject": self.subject,
-            "confidence": round(self.confidence, 4),
+            "confidence": float(self.confidence),  # the detectors round it to 4 places
             "claims": [c.to_json() for c in self.claims],
         }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Conflict:
+        """The conflict ``to_json`` wrote (as logged in ``conflicts.claims_json``): ``from_json(c.to_json()) == c``.
+        ``ValueError`` names what is missing, so a row of another shape is never guessed at."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a conflict must be an object, not {type(data).__name__}")
+        missing = [k for k in ("kind", "value_type", "subject") if not isinstance(data.get(k), str)]
+        confidence = data.get("confidence")
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+            missing.append("confidence")
+        claims = data.get("claims")
+        if not (isinstance(claims, list) and len(claims) == 2):
+            missing.append("claims (a list of two)")
+        if missing:
+            raise ValueError(f"a conflict needs {', '.join(missing)}; it has {sorted(data)}")
+        return cls(data["kind"], data["value_type"], data["subject"], (Claim.from_json(claims[0]), Claim.from_json(claims[1])), float(confidence))
 
 
 class ConflictDetector(Protocol):
@@ -92,43 +126,13 @@ class ConflictDetector(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class RuleThresholds:
-    """Thresholds of the rule detector; every field can be passed to ``RuleConflictDetector(embedder, **fields)``."""
-
-    pair_similarity: float = 0.45  # cosine of MiniLM vectors above which two claims sharing key terms are on one subject
-    lone_term_similarity: float = 0.5  # the cosine needed when the claims share only one key term
-    unanchored_similarity: float = 0.6  # ... and when, besides, the two values share no rate, counted noun or attribute word
-    approver_similarity: float = 0.65  # "approved by X" is generic: ask for more similarity
-    role_similarity: float = 0.3  # enough when both claims name a holder for the same role ("the DPO is X")
-    strong_similarity: float = 0.8  # above this, claims sharing key terms are on one subject whatever the rule
-    polarity_similarity: float = 0.55  # polarity rules are the least precise: ask for more similarity
-    same_document_similarity: float = 0.9  # claims of one document are compared only above this
-    min_shared_terms: int = 1  # key terms (content words, not values) both claims must contain
-    min_claim_words: int = 4  # shorter sentences (headings, list stubs) are not claims
-    max_claims: int = 400  # claims considered per detect call (the first ones, in passage order)
-    cache_size: int = 4096  # sentence vectors kept in the LRU
-
-    def problems(self) -> list[str]:
-        out = []
-        for name in ("pair_similarity", "lone_term_similarity", "unanchored_similarity", "approver_similarity", "role_similarity", "strong_similarity", "polarity_similarity", "same_document_similarity"):
-            v = getattr(self, name)
-            if not -1.0 <= v <= 1.0:
-                out.append(f"conflicts.{name} ({v}) must be a cosine between -1 and 1")
-        for name in ("min_claim_words", "max_claims", "cache_size"):
-            if getattr(self, name) < 1:
-                out.append(f"conflicts.{name} ({getattr(self, name)}) must be >= 1")
-        if self.min_shared_terms < 0:
-            out.append(f"conflicts.min_shared_terms ({self.min_shared_terms}) must be >= 0")
-        return out
-
-
-def _thresholds(kwargs: dict[str, Any]) -> RuleThresholds:
-    known = {f.name for f in fields(RuleThresholds)}
-    problems = [f"{k} is not a conflict threshold (known: {', '.join(sorted(known))})" for k in kwargs if k not in known]
+def _thresholds(config: ConflictsConfig | None, changes: dict[str, Any]) -> ConflictsConfig:
+    """``config`` (the ``conflicts:`` section; None = defaults) with ``changes`` applied, validated."""
+    known = {f.name for f in fields(ConflictsConfig)}
+    problems = [f"{k} is not a conflict threshold (known: {', '.join(sorted(known))})" for k in changes if k not in known]
     if problems:
         raise ConfigError(problems)
-    t = RuleThresholds(**kwargs)
+    t = replace(config or ConflictsConfig(), **changes)
     if t.problems():
         raise ConfigError(t.problems())
     return t
@@ -136,16 +140,16 @@ def _thresholds(kwargs: dict[str, Any]) -> RuleThresholds:
 
 # -- claim features ---------------------------------------------------------------------------
 
-_STOP = set(
-    """a an the and or but if then than that this these those there their they them it its of in on at by for from to with
-    without within into onto over under above below up down out off about after before during between through per each every
-    all any some no not nor only own same so such too very can could may might must shall should will would is are was were
-    be been being am do does did done has have had having i you your yours we our ours he she his her who whom whose which what
-    when where why how also just more most other another both either neither one two three four five six seven eight nine ten
-    as get gets got use used using make makes made take takes taken give gives given new least much many well
-    employee staff everyone everybody company halden instrument people person someone anyone anything something
+# key terms leave out the shared stop words (tether.text.terms), and, for claims, more function and
+# number words plus the role and modality words every policy sentence uses
+_STOP = set(STOP_WORDS) | set(
+    """but them without within onto above below down off after before during between through every all some nor only own
+    same such too very might shall been being am done having yours ours he she his her whose also just more most other
+    another both either neither one two three four five six seven eight nine ten use used using make makes made take takes
+    taken give gives given new least much many well
+    employee staff everyone everybody company people person someone anyone anything something
     required require requires mandatory compulsory optional allowed permitted prohibited forbidden expected need needs needed
-    never always please note e g i e etc""".split()
+    never always please note e g etc""".split()
 )
 _VALUE_WORDS = set(
     """day days week weeks month months year years hour hours minute minutes working calendar business eur euro euros usd czk gbp
@@ -202,8 +206,6 @@ _CONTRASTS: tuple[tuple[str, ...], ...] = (
     (r"\brail\b|\btrains?\b", r"\bflights?\b|\bfly\b|\bair\b"),
 )
 _CONTRAST_RES = tuple(tuple(re.compile(p, re.I) for p in group) for group in _CONTRASTS)
-# scope groups where a claim mentioning one member may contradict a claim mentioning none (population)
-_GENERAL_SCOPE_GROUPS = {4}
 
 _NOT_PLACE = set(
     """The A An This That Our Your Their Every All Each Any Lab Laboratory Page Section Chapter Teams Outlook Windows
@@ -385,7 +387,6 @@ _OF_PHRASE = re.compile(r"^(?:\s*(?:per|a|an|each|every|for\s+each|for\s+every)\
 _OF_STOP = _STOP | {"so", "which", "that"}
 # dates in a document's own metadata ("Effective date: 1 June 2024") are about that document only
 _ABOUT_DOCUMENT = re.compile(r"\b(?:effective\s+(?:date|from|as\s+of)|last\s+(?:updated|revised|reviewed)|version\s+\d|published\s+on|issued\s+on|approved\s+by\s+the\s+management\s+team\s+on)\b", re.I)
-MAX_VALUE_RATIO = 4.0  # two values of one attribute rarely differ by more; larger gaps are different attributes
 
 
 @dataclass(frozen=True)
@@ -419,7 +420,7 @@ def _measured(text: str, quantities: Sequence[Quantity]) -> list[_Measured]:
     return out
 
 
-def _same_attribute(x: _Measured, y: _Measured) -> bool:
+def _same_attribute(x: _Measured, y: _Measured, max_value_ratio: float) -> bool:
     if x.per != y.per:
         return False
     if x.attribute and y.attribute:
@@ -432,12 +433,12 @@ def _same_attribute(x: _Measured, y: _Measured) -> bool:
         return False
     if x.q.kind != "date" and x.q.value and y.q.value:
         lo, hi = sorted((abs(float(x.q.value)), abs(float(y.q.value))))
-        if lo > 0 and hi / lo > MAX_VALUE_RATIO:
+        if lo > 0 and hi / lo > max_value_ratio:  # larger gaps are different attributes
             return False
     return True
 
 
-def _numeric_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
+def _numeric_hit(fa: ClaimFeatures, fb: ClaimFeatures, max_value_ratio: float) -> RuleHit | None:
     if not fa.measured or not fb.measured:
         return None
     years_a, years_b = fa.years, fb.years
@@ -448,7 +449,7 @@ def _numeric_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
     best: tuple[float, _Measured, _Measured] | None = None
     for x in ma:
         for y in mb:
-            if not x.q.comparable(y.q) or x.q.agrees(y.q) or not _same_attribute(x, y):
+            if not x.q.comparable(y.q) or x.q.agrees(y.q) or not _same_attribute(x, y, max_value_ratio):
                 continue
             # a value that agrees with some comparable value on the other side is accounted for
             if any(x.q.agrees(z) for z in qb) or any(y.q.agrees(z) for z in qa):
@@ -500,7 +501,7 @@ def _name_swap_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
     if not union:
         return None
     name_terms = _terms(" ".join(only_a | only_b))
-    jacc = len((fa.terms & fb.terms)) / max(1, len(union - name_terms))
+    jacc = len((fa.terms & fb.terms) - name_terms) / max(1, len(union - name_terms))  # the names' own words are not shared context
     if jacc < 0.6:
         return None
     return RuleHit("entity", "entity", next(iter(only_a)), next(iter(only_b)), 0.65)
@@ -523,11 +524,12 @@ def _polarity_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
     return None
 
 
-def rule_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
-    """The contradiction the rules see between two parsed claims, ignoring whether they share a subject."""
+def rule_hit(fa: ClaimFeatures, fb: ClaimFeatures, *, max_value_ratio: float = ConflictsConfig.max_value_ratio) -> RuleHit | None:
+    """The contradiction the rules see between two parsed claims, ignoring whether they share a subject
+    (``max_value_ratio``: ``conflicts.max_value_ratio``)."""
     if scope_differs(fa, fb):
         return None
-    return _numeric_hit(fa, fb) or _entity_hit(fa, fb) or _name_swap_hit(fa, fb) or _polarity_hit(fa, fb)
+    return _numeric_hit(fa, fb, max_value_ratio) or _entity_hit(fa, fb) or _name_swap_hit(fa, fb) or _polarity_hit(fa, fb)
 
 
 def subject_of(a: str, b: str) -> str:
@@ -606,12 +608,13 @@ class RuleConflictDetector:
     """Built-in, offline conflict detector: rules over parsed claims, gated by MiniLM similarity.
 
     ``embedder`` is any ``retrieval.embeddings.Embedder`` (``embed_batch`` returns unit vectors);
-    keyword arguments are ``RuleThresholds`` fields.
+    ``config`` is the ``conflicts:`` section (``cfg.conflicts``; None = defaults) and keyword
+    arguments change some of its fields.
     """
 
-    def __init__(self, embedder, **thresholds: Any):
+    def __init__(self, embedder, config: ConflictsConfig | None = None, **thresholds: Any):
         self.embedder = embedder
-        self.thresholds = _thresholds(thresholds)
+        self.thresholds = _thresholds(config, thresholds)
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.cache_hits = 0
@@ -697,7 +700,7 @@ class RuleConflictDetector:
 
     def judge(self, a: Claim, b: Claim) -> Conflict | None:
         fa, fb = claim_features(_normalise_ws(a.text)), claim_features(_normalise_ws(b.text))
-        hit = rule_hit(fa, fb)
+        hit = rule_hit(fa, fb, max_value_ratio=self.thresholds.max_value_ratio)
         if hit is None:
             return None
         sim = self.similarity(a, b)
@@ -737,7 +740,7 @@ class RuleConflictDetector:
                     continue  # the gate would drop it: do not embed for it
                 if _doc_key(claims[i]) == _doc_key(claims[j]) and len(shared) < 0.5 * len(fi.terms | fj.terms):
                     continue  # one document: only near-duplicates are compared
-                hit = rule_hit(fi, fj)
+                hit = rule_hit(fi, fj, max_value_ratio=self.thresholds.max_value_ratio)
                 if hit is not None:
                     out.append((i, j, hit))
         return out
@@ -765,8 +768,6 @@ class RuleConflictDetector:
 
 
 def _with_value(c: Claim, value: str) -> Claim:
-    from dataclasses import replace
-
     return replace(c, value=value)
 
 
@@ -779,32 +780,24 @@ class NLIConflictDetector:
     ``supersession``) and confidence equal to that probability.
     """
 
-    def __init__(self, embedder, nli_model: str, *, contradiction_threshold: float = 0.8, max_pairs: int = 24, **thresholds: Any):
-        problems = []
-        if not 0.0 < contradiction_threshold <= 1.0:
-            problems.append(f"contradiction_threshold ({contradiction_threshold}) must be in (0, 1]")
-        if max_pairs < 0:
-            problems.append(f"max_pairs ({max_pairs}) must be >= 0")
-        if problems:
-            raise ConfigError(problems)
-        self.rules = RuleConflictDetector(embedder, **thresholds)
-        self.threshold = contradiction_threshold
-        self.max_pairs = max_pairs
-        from sentence_transformers import CrossEncoder
+    def __init__(self, embedder, nli_model: str, config: ConflictsConfig | None = None, *, contradiction_threshold: float | None = None,
+                 max_pairs: int | None = None, **thresholds: Any):
+        if contradiction_threshold is not None:
+            thresholds["contradiction_threshold"] = contradiction_threshold
+        if max_pairs is not None:
+            thresholds["nli_max_pairs"] = max_pairs
+        self.rules = RuleConflictDetector(embedder, config, **thresholds)
+        self.threshold = self.rules.thresholds.contradiction_threshold
+        self.max_pairs = self.rules.thresholds.nli_max_pairs
+        from tether.crossencoder import load_cross_encoder
 
-        from retrieval.embeddings import resolve_model_path
-
-        path = resolve_model_path(nli_model)
-        try:
-            self.model = CrossEncoder(str(path), local_files_only=True)
-        except Exception as exc:  # a broken folder surfaces as many different errors
-            raise BackendUnavailable(f"cannot load the NLI model from {path}: {exc}") from exc
+        self.model = load_cross_encoder(nli_model, setting="assistant.nli_model", what="NLI model")
         config = getattr(self.model.model, "config", None) if getattr(self.model, "model", None) is not None else None
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
         hits = [i for i, name in id2label.items() if "contradict" in name.lower()]
         if len(hits) != 1:
             raise BackendUnavailable(
-                f"NLI model {path}: config.id2label {id2label} has no single 'contradiction' label; "
+                f"NLI model {nli_model}: config.id2label {id2label} has no single 'contradiction' label; "
                 "use an NLI cross-encoder whose config names its labels (e.g. contradiction/entailment/neutral)"
             )
         self.contradiction_index = hits[0]
@@ -874,11 +867,12 @@ class NLIConflictDetector:
         return sorted(found, key=lambda c: -c.confidence)
 
 
-def get_detector(embedder, nli_model: str | None = None) -> ConflictDetector:
-    """The rule detector, or rules + NLI when a local NLI cross-encoder path is given."""
+def get_detector(embedder, nli_model: str | None = None, config: ConflictsConfig | None = None) -> ConflictDetector:
+    """The rule detector, or rules + NLI when a local NLI cross-encoder path is given; ``config``
+    is the ``conflicts:`` section (``cfg.conflicts``; None = defaults)."""
     if nli_model:
-        return NLIConflictDetector(embedder, nli_model)
-    return RuleConflictDetector(embedder)
+        return NLIConflictDetector(embedder, nli_model, config)
+    return RuleConflictDetector(embedder, config)
 
 
 def claim_from_json(d: dict[str, Any]) -> Claim:
@@ -887,18 +881,7 @@ def claim_from_json(d: dict[str, Any]) -> Claim:
                  authority=d.get("authority"), status=d.get("status"), passage_id=d.get("passage_id"))
 
 
-def prf(pred: Sequence[bool], gold: Sequence[bool]) -> tuple[float, float, float]:
-    """Precision, recall and F1 of the positive (conflict) class."""
-    tp = sum(p and g for p, g in zip(pred, gold))
-    fp = sum(p and not g for p, g in zip(pred, gold))
-    fn = sum(g and not p for p, g in zip(pred, gold))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
 __all__ = [
-    "Claim", "Conflict", "ConflictDetector", "RuleConflictDetector", "NLIConflictDetector", "RuleThresholds", "ClaimFeatures",
-    "claim_features", "rule_hit", "scope_differs", "split_claims", "subject_of", "get_detector", "claim_from_json", "prf",
+    "Claim", "Conflict", "ConflictDetector", "RuleConflictDetector", "NLIConflictDetector", "ClaimFeatures",
+    "claim_features", "rule_hit", "scope_differs", "split_claims", "subject_of", "get_detector", "claim_from_json",
 ]

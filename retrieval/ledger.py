@@ -4,17 +4,22 @@ The ledger is the source of truth; the vector store and the BM25 index follow it
 becomes visible in one SQLite transaction (``commit_document``); vector-store writes that happen
 outside a transaction are announced first in ``store_journal``, so ``recover`` can undo whatever a
 killed process left behind.
+
+Every SQL statement over the retrieval tables (documents, chunks, collections, store_journal) is in
+this module. The functions take an open connection (ingestion holds one for a whole run); everyone
+else opens the ``Ledger`` store per use: ``with Ledger.open(cfg.db_path) as led: led.documents(name)``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from retrieval.chunking import Chunk
-from tether.db import transaction
+from tether.clock import now_iso
+from tether.db import connect, transaction
 from tether.errors import ConfigError
 
 
@@ -36,12 +41,38 @@ class DocumentRow:
     ingested_at: str
 
 
+@dataclass(frozen=True)
+class ChunkRow:
+    """A committed chunk with its document's source and metadata (what search and prompts show)."""
+
+    id: str
+    text: str
+    start_char: int
+    end_char: int
+    page: int | None
+    document_id: int
+    source: str
+    title: str
+    doc_date: str | None
+    status: str | None
+    authority: str | None
+
+
+_CHUNK_ROW = (
+    "SELECT c.id, c.text, c.start_char, c.end_char, c.page, c.document_id, d.source, d.title, d.doc_date, d.status,"
+    " d.authority FROM chunks c JOIN documents d ON d.id = c.document_id"
+)
+# recorded in dataset manifests (the statements that selected their rows)
+COLLECTION_CHUNKS_QUERY = _CHUNK_ROW + " WHERE c.collection = ? ORDER BY c.id"
+CHUNKS_BY_ID_QUERY = _CHUNK_ROW + " WHERE c.id IN ({marks})"
+
+
 def ensure_collection(db: sqlite3.Connection, name: str, embed_model: str) -> None:
     row = db.execute("SELECT embed_model FROM collections WHERE name = ?", (name,)).fetchone()
     if row is None:
         db.execute(
             "INSERT OR IGNORE INTO collections (name, generation, embed_model, created_at) VALUES (?, 0, ?, ?)",
-            (name, embed_model, _now()),
+            (name, embed_model, now_iso("seconds")),
         )
     elif row["embed_model"] != embed_model:
         raise ConfigError(
@@ -104,7 +135,7 @@ def commit_document(
         cur = db.execute(
             "INSERT INTO documents (collection, source, path, content_hash, size, mtime, kind, title, doc_date, status,"
             " authority, text, n_chunks, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (collection, source, path, content_hash, size, mtime, kind, title, doc_date, status, authority, text, len(chunks), _now()),
+            (collection, source, path, content_hash, size, mtime, kind, title, doc_date, status, authority, text, len(chunks), now_iso("seconds")),
         )
         doc_id = cur.lastrowid
         db.executemany(
@@ -184,5 +215,172 @@ def all_chunks(db: sqlite3.Connection, collection: str) -> tuple[list[str], list
     return [r["id"] for r in rows], [r["text"] for r in rows]
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+def chunks_by_id(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, ChunkRow]:
+    """The committed chunks among ``ids`` (any collection), by id; ids the ledger lacks are absent."""
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = db.execute(CHUNKS_BY_ID_QUERY.format(marks=marks), list(ids)).fetchall()
+    return {r["id"]: ChunkRow(**dict(r)) for r in rows}
+
+
+def collection_chunks(db: sqlite3.Connection, collection: str) -> list[ChunkRow]:
+    """Every committed chunk of a collection with its document's metadata, by chunk id."""
+    return [ChunkRow(**dict(r)) for r in db.execute(COLLECTION_CHUNKS_QUERY, (collection,))]
+
+
+def chunk_ids_of(db: sqlite3.Connection, collection: str, sources: Iterable[str]) -> set[str]:
+    """The ids of the committed chunks of a collection whose document is one of ``sources``."""
+    wanted = set(sources)
+    return {
+        r["id"]
+        for r in db.execute(
+            "SELECT c.id, d.source FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.collection = ?", (collection,)
+        )
+        if r["source"] in wanted
+    }
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """What the vector store holds for a committed chunk: its text (to embed) and its metadata."""
+
+    id: str
+    text: str
+    source: str
+    doc_date: str | None
+    content_hash: str
+    seq: int
+
+
+def chunk_ids(db: sqlite3.Connection, collection: str) -> set[str]:
+    """The ids of every committed chunk of a collection."""
+    return {r[0] for r in db.execute("SELECT id FROM chunks WHERE collection = ?", (collection,))}
+
+
+def store_entries(db: sqlite3.Connection, collection: str, ids: Sequence[str]) -> list[StoreEntry]:
+    """The committed chunks among ``ids`` with what the vector store needs, in ledger order."""
+    ids = list(dict.fromkeys(ids))
+    found: list[tuple[int, StoreEntry]] = []
+    for lo in range(0, len(ids), 500):
+        part = ids[lo : lo + 500]
+        rows = db.execute(
+            "SELECT c.rowid AS r, c.id, c.text, d.source, d.doc_date, d.content_hash, c.seq FROM chunks c"
+            f" JOIN documents d ON d.id = c.document_id WHERE c.collection = ? AND c.id IN ({','.join('?' * len(part))})",
+            [collection, *part],
+        )
+        found += [(r["r"], StoreEntry(r["id"], r["text"], r["source"], r["doc_date"], r["content_hash"], r["seq"])) for r in rows]
+    return [entry for _, entry in sorted(found, key=lambda x: x[0])]
+
+
+def journal_count(db: sqlite3.Connection, collection: str) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM store_journal WHERE collection = ?", (collection,)).fetchone()[0])
+
+
+def document_count(db: sqlite3.Connection, collection: str) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,)).fetchone()[0])
+
+
+def integrity_problems(db: sqlite3.Connection) -> list[str]:
+    """What SQLite finds wrong with the whole database file (``PRAGMA integrity_check`` and
+    ``foreign_key_check``), plus documents whose chunk count disagrees with their chunks; [] = sound."""
+    out = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+    out += [f"table {r[0]} row {r[1]} points to a missing row of {r[2]}" for r in db.execute("PRAGMA foreign_key_check")]
+    out += [
+        f"document {r['source']!r} of collection '{r['collection']}' records {r['n_chunks']} chunks but holds {r['held']}"
+        for r in db.execute(
+            "SELECT d.collection, d.source, d.n_chunks, (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id) AS held"
+            " FROM documents d WHERE d.n_chunks != (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id)"
+        )
+    ]
+    return out
+
+
+class Ledger:
+    """The retrieval package's store: one connection to ``tether.db`` and the ledger's functions as
+    methods. Open it per use and close it (``with Ledger.open(path) as led: ...``)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    @classmethod
+    def open(cls, path: str | Path) -> Ledger:
+        return cls(connect(path))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ensure_collection(self, name: str, embed_model: str) -> None:
+        ensure_collection(self.db, name, embed_model)
+
+    def generation(self, collection: str) -> int:
+        return generation(self.db, collection)
+
+    def committed_hash(self, collection: str, source: str) -> str | None:
+        return committed_hash(self.db, collection, source)
+
+    def journal_add(self, collection: str, chunk_ids: Iterable[str]) -> None:
+        journal_add(self.db, collection, chunk_ids)
+
+    def journal_clear(self, collection: str, chunk_ids: Iterable[str]) -> None:
+        journal_clear(self.db, collection, chunk_ids)
+
+    def commit_document(self, **fields) -> list[str]:
+        return commit_document(self.db, **fields)
+
+    def remove_document(self, collection: str, source: str) -> list[str]:
+        return remove_document(self.db, collection, source)
+
+    def uncommitted_ids(self, collection: str) -> tuple[list[str], list[str]]:
+        return uncommitted_ids(self.db, collection)
+
+    def set_metadata(self, collection: str, source: str, *, doc_date: str | None, status: str | None, authority: str | None) -> bool:
+        """``set_metadata`` in its own transaction."""
+        with transaction(self.db):
+            return set_metadata(self.db, collection, source, doc_date=doc_date, status=status, authority=authority)
+
+    def documents(self, collection: str) -> list[DocumentRow]:
+        return documents(self.db, collection)
+
+    def document(self, collection: str, source: str) -> DocumentRow | None:
+        """One document of a collection by source, or None."""
+        return next((d for d in documents(self.db, collection) if d.source == source), None)
+
+    def chunk_rows(self, collection: str) -> list[dict]:
+        return chunk_rows(self.db, collection)
+
+    def chunk_count(self, collection: str) -> int:
+        return chunk_count(self.db, collection)
+
+    def all_chunks(self, collection: str) -> tuple[list[str], list[str]]:
+        return all_chunks(self.db, collection)
+
+    def chunks_by_id(self, ids: Sequence[str]) -> dict[str, ChunkRow]:
+        return chunks_by_id(self.db, ids)
+
+    def collection_chunks(self, collection: str) -> list[ChunkRow]:
+        return collection_chunks(self.db, collection)
+
+    def chunk_ids_of(self, collection: str, sources: Iterable[str]) -> set[str]:
+        return chunk_ids_of(self.db, collection, sources)
+
+    def chunk_ids(self, collection: str) -> set[str]:
+        return chunk_ids(self.db, collection)
+
+    def store_entries(self, collection: str, ids: Sequence[str]) -> list[StoreEntry]:
+        return store_entries(self.db, collection, ids)
+
+    def journal_count(self, collection: str) -> int:
+        return journal_count(self.db, collection)
+
+    def document_count(self, collection: str) -> int:
+        return document_count(self.db, collection)
+
+    def integrity_problems(self) -> list[str]:
+        return integrity_problems(self.db)

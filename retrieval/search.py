@@ -16,9 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retrieval import ledger
+from retrieval.ledger import ChunkRow, Ledger
 from tether.config import TetherConfig
-from tether.db import connect
 from tether.errors import IndexEmpty
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,31 @@ class SearchHit:
         return out
 
 
+@dataclass(frozen=True)
+class IndexHealth:
+    """Whether the dense half can answer: the vector store's count against the ledger's (cheap,
+    two counts). ``warning`` is None when they agree."""
+
+    collection: str
+    ledger_chunks: int
+    dense_vectors: int
+
+    @property
+    def ok(self) -> bool:
+        return self.ledger_chunks == self.dense_vectors
+
+    @property
+    def warning(self) -> str | None:
+        if self.ok:
+            return None
+        if self.dense_vectors == 0:
+            what = f"the vector store of collection '{self.collection}' is empty while the ledger holds {self.ledger_chunks} chunks: results come from BM25 alone"
+        else:
+            what = (f"the vector store of collection '{self.collection}' is out of step with the ledger ({self.dense_vectors} vectors for "
+                    f"{self.ledger_chunks} chunks): dense results may be missing")
+        return what + "; run `tether doctor --repair` (or `tether ingest` again) to re-embed"
+
+
 @dataclass
 class SearchTimings:
     embed_ms: float = 0.0
@@ -93,16 +117,22 @@ class Searcher:
 
         self.cfg = cfg
         self.collection = collection or cfg.retrieval.collection
-        self.db = connect(cfg.db_path)
+        self.ledger = Ledger.open(cfg.db_path)
         self.embedder = embedder or embedder_for(cfg)
         self.store = store or ChromaStore(cfg, self.collection)
         self._bm25 = None
         self._reranker = None
+        self._health: tuple[int, IndexHealth] | None = None  # (ledger generation, health then)
         self._lock = threading.Lock()
         self.last_timings = SearchTimings()
 
+    @property
+    def db(self):
+        """The ledger's connection (bench scripts read it); search itself goes through ``self.ledger``."""
+        return self.ledger.db
+
     def close(self) -> None:
-        self.db.close()
+        self.ledger.close()
 
     # -- indexes ----------------------------------------------------------------------------
 
@@ -110,14 +140,14 @@ class Searcher:
         """The BM25 index, rebuilt from the ledger when it lags behind the collection."""
         from retrieval.bm25 import BM25Index
 
-        gen = ledger.generation(self.db, self.collection)
+        gen = self.ledger.generation(self.collection)
         with self._lock:
             if self._bm25 is not None and self._bm25.generation == gen:
                 return self._bm25
             folder = self.cfg.bm25_dir / self.collection
             index = BM25Index.load(folder)
             if index is None or index.generation != gen:
-                ids, texts = ledger.all_chunks(self.db, self.collection)
+                ids, texts = self.ledger.all_chunks(self.collection)
                 index = BM25Index.build(ids, texts, gen)
                 try:
                     index.save(folder)
@@ -126,15 +156,30 @@ class Searcher:
             self._bm25 = index
             return index
 
+    def health(self) -> IndexHealth:
+        """The dense index against the ledger, checked once per ledger generation (two counts)."""
+        gen = self.ledger.generation(self.collection)
+        cached = self._health
+        if cached is not None and cached[0] == gen:
+            return cached[1]
+        health = IndexHealth(self.collection, self.ledger.chunk_count(self.collection), int(self.store.count()))
+        self._health = (gen, health)
+        return health
+
+    def _check_health(self) -> None:
+        """Log the dense half's warning once per ledger generation (the first search after a change)."""
+        fresh = self._health is None or self._health[0] != self.ledger.generation(self.collection)
+        health = self.health()
+        if fresh and health.warning:
+            log.warning("%s", health.warning)
+
     def reranker(self):
         if self.cfg.retrieval.reranker is None:
             return None
         if self._reranker is None:
-            from sentence_transformers import CrossEncoder
+            from tether.crossencoder import load_cross_encoder
 
-            from retrieval.embeddings import resolve_model_path
-
-            self._reranker = CrossEncoder(str(resolve_model_path(self.cfg.retrieval.reranker)), local_files_only=True)
+            self._reranker = load_cross_encoder(self.cfg.retrieval.reranker, setting="retrieval.reranker", what="reranker")
         return self._reranker
 
     # -- search -----------------------------------------------------------------------------
@@ -149,6 +194,7 @@ class Searcher:
         bm25 = self.bm25()
         if not bm25.ids:
             raise IndexEmpty(f"collection '{self.collection}' holds no documents: run `tether ingest PATH` first")
+        self._check_health()
         where, mask = None, None
         if filters.active():
             allowed_sources = self._sources_matching(filters)
@@ -181,7 +227,7 @@ class Searcher:
         rerank: dict[str, float] = {}
         if reranker and scored:
             t = time.perf_counter()
-            pairs = [(query, rows[cid]["text"]) for cid, _ in scored]
+            pairs = [(query, rows[cid].text) for cid, _ in scored]
             values = reranker.predict(pairs, show_progress_bar=False)
             rerank = {cid: float(v) for (cid, _), v in zip(scored, values)}
             scored = sorted(scored, key=lambda kv: -rerank[kv[0]])
@@ -194,59 +240,43 @@ class Searcher:
             hits.append(
                 SearchHit(
                     id=cid,
-                    text=r["text"],
-                    source=r["source"],
-                    title=r["title"],
-                    span=(int(r["start_char"]), int(r["end_char"])),
-                    page=r["page"],
+                    text=r.text,
+                    source=r.source,
+                    title=r.title,
+                    span=(int(r.start_char), int(r.end_char)),
+                    page=r.page,
                     score=rerank.get(cid, score),
                     rank=rank,
                     dense_score=dense_by_id.get(cid),
                     bm25_score=bm25_by_id.get(cid),
-                    date=r["doc_date"],
-                    status=r["status"],
-                    authority=r["authority"],
-                    document_id=int(r["document_id"]),
+                    date=r.doc_date,
+                    status=r.status,
+                    authority=r.authority,
+                    document_id=int(r.document_id),
                     rerank_score=rerank.get(cid),
                 )
             )
         return hits
 
-    def _rows(self, ids: Sequence[str]) -> dict[str, Any]:
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(
-            "SELECT c.id, c.text, c.start_char, c.end_char, c.page, c.document_id, d.source, d.title, d.doc_date,"
-            f" d.status, d.authority FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
-            list(ids),
-        ).fetchall()
-        return {r["id"]: r for r in rows}
+    def _rows(self, ids: Sequence[str]) -> dict[str, ChunkRow]:
+        return self.ledger.chunks_by_id(ids)
 
     def _sources_matching(self, filters: SearchFilters) -> set[str]:
-        sql = "SELECT source, doc_date FROM documents WHERE collection = ?"
         out = set()
-        for r in self.db.execute(sql, (self.collection,)):
-            if filters.source and not (fnmatch.fnmatchcase(r["source"], filters.source) or r["source"] == filters.source):
+        for d in self.ledger.documents(self.collection):
+            if filters.source and not (fnmatch.fnmatchcase(d.source, filters.source) or d.source == filters.source):
                 continue
-            if (filters.date_from or filters.date_to) and not r["doc_date"]:
+            if (filters.date_from or filters.date_to) and not d.doc_date:
                 continue
-            if filters.date_from and r["doc_date"] < filters.date_from:
+            if filters.date_from and d.doc_date < filters.date_from:
                 continue
-            if filters.date_to and r["doc_date"] > filters.date_to:
+            if filters.date_to and d.doc_date > filters.date_to:
                 continue
-            out.add(r["source"])
+            out.add(d.source)
         return out
 
     def _chunk_ids_of(self, sources: set[str]) -> set[str]:
-        out: set[str] = set()
-        for r in self.db.execute(
-            "SELECT c.id, d.source FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.collection = ?",
-            (self.collection,),
-        ):
-            if r["source"] in sources:
-                out.add(r["id"])
-        return out
+        return self.ledger.chunk_ids_of(self.collection, sources)
 
 
 def search(cfg: TetherConfig, query: str, k: int = 5, filters: SearchFilters | None = None, collection: str | None = None) -> list[SearchHit]:

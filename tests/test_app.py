@@ -128,6 +128,57 @@ def test_multi_turn_history_and_new_chat(asked):
     assert at.session_state.history == [] and not at.chat_message
 
 
+class _SecondThoughts:
+    """A CAD-capable fake LLM: a wrong first attempt; the right answer when asked for CAD."""
+
+    FIRST = "Full-time employees get 97 days of annual leave [1]."
+    SECOND = "Full-time employees get 25 working days of paid annual leave."
+
+    def __init__(self):
+        from assistant.generators.base import Capabilities, GeneratorIdentity
+
+        self.capabilities = Capabilities(cad=True)
+        self.identity = GeneratorIdentity("fake", "second-thoughts")
+
+    def stream(self, messages, params):
+        head, tail = (self.SECOND if params.cad_alpha else self.FIRST).split(" ", 1)
+        yield head
+        yield " " + tail
+
+
+def test_chat_shows_the_replaced_text_not_the_first_attempt(monkeypatch):
+    """cad=auto regenerates a poorly grounded reply: the engine emits a Replace, and the page
+    shows the new attempt (it used to join every stream item as text and raise TypeError)."""
+    from app.ui import resources
+    from assistant.engine import ChatEngine
+    from assistant.events import Replace
+
+    replaced = []
+
+    def engine(cfg):
+        e = ChatEngine(cfg.with_assistant(cad="auto"), searcher=resources.searcher(cfg), generator=_SecondThoughts())
+        stream = e.stream
+
+        def watched(question, conversation=None):
+            for event in stream(question, conversation):
+                replaced.extend([event] if isinstance(event, Replace) else [])
+                yield event
+
+        e.stream = watched
+        return e
+
+    monkeypatch.setattr(resources, "engine", engine)
+    at = _app().run()
+    _ok(at)
+    at.chat_input(key="question").set_value(QUESTION).run()
+    _ok(at)
+    assert len(replaced) == 1 and replaced[0].text == "" and "context-aware decoding" in replaced[0].reason
+    answer = at.session_state.history[-1]["answer"]
+    assert "25 working days" in answer.text and "97 days" not in answer.text and answer.generator.backend == "fake"
+    shown = " ".join(m.value for m in at.markdown)
+    assert "25 working days" in shown and "97 days" not in shown
+
+
 def test_conflict_panel_follows_the_sidebar_policy(home):
     """c01 in examples/eval: EUR 45 (2022, superseded) against EUR 60 (2024)."""
     at = _app().run()
@@ -235,7 +286,7 @@ def test_metadata_edit_reaches_search(home, embedder):
         ("../../etc/passwd.txt", "passwd.txt"),
         ("C:\\Users\\me\\Notes 2024.DOCX", "Notes_2024.docx"),
         (".hidden.html", "hidden.html"),
-        ("Ünïcödé résumé.pdf", "Unicode_resume.pdf"),
+        ("Ünïcödé résumé.pdf", "Ünïcödé_résumé.pdf"),  # letters of any script are kept (tests/test_uploads.py)
         ("con.txt", "file_con.txt"),
     ],
 )
@@ -259,7 +310,7 @@ def test_upload_size_limit(tmp_path):
 
     with pytest.raises(UploadRejected, match="over the 0.001 MB limit"):
         save_upload(tmp_path, "big.txt", b"x" * 2000, max_mb=0.001)
-    assert save_upload(tmp_path, "small.txt", b"x" * 100, max_mb=0.001) == (tmp_path / "uploads" / "small.txt").resolve()
+    assert save_upload(tmp_path, "small.txt", b"x" * 100, max_mb=0.001).path == (tmp_path / "uploads" / "small.txt").resolve()
 
 
 # -- admin --------------------------------------------------------------------------------------
@@ -381,26 +432,6 @@ def test_evaluation_runs_the_conflict_suite_and_charts_it(home):
     assert {m.label for m in at.metric} >= {k.removeprefix("conflicts.") for k in sorted(run.metrics) if k.startswith("conflicts.")}
     mis = run.details["conflicts"].get("misclassified") or []
     assert any(m.value == f"**Misclassified cases: {len(mis)}**" for m in at.markdown)
-
-
-def test_pages_say_not_available_when_a_module_is_missing(monkeypatch):
-    """Admin and Evaluation degrade to a message when their package is missing (partial checkouts)."""
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_eval(name, globals=None, locals=None, fromlist=(), level=0):
-        if name.startswith(("assistant.evaluation", "training")) or (name == "app.ui" and fromlist and ("evaluation_view" in fromlist or "admin_view" in fromlist)):
-            raise ImportError(f"No module named {name!r} (simulated)")
-        return real_import(name, globals, locals, fromlist, level)
-
-    import sys
-
-    for mod in ("app.ui.evaluation_view", "app.ui.admin_view"):
-        monkeypatch.delitem(sys.modules, mod, raising=False)
-    monkeypatch.setattr(builtins, "__import__", no_eval)
-    at = _page(_app().run(), "evaluation")
-    assert any("not available yet" in i.value for i in at.info)
 
 
 @pytest.mark.slow

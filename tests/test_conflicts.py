@@ -13,9 +13,9 @@ from retrieval.conflicts import (
     claim_features,
     claim_from_json,
     get_detector,
-    prf,
     rule_hit,
 )
+from assistant.evaluation.metrics import prf
 from tether.errors import BackendUnavailable, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

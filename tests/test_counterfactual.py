@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.counterfactual import follows_context, from_corpus, load_cases, make_counterfactuals, write_cases
+from assistant.counterfactual import follows_context, from_corpus, load_cases, make_counterfactuals, write_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "eval" / "qa.jsonl"
@@ -90,7 +90,7 @@ def test_shipped_file_is_what_the_generator_writes(tmp_path, made):
 
 
 def test_cli_writes_the_cases(tmp_path, made):
-    from training.counterfactual import main
+    from assistant.counterfactual import main
 
     main(["--from-qa", str(QA), "--out", str(tmp_path / "out.jsonl")])
     assert load_cases(tmp_path / "out.jsonl") == made

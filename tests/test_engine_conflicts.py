@@ -126,3 +126,76 @@ def test_cad_auto_turns_on_only_when_the_question_meets_a_conflict(handbook_cfg,
         assert not b.relevant_conflicts and b.generator.decoding == "greedy"
     finally:
         engine.searcher.close()
+
+
+# -- the conflict stages on their own -----------------------------------------------------------
+
+
+def _stages(handbook_cfg, **changes):
+    engine = ChatEngine(handbook_cfg.with_assistant(**changes) if changes else handbook_cfg)
+    hits = engine.searcher.search(MEALS, k=handbook_cfg.assistant.top_k)
+    return engine, hits
+
+
+def test_detect_conflicts_keeps_the_ones_the_question_is_about(handbook_cfg):
+    from assistant.engine import Findings
+
+    engine, hits = _stages(handbook_cfg)
+    try:
+        found = engine.detect_conflicts(MEALS, hits)
+        assert found.conflicts and len(found.decisions) == len(found.conflicts)
+        meal = next(i for i, c in enumerate(found.conflicts) if {x.source for x in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}
+                    and "45" in " ".join(x.text for x in c.claims))
+        assert meal in found.relevant
+        claims = found.claims_by_passage()
+        assert {x.passage_id for x in found.conflicts[meal].claims} <= set(claims)
+        assert engine.detect_conflicts(MEALS, hits[:1]) == Findings()
+        # the threshold is assistant.relevant_conflict: at 2 (the maximum score) nothing is relevant
+        strict = ChatEngine(handbook_cfg.with_assistant(relevant_conflict=2.0), searcher=engine.searcher)
+        assert strict.detect_conflicts(MEALS, hits).relevant == () and strict.detect_conflicts(MEALS, hits).conflicts
+    finally:
+        engine.searcher.close()
+    off, hits = _stages(handbook_cfg, conflicts=False)
+    try:
+        assert off.detect_conflicts(MEALS, hits) == Findings()
+    finally:
+        off.searcher.close()
+
+
+def test_resolve_appends_a_statement_or_replaces_the_text(handbook_cfg):
+    from assistant.engine import CONFLICT_REWRITE, Context, Draft, Findings, Verification
+    from assistant.events import Replace, Token
+
+    engine, hits = _stages(handbook_cfg, conflict_policy="prefer-recent")
+    try:
+        found = engine.detect_conflicts(MEALS, hits)
+        ctx = Context(MEALS, tuple(hits))
+        meal = next(i for i in found.relevant if "45" in " ".join(x.text for x in found.conflicts[i].claims))
+        conflict, decision = found.conflicts[meal], found.decisions[meal]
+        only = Findings(found.conflicts, found.decisions, (meal,))
+        # an answer about something else: the statement is appended, as a Token
+        draft = Draft("Receipts must be kept for every meal [1].", refused=False, checked=Verification())
+        events, resolved = run_stage(engine.resolve(draft, ctx, only))
+        assert resolved.text.startswith(draft.text) and resolved.statements and "disagree" in resolved.text
+        assert events == [Token(resolved.text[len(draft.text):])] and resolved.checked is None
+        # an answer stating the overridden claim as fact: that sentence goes, the text is replaced
+        loser = conflict.claims[1 - decision.winner]
+        n = next(k for k, h in enumerate(hits, start=1) if h.id == loser.passage_id)
+        stated = Draft(f"{loser.text.rstrip('.')} [{n}].", refused=False)
+        events, resolved = run_stage(engine.resolve(stated, ctx, only))
+        assert events == [Replace(resolved.text, CONFLICT_REWRITE)] and not resolved.text.startswith(stated.text)
+        # nothing relevant, or a refusal: the draft passes through with its check
+        assert run_stage(engine.resolve(draft, ctx, Findings(found.conflicts, found.decisions, ()))) == ([], type(resolved)(draft.text, False, (), draft.checked))
+        refusal = Draft("I don't know: the documents do not say.", refused=True)
+        assert run_stage(engine.resolve(refusal, ctx, only))[0] == []
+    finally:
+        engine.searcher.close()
+
+
+def run_stage(stage):
+    events = []
+    while True:
+        try:
+            events.append(next(stage))
+        except StopIteration as stop:
+            return events, stop.value

@@ -128,14 +128,14 @@ def test_sampling_is_reproducible_with_a_seed(gen):
 def test_sample_helper_filters():
     import torch
 
-    from assistant.generators.hf import _sample
+    from assistant.generators.hf import sample_token
 
     logits = torch.tensor([[0.0, 3.0, 2.9, -1.0]])
     rng = torch.Generator().manual_seed(0)
-    assert _sample(logits, GenParams(), rng).item() == 1
-    top1 = {_sample(logits, GenParams(temperature=1.0, top_k=1), rng).item() for _ in range(20)}
+    assert sample_token(logits, GenParams(), rng).item() == 1
+    top1 = {sample_token(logits, GenParams(temperature=1.0, top_k=1), rng).item() for _ in range(20)}
     assert top1 == {1}
-    top2 = {_sample(logits, GenParams(temperature=1.0, top_p=0.5), rng).item() for _ in range(50)}
+    top2 = {sample_token(logits, GenParams(temperature=1.0, top_p=0.5), rng).item() for _ in range(50)}
     assert top2 <= {1, 2}
 
 

@@ -3,7 +3,8 @@
 
 Generators: ``EchoGenerator`` below (a real generator with no model: it streams the last user
 message back word by word), and ``HFGenerator`` on the tiny random Llama of ``tests/tiny_llm.py``.
-Failure modes (5xx, cut streams, silence) come from a scripted stub server.
+Failure modes (5xx, cut streams, silence) come from a scripted stub server; the retries and
+timeouts are the ``openai`` package's own.
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from assistant.generators.base import GenParams, GeneratorIdentity, Message, generate
-from assistant.generators.openai_compat import OpenAIGenerator, chat_completions_url
+from assistant.generators.base import GeneratorIdentity, GenParams, Message, generate
+from assistant.generators.openai_compat import OpenAIGenerator, api_base_url, chat_completions_url
 from assistant.serve import make_server
+from tether.config import HFConfig, OpenAIConfig
 from tether.errors import BackendUnavailable, ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 MESSAGES = [
     Message("system", "Answer from the context."),
@@ -258,9 +257,13 @@ def test_api_key_is_required_when_set():
         assert http(server.url + "/models")[0] == 401
         status, reply, _ = http(server.url + "/chat/completions", chat_body())
         assert status == 401 and reply["error"]["code"] == "invalid_api_key"
-        with pytest.raises(BackendUnavailable, match="HTTP 401.*api_key"):
+        with pytest.raises(BackendUnavailable, match="HTTP 401.*openai.api_key"):
             list(client(server, api_key="wrong").stream(MESSAGES, GenParams()))
+        with pytest.raises(BackendUnavailable, match="HTTP 401"):
+            client(server).models()  # no key configured: none that the server accepts is sent
         assert "".join(client(server, api_key="s3cret").stream(MESSAGES, GenParams())) == EchoGenerator.reply(MESSAGES)
+        gen = OpenAIGenerator.from_config(OpenAIConfig(url=server.url, model="tether", api_key="s3cret", timeout_s=5))
+        assert gen.models() == ["tether"]
 
 
 class FailingGenerator:
@@ -289,7 +292,7 @@ def test_generator_errors_become_http_errors():
         assert status == 500 and "out of memory" in reply["error"]["message"]
         got = []
         with pytest.raises(BackendUnavailable, match="failed while generating: generation failed: CUDA out of memory"):
-            for piece in client(server, retries=0).stream(MESSAGES, GenParams()):
+            for piece in client(server, max_retries=0).stream(MESSAGES, GenParams()):
                 got.append(piece)
         assert got == ["w0 ", "w1 "]
 
@@ -357,13 +360,15 @@ OK_STREAM = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}, del
 
 
 class StubServer(ThreadingHTTPServer):
-    """Answers each POST with the next scripted action (the last one repeats); keeps the bodies."""
+    """Answers each POST with the next scripted action (the last one repeats); keeps the bodies
+    and the headers of every request."""
 
     daemon_threads = True
 
     def __init__(self, script):
         self.script = list(script)
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []
         super().__init__(("127.0.0.1", 0), _StubHandler)
 
     @property
@@ -376,6 +381,7 @@ class _StubHandler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self):
+        self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
         self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         action = self.server.script[min(len(self.server.bodies), len(self.server.script)) - 1]
         action(self)
@@ -393,12 +399,32 @@ def reply(status: int, body: bytes, content_type="text/event-stream", headers=()
     return act
 
 
-def error(status: int, message: str, headers=()):
+def error(status: int, message: str, headers=(("retry-after-ms", "10"),)):
+    """An error reply; by default it asks for a 10 ms wait, so the client's retries are quick."""
     return reply(status, json.dumps({"error": {"message": message, "type": "server_error"}}).encode(), "application/json", headers)
 
 
 def hang(seconds: float):
     return lambda h: time.sleep(seconds)
+
+
+def drop(h):
+    """Close the connection without a reply."""
+    h.close_connection = True
+
+
+def trickle(body: bytes, then_sleep: float):
+    """A stream that sends ``body``, then nothing for ``then_sleep`` seconds."""
+
+    def act(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.end_headers()
+        h.wfile.write(body)
+        h.wfile.flush()
+        time.sleep(then_sleep)
+
+    return act
 
 
 @contextmanager
@@ -415,13 +441,14 @@ def closed_port() -> int:
 
 def test_a_server_that_is_down_fails_fast_and_names_the_url():
     url = f"http://127.0.0.1:{closed_port()}/v1"
-    gen = OpenAIGenerator(url, "tether", retries=1, timeout=1, backoff=0.05)
+    gen = OpenAIGenerator(url, "tether", max_retries=1, timeout=1)
     t0 = time.perf_counter()
     with pytest.raises(BackendUnavailable) as err:
         list(gen.stream(MESSAGES, GenParams()))
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 2  # one retry after the client's own backoff (0.5 s at most)
     message = str(err.value)
     assert message.startswith(f"OpenAI-compatible server at {url} is not answering (cannot connect")
+    assert "Connection refused" in message
     assert "2 attempts" in message and message.endswith("start it, or choose another generator with --generator")
     with pytest.raises(BackendUnavailable, match=re.escape(url)):
         gen.complete(MESSAGES, GenParams())
@@ -431,22 +458,43 @@ def test_a_server_that_is_down_fails_fast_and_names_the_url():
 
 def test_5xx_and_429_are_retried_then_succeed():
     with stub(error(500, "boom"), error(429, "slow down", headers=[("Retry-After", "0")]), reply(200, OK_STREAM)) as server:
-        gen = OpenAIGenerator(server.url, "tether", timeout=5, retries=2, backoff=0.01)
+        gen = OpenAIGenerator(server.url, "tether", timeout=5, max_retries=2)
+        t0 = time.perf_counter()
         assert list(gen.stream(MESSAGES, GenParams())) == ["Hello", " world"]
+        elapsed = time.perf_counter() - t0
     assert len(server.bodies) == 3
+    # the openai package's retry loop did it: it numbers its attempts, and waited its own backoff
+    # after the 429 (Retry-After: 0 asks for none, so the client falls back to its second backoff, 0.75-1 s)
+    assert [h.get("x-stainless-retry-count") for h in server.headers] == ["0", "1", "2"]
+    assert 0.3 < elapsed < 3
+
+
+def test_a_dropped_connection_is_retried_then_succeeds():
+    with stub(drop, reply(200, OK_STREAM)) as server:
+        gen = OpenAIGenerator(server.url, "tether", timeout=5, max_retries=1)
+        assert "".join(gen.stream(MESSAGES, GenParams())) == "Hello world"
+    assert len(server.bodies) == 2
+
+
+def test_no_retries_when_max_retries_is_0():
+    with stub(error(503, "loading model"), reply(200, OK_STREAM)) as server:
+        gen = OpenAIGenerator(server.url, "tether", timeout=5, max_retries=0)
+        with pytest.raises(BackendUnavailable, match=r"is not answering \(HTTP 503: loading model\): start it"):
+            list(gen.stream(MESSAGES, GenParams()))
+    assert len(server.bodies) == 1
 
 
 def test_500_twice_then_success_with_complete():
     ok = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]}).encode()
     with stub(error(500, "boom"), error(502, "bad gateway"), reply(200, ok, "application/json")) as server:
-        gen = OpenAIGenerator(server.url, "tether", timeout=5, backoff=0.01)
+        gen = OpenAIGenerator(server.url, "tether", timeout=5)
         assert gen.complete(MESSAGES, GenParams()) == "Hi"
     assert len(server.bodies) == 3
 
 
 def test_5xx_until_retries_run_out():
     with stub(error(503, "loading model")) as server:
-        gen = OpenAIGenerator(server.url, "tether", timeout=5, retries=1, backoff=0.01)
+        gen = OpenAIGenerator(server.url, "tether", timeout=5, max_retries=1)
         with pytest.raises(BackendUnavailable, match=r"is not answering \(HTTP 503: loading model; 2 attempts\)"):
             list(gen.stream(MESSAGES, GenParams()))
     assert len(server.bodies) == 2
@@ -454,7 +502,7 @@ def test_5xx_until_retries_run_out():
 
 def test_4xx_is_not_retried_and_carries_the_server_message():
     with stub(error(400, "This model's maximum context length is 2048 tokens")) as server:
-        gen = OpenAIGenerator(server.url, "tether", timeout=5, backoff=0.01)
+        gen = OpenAIGenerator(server.url, "tether", timeout=5)
         with pytest.raises(BackendUnavailable, match=r"refused the request \(HTTP 400: This model's maximum context length is 2048 tokens\)"):
             list(gen.stream(MESSAGES, GenParams()))
     assert len(server.bodies) == 1
@@ -462,7 +510,7 @@ def test_4xx_is_not_retried_and_carries_the_server_message():
 
 def test_a_stream_cut_after_text_is_not_retried():
     with stub(reply(200, sse(delta("Hel"), done=False))) as server:
-        gen = OpenAIGenerator(server.url, "tether", timeout=5, backoff=0.01)
+        gen = OpenAIGenerator(server.url, "tether", timeout=5)
         got = []
         with pytest.raises(BackendUnavailable, match="broke off the reply after it had started"):
             for piece in gen.stream(MESSAGES, GenParams()):
@@ -470,21 +518,51 @@ def test_a_stream_cut_after_text_is_not_retried():
     assert got == ["Hel"] and len(server.bodies) == 1
 
 
-def test_a_stream_cut_before_any_text_is_retried():
+def test_a_stream_cut_after_its_headers_is_not_retried():
+    # the openai package retries requests, not streams it has started to read
     with stub(reply(200, sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}, done=False)), reply(200, OK_STREAM)) as server:
-        gen = OpenAIGenerator(server.url, "tether", timeout=5, backoff=0.01)
-        assert "".join(gen.stream(MESSAGES, GenParams())) == "Hello world"
-    assert len(server.bodies) == 2
+        gen = OpenAIGenerator(server.url, "tether", timeout=5)
+        with pytest.raises(BackendUnavailable, match=r"is not answering \(the stream ended before the reply finished"):
+            list(gen.stream(MESSAGES, GenParams()))
+    assert len(server.bodies) == 1
 
 
-def test_silence_times_out_without_retrying():
+def test_silence_times_out_and_is_retried_by_the_client():
     with stub(hang(3)) as server:
-        gen = OpenAIGenerator(server.url, "tether", timeout=0.3, backoff=0.01)
+        gen = OpenAIGenerator(server.url, "tether", timeout=0.3, max_retries=0)
         t0 = time.perf_counter()
-        with pytest.raises(BackendUnavailable, match=r"no response within 0.3 s"):
+        with pytest.raises(BackendUnavailable, match=r"is not answering \(no response within 0.3 s\)"):
             list(gen.stream(MESSAGES, GenParams()))
         assert time.perf_counter() - t0 < 2
         assert len(server.bodies) == 1
+    with stub(hang(3)) as server:
+        gen = OpenAIGenerator(server.url, "tether", timeout=0.3, max_retries=1)
+        t0 = time.perf_counter()
+        with pytest.raises(BackendUnavailable, match=r"no response within 0.3 s; 2 attempts"):
+            gen.complete(MESSAGES, GenParams())
+        assert time.perf_counter() - t0 < 3
+        assert len(server.bodies) == 2
+
+
+def test_a_json_reply_to_a_stream_request_and_a_malformed_event():
+    ok = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]}).encode()
+    with stub(reply(200, ok, "application/json")) as server:  # a server that ignores "stream": true
+        gen = OpenAIGenerator(server.url, "tether", timeout=5)
+        assert list(gen.stream(MESSAGES, GenParams())) == ["Hi"] and gen.last_stats["finish_reason"] == "stop"
+    with stub(reply(200, b"data: {not json\n\n")) as server:
+        gen = OpenAIGenerator(server.url, "tether", timeout=5)
+        with pytest.raises(BackendUnavailable, match="sent a malformed event"):
+            list(gen.stream(MESSAGES, GenParams()))
+
+
+def test_silence_after_the_reply_started_is_not_retried():
+    with stub(trickle(sse(delta("Hel"), done=False), then_sleep=3)) as server:
+        gen = OpenAIGenerator(server.url, "tether", timeout=0.3, max_retries=2)
+        got = []
+        with pytest.raises(BackendUnavailable, match=r"broke off the reply after it had started \(no data for 0.3 s\)"):
+            for piece in gen.stream(MESSAGES, GenParams()):
+                got.append(piece)
+    assert got == ["Hel"] and len(server.bodies) == 1
 
 
 def test_sse_variants_and_the_request_body():
@@ -519,7 +597,7 @@ def test_sse_variants_and_the_request_body():
 
 def test_constructor_and_params_are_validated():
     with pytest.raises(ConfigError) as err:
-        OpenAIGenerator("localhost:8000", "", timeout=0, retries=-1)
+        OpenAIGenerator("localhost:8000", "", timeout=0, max_retries=-1)
     assert len(err.value.problems) == 4
     gen = OpenAIGenerator("http://127.0.0.1:9/v1", "tether")
     with pytest.raises(ConfigError, match="cad_alpha .* use the hf generator"):
@@ -539,24 +617,27 @@ def test_constructor_and_params_are_validated():
 )
 def test_chat_completions_url(base, url):
     assert chat_completions_url(base) == url
+    assert api_base_url(base) == url.removesuffix("/chat/completions")
+
+
+def test_from_config_needs_a_url():
+    with pytest.raises(ConfigError, match="openai.url is not set"):
+        OpenAIGenerator.from_config(OpenAIConfig())
+    gen = OpenAIGenerator.from_config(OpenAIConfig(url="http://127.0.0.1:9", model="m", timeout_s=3, max_retries=0))
+    assert (gen.url, gen.model, gen.timeout, gen.max_retries) == ("http://127.0.0.1:9/v1/chat/completions", "m", 3.0, 0)
 
 
 # -- a real model behind the server -------------------------------------------------------------------
 
 
-HF_PARTS = (ROOT / "tests" / "tiny_llm.py", ROOT / "assistant" / "generators" / "hf.py")
-
-
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    if not all(p.exists() for p in HF_PARTS):
-        pytest.skip("tests/tiny_llm.py or assistant/generators/hf.py is not written yet")
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from assistant.generators.hf import HFGenerator
     from tests.tiny_llm import make_tiny_llm
 
-    return HFGenerator(make_tiny_llm(tmp_path_factory.mktemp("tiny-llm")), device="cpu")
+    return HFGenerator.from_config(make_tiny_llm(tmp_path_factory.mktemp("tiny-llm")), None, HFConfig(device="cpu"))
 
 
 def test_hf_generator_served_equals_direct_greedy(tiny_hf):

@@ -114,3 +114,48 @@ def test_names_conflict_and_drop_overridden():
     answer = "The allowance is €45 per day [2]. Receipts are needed [1]."
     assert drop_overridden(answer, c, resolve(c, "prefer-official"), NUMBERS) == "Receipts are needed [1]."
     assert drop_overridden(answer, c, resolve(c, "present-both"), NUMBERS) == answer
+
+
+@pytest.mark.parametrize("policy", ["prefer-official", "prefer-recent", "present-both"])
+def test_decision_round_trips_through_json_and_ignores_the_logs_extra_keys(policy):
+    from assistant.resolution import Decision
+
+    d = resolve(conflict(OLD, NEW), policy)
+    assert Decision.from_json(json.loads(json.dumps(d.to_json()))) == d
+    assert Decision.from_json({**d.to_json(), "relevant": True}) == d  # the log's decision column
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"policy": "prefer-recent", "reason": "r"}, "winner"),
+        ({"policy": "prefer-recent", "winner": 2, "reason": "r"}, "winner"),
+        ({"policy": "prefer-recent", "winner": True, "reason": "r"}, "winner"),
+        ({"winner": 0, "reason": "r"}, "policy"),
+        (["prefer-recent", 0, "r"], "object"),
+    ],
+)
+def test_decision_from_json_names_what_is_wrong(data, needle):
+    from assistant.resolution import Decision
+
+    with pytest.raises(ValueError, match=needle):
+        Decision.from_json(data)
+
+
+def test_split_statements_takes_off_exactly_the_engines_statements():
+    from assistant.conflict_answering import split_statements
+
+    c, other = conflict(OLD, NEW), conflict(NEW, WIKI)
+    numbers = {**NUMBERS, "p3": 5}
+    resolved = [(c, resolve(c, "prefer-official")), (other, resolve(other, "present-both"))]
+    reply = "The allowance is EUR 60 per day [4]."
+    s1 = conflict_statement(c, resolved[0][1], numbers, answer=reply)  # the winner is stated: not quoted again
+    s2 = conflict_statement(other, resolved[1][1], numbers, answer=reply)
+    assert split_statements(f"{reply} {s1} {s2}", resolved, numbers) == (reply, [0, 1])
+    assert split_statements(f"{reply} {s2}", resolved, numbers) == (reply, [1])
+    full = conflict_statement(c, resolved[0][1], numbers)
+    assert split_statements(full, resolved, numbers) == ("", [0])
+    assert split_statements(reply, resolved, numbers) == (reply, [])
+    # a statement under another decision is not this one
+    other_policy = [(c, resolve(c, "present-both"))]
+    assert split_statements(f"{reply} {s1}", other_policy, numbers) == (f"{reply} {s1}", [])

@@ -6,16 +6,51 @@ import json
 
 import pytest
 
+from assistant.conflict_answering import conflict_statement
 from assistant.prompts import PromptSource, build_messages
-from tests.training_fixtures import COUNTERFACTUALS, TURNS, read_jsonl, seed_log_db
+from assistant.resolution import Decision, resolve
+from retrieval.conflicts import Claim, Conflict
+from tests.training_fixtures import COUNTERFACTUALS, TURNS, read_jsonl, seed_ledger, seed_log_db
 from training.config import DataConfig, load_train_config
 from training.data import Row, build_datasets, dedupe, rebuild_prompt, split
 from tether.errors import ConfigError
 
 
+LEAVE_CONFLICT = Conflict(
+    "numeric", "amount", "annual leave days",
+    (Claim("Employees get twenty-five days of annual leave each year.", "leave.md", "leave.md#0", "Leave policy", "2024-01-10", "official", "current"),
+     Claim("Employees get thirty days of annual leave.", "canteen.md", "canteen.md#1", "Canteen", "2023-05-02", "team", "current")),
+    0.9,
+)
+LEAVE_QUESTION = "How many leave days do employees get?"
+
+
+def log_conflict_turn(db_path, policy: str, answer: str = "Employees get thirty days [2].") -> tuple[str, Decision]:
+    """A turn whose two sources conflict, logged through the real LogStore with the typed conflict
+    and the policy's decision (passages [1] leave.md#0 and [2] canteen.md#1)."""
+    from assistant.generators.base import GeneratorIdentity
+    from assistant.logstore import LogStore
+    from assistant.types import Answer
+    from retrieval.search import SearchHit
+
+    def hit(cid, text, source, title, date, authority, rank):
+        return SearchHit(cid, text, source, title, (0, len(text)), None, 1.0 / rank, rank, None, None, date, "current", authority, rank)
+
+    passages = (hit("leave.md#0", LEAVE_CONFLICT.claims[0].text, "leave.md", "Leave policy", "2024-01-10", "official", 1),
+                hit("canteen.md#1", LEAVE_CONFLICT.claims[1].text, "canteen.md", "Canteen", "2023-05-02", "team", 2))
+    decision = resolve(LEAVE_CONFLICT, policy)
+    logged = Answer(text=answer, refused=False, question=LEAVE_QUESTION, query=LEAVE_QUESTION, passages=passages, citations=(),
+                    groundedness=None, generator=GeneratorIdentity(backend="hf", model="tiny"), latency_ms={"total": 1.0},
+                    conflicts=(LEAVE_CONFLICT,), decisions=(decision,), policy=policy, relevant_conflicts=(0,))
+    prompt = [m.__dict__ for m in build_messages(LEAVE_QUESTION, [PromptSource(h.title, h.text) for h in passages])]
+    _, turn_id = LogStore(db_path).log_turn(logged, collection="tether", conversation_id=None, prompt=prompt)
+    return turn_id, decision
+
+
 @pytest.fixture
 def built(cfg, tmp_path):
-    seeded = seed_log_db(cfg.db_path)
+    seeded = seed_log_db(cfg.db_path)  # its conflict turn predates the typed log: skipped
+    log_conflict_turn(cfg.db_path, "prefer-official")
     dcfg = DataConfig(out_dir=str(tmp_path / "ds"), eval_fraction=0.2)
     manifests = build_datasets(cfg, dcfg, counterfactual_rows=COUNTERFACTUALS)
     return seeded, dcfg, manifests
@@ -43,7 +78,7 @@ def test_sft_rows_use_the_logged_prompt_and_the_good_answers(built):
 
 
 def test_extractive_turn_prompt_is_rebuilt_from_retrievals_with_the_same_builder(built, cfg):
-    from tether.db import connect
+    from assistant.logstore import LogStore
 
     seeded, dcfg, _ = built
     rows = _all(dcfg, "sft")
@@ -54,8 +89,8 @@ def test_extractive_turn_prompt_is_rebuilt_from_retrievals_with_the_same_builder
     title, date, authority, chunks = DOCS["canteen.md"]
     expected = build_messages("What are the canteen hours?", [PromptSource(title, c, date, authority, "current") for c in chunks])
     assert ext[0]["messages"][:-1] == [{"role": m.role, "content": m.content} for m in expected]
-    db = connect(cfg.db_path)
-    assert rebuild_prompt(db, seeded["extractive"], "What are the canteen hours?") == expected
+    with LogStore.open(cfg.db_path) as store:
+        assert rebuild_prompt(store, seeded["extractive"], "What are the canteen hours?") == expected
 
 
 def test_dpo_pairs_feedback_edits_conflicts_and_counterfactuals(built):
@@ -71,6 +106,66 @@ def test_dpo_pairs_feedback_edits_conflicts_and_counterfactuals(built):
     assert ("Christopher Marlowe [1].", "William Shakespeare") in pairs
     assert all(r["prompt"][-1]["role"] == "user" for r in rows)
     assert manifests["dpo"].counts["by_source"]["conflict"] == 1
+
+
+NUMBERS = {"leave.md#0": 1, "canteen.md#1": 2}  # the logged retrieval ranks
+
+
+@pytest.mark.parametrize("policy, winner", [("prefer-official", 0), ("prefer-recent", 0), ("present-both", None)])
+def test_conflict_chosen_is_the_engines_statement_for_the_logged_decision(cfg, tmp_path, policy, winner):
+    from assistant.logstore import LogStore
+    from training.data import dpo_from_conflicts
+
+    seed_log_db(cfg.db_path)
+    _, decision = log_conflict_turn(cfg.db_path, policy)
+    assert decision.winner == winner
+    rows = dpo_from_conflicts(LogStore.open(cfg.db_path), [])
+    assert len(rows) == 1 and rows[0].source == "conflict"
+    chosen = rows[0].data["chosen"][0]["content"]
+    assert chosen == conflict_statement(LEAVE_CONFLICT, decision, NUMBERS)  # the same template, the logged decision
+    assert f"Following the {policy} policy" in chosen and rows[0].data["rejected"][0]["content"] == "Employees get thirty days [2]."
+
+
+def test_each_policy_gives_its_own_chosen_text(cfg):
+    from assistant.logstore import LogStore
+    from training.data import dpo_from_conflicts
+
+    seed_ledger(cfg.db_path)
+    for policy in ("prefer-official", "present-both"):
+        log_conflict_turn(cfg.db_path, policy)
+    chosen = [r.data["chosen"][0]["content"] for r in dpo_from_conflicts(LogStore.open(cfg.db_path), [])]
+    assert len(chosen) == 2 and chosen[0] != chosen[1]
+    assert "source 1 applies and overrides source 2" in chosen[0] and "both are shown" in chosen[1]
+
+
+def test_an_answer_that_already_carries_the_statement_is_chosen_over_the_bare_reply(cfg):
+    from assistant.logstore import LogStore
+    from training.data import dpo_from_conflicts
+
+    seed_ledger(cfg.db_path)
+    reply = "Employees get twenty-five days of annual leave each year [1]."
+    statement = conflict_statement(LEAVE_CONFLICT, resolve(LEAVE_CONFLICT, "prefer-official"), NUMBERS, answer=reply)
+    log_conflict_turn(cfg.db_path, "prefer-official", answer=f"{reply} {statement}")
+    rows = dpo_from_conflicts(LogStore.open(cfg.db_path), [])
+    assert [(r.data["chosen"][0]["content"], r.data["rejected"][0]["content"]) for r in rows] == [(f"{reply} {statement}", reply)]
+
+
+def test_untyped_conflict_rows_are_skipped_with_a_warning(cfg, caplog):
+    from assistant.logstore import LogStore
+    from tether.db import connect, transaction
+    from training.data import dpo_from_conflicts
+
+    seeded = seed_log_db(cfg.db_path)  # logs {"kind", "claims": [{text, source, passage_id}]} and no decision
+    turn_id, _ = log_conflict_turn(cfg.db_path, "prefer-official")
+    db = connect(cfg.db_path)
+    with transaction(db):  # a typed conflict whose decision column is empty
+        db.execute("UPDATE conflicts SET decision = NULL WHERE turn_id = ?", (turn_id,))
+    db.close()
+    with caplog.at_level("WARNING", logger="training.data"):
+        assert dpo_from_conflicts(LogStore.open(cfg.db_path), []) == []
+    warned = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warned) == 2 and any(seeded["conflict"] in w and "subject" in w for w in warned)
+    assert any(turn_id in w and "no decision" in w for w in warned)
 
 
 def test_kto_rows_from_single_thumbs(built):
@@ -145,14 +240,14 @@ class QueuedGenerator:
 
 
 def test_backtranslated_rows_use_the_chunk_sentence_as_the_answer(cfg):
-    from tether.db import connect
+    from retrieval.ledger import Ledger
     from training.data import sft_from_documents
     from tests.training_fixtures import seed_ledger
 
     seed_ledger(cfg.db_path)
     gen = QueuedGenerator(["When does the canteen open on weekdays?\nextra line", "not a question", "Question: How much leave is there?"] + ["x"] * 5)
-    db = connect(cfg.db_path)
-    rows = sft_from_documents(db, "tether", gen, 2, seed=0)
+    with Ledger.open(cfg.db_path) as ledger:
+        rows = sft_from_documents(ledger, "tether", gen, 2, seed=0)
     assert len(rows) == 2 and len(gen.prompts) == 3  # the reply without '?' was dropped
     for row, prompt in zip(rows, [gen.prompts[0], gen.prompts[2]]):
         msgs = row.data["messages"]
@@ -168,7 +263,7 @@ def test_backtranslation_with_a_real_tiny_llm_keeps_exactly_the_well_formed_ques
 
     from assistant.generators.base import GenParams
     from assistant.generators.hf import HFGenerator
-    from tether.db import connect
+    from retrieval.ledger import Ledger
     from tests.tiny_llm import make_tiny_llm
     from tests.training_fixtures import seed_ledger
     from training.data import sft_from_documents
@@ -187,7 +282,8 @@ def test_backtranslation_with_a_real_tiny_llm_keeps_exactly_the_well_formed_ques
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = sft_from_documents(connect(cfg.db_path), "tether", gen, 2, seed=0, params=GenParams(max_new_tokens=8))
+        with Ledger.open(cfg.db_path) as ledger:
+            rows = sft_from_documents(ledger, "tether", gen, 2, seed=0, params=GenParams(max_new_tokens=8))
     finally:
         torch.set_num_threads(threads)
     assert gen.outputs  # the real model was asked

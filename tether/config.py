@@ -3,7 +3,7 @@
 Resolution order for the data dir: ``--data-dir``, else ``$TETHER_HOME``, else ``./.tether``.
 The config file is ``--config FILE`` or, when present, ``<data dir>/tether.yaml``; it holds one
 mapping per section (``retrieval:``, ...). Environment variables override the file where noted
-(``TETHER_CHROMA_URL``), and CLI flags override both.
+(``TETHER_CHROMA_URL``, ``TETHER_OPENAI_API_KEY``), and CLI flags override both.
 
 Example ``tether.yaml``::
 
@@ -12,13 +12,27 @@ Example ``tether.yaml``::
       chunk_overlap: 30
       max_file_mb: 50
       chroma_url: http://127.0.0.1:8000   # use a Chroma server instead of the embedded store
+    assistant:
+      generator: openai
+    openai:
+      url: http://127.0.0.1:8000/v1        # any OpenAI-compatible server (tether serve, vLLM, ...)
+      timeout_s: 30
+    hf:
+      device: cpu
+      quantize: int8
+
+Every section, with its defaults: ``training/configs/tether.yaml`` (a test keeps it loading). Every
+value of every section (and of the training stage configs) passes through one coercer, ``coerce``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,6 +62,14 @@ class RetrievalConfig:
     max_file_mb: float = field(default=50.0, metadata={"help": "files larger than this are skipped"})
     max_unzipped_mb: float = field(default=200.0, metadata={"help": "DOCX files that inflate beyond this are rejected"})
     max_zip_ratio: float = field(default=100.0, metadata={"help": "DOCX compression ratio above which a zip bomb is assumed"})
+    max_chunks_per_file: int = field(
+        default=5000,
+        metadata={"help": "a file that gives more chunks than this is skipped whole, with the reason (5000 chunks = about a 2,000-page book)"},
+    )
+    ingest_lock_timeout: float = field(
+        default=600.0,
+        metadata={"help": "seconds an ingest waits for another one on the same data dir to finish before refusing (0 = refuse at once)"},
+    )
     chroma_url: str | None = field(default=None, metadata={"help": "http://host:port of a Chroma server; none = embedded"})
     reranker: str | None = field(default=None, metadata={"help": "local path of a sentence-transformers CrossEncoder"})
     rerank_top: int = field(default=20, metadata={"help": "fused candidates the reranker re-scores"})
@@ -74,6 +96,10 @@ class RetrievalConfig:
             out.append(f"--max-file-mb / retrieval.max_file_mb ({self.max_file_mb}) must be > 0")
         if self.embed_batch_size < 1:
             out.append(f"retrieval.embed_batch_size ({self.embed_batch_size}) must be >= 1")
+        if not 1 <= self.max_chunks_per_file <= 1_000_000:
+            out.append(f"retrieval.max_chunks_per_file ({self.max_chunks_per_file}) must be between 1 and 1000000")
+        if not 0 <= self.ingest_lock_timeout <= 86_400:
+            out.append(f"retrieval.ingest_lock_timeout ({self.ingest_lock_timeout}) must be between 0 and 86400 seconds")
         for name in ("rrf_k", "candidates", "rerank_top"):
             if getattr(self, name) < 1:
                 out.append(f"retrieval.{name} ({getattr(self, name)}) must be >= 1")
@@ -94,8 +120,6 @@ class AssistantConfig:
     generator: str = field(default="hf", metadata={"help": "hf | extractive | openai"})
     model: str = field(default="smollm2", metadata={"help": "'smollm2' (shipped offline) or a local checkpoint dir"})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter dir applied on top of the model"})
-    openai_url: str | None = field(default=None, metadata={"help": "base URL of an OpenAI-compatible server"})
-    openai_model: str = field(default="tether", metadata={"help": "model name sent to that server"})
     top_k: int = field(default=5, metadata={"help": "passages retrieved per question"})
     max_new_tokens: int = field(default=160, metadata={"help": "longest generated answer, in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
@@ -125,13 +149,23 @@ class AssistantConfig:
         default=False,
         metadata={"help": "intra-memory check: also answer the question and two paraphrases without sources and compare"},
     )
+    relevant_conflict: float = field(
+        default=0.55,
+        metadata={"help": "a conflict enters the answer when one of its claims scores this close to the question (cosine + 0.25 x shared words)"},
+    )
+    focus_margin: float = field(
+        default=0.15,
+        metadata={"help": "llm_context sentences: show the LLM the passages whose best sentence scores within this of the best one"},
+    )
+    refusal_markers: tuple[str, ...] = field(
+        default=("i don't know", "i do not know", "do not say", "don't say", "not contain", "no information", "cannot find", "could not find"),
+        metadata={"help": "an LLM reply containing one of these phrases (case-insensitive) counts as a refusal"},
+    )
 
     def problems(self) -> list[str]:
         out = []
         if self.generator not in GENERATORS:
             out.append(f"--generator / assistant.generator ({self.generator!r}) must be one of {', '.join(GENERATORS)}")
-        if self.generator == "openai" and not self.openai_url:
-            out.append("assistant.generator is 'openai' but assistant.openai_url is not set (e.g. http://127.0.0.1:8000/v1)")
         if not 1 <= self.top_k <= 50:
             out.append(f"-k / assistant.top_k ({self.top_k}) must be between 1 and 50")
         if self.max_new_tokens < 1:
@@ -150,7 +184,260 @@ class AssistantConfig:
             out.append(f"assistant.cad_alpha ({self.cad_alpha}) must be in (0, 5]; turn CAD off with assistant.cad: off")
         if not 0 <= self.cad_min_groundedness <= 1:
             out.append(f"assistant.cad_min_groundedness ({self.cad_min_groundedness}) must be between 0 and 1")
+        if not 0 <= self.relevant_conflict <= 2:
+            out.append(f"assistant.relevant_conflict ({self.relevant_conflict}) must be between 0 and 2 (0 = every conflict enters the answer)")
+        if not 0 <= self.focus_margin <= 2:
+            out.append(f"assistant.focus_margin ({self.focus_margin}) must be between 0 and 2 (2 = show the LLM every passage)")
+        if not all(isinstance(m, str) and m.strip() for m in self.refusal_markers):
+            out.append(f"assistant.refusal_markers ({list(self.refusal_markers)!r}) must be non-empty phrases")
         return out
+
+
+HF_DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
+HF_DTYPES = ("auto", "float32", "bfloat16", "float16")
+HF_CACHES = ("auto", "dynamic", "static")
+HF_QUANTIZE = ("none", "int8")
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """How the ``hf`` generator loads and decodes its model (``assistant/generators/hf.py``)."""
+
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"})
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bfloat16 on a CUDA GPU that supports it, else float32) | float32 | bfloat16 | float16"}
+    )
+    quantize: str = field(default="none", metadata={"help": "none | int8 (dynamic int8 Linear layers; CPU only, no adapter)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "NF4 weights via bitsandbytes, bf16 compute (CUDA only)"})
+    compile: bool | str = field(
+        default="auto", metadata={"help": "compile the decode step (torch.compile, CUDA graphs): auto (on CUDA only) | true | false"}
+    )
+    cache: str = field(
+        default="auto", metadata={"help": "KV cache: auto (static when compiling, else dynamic) | dynamic | static"}
+    )
+    prefix_cache: bool = field(
+        default=True, metadata={"help": "reuse the KV cache of the prompt prefix shared with the previous turn (dynamic cache only)"}
+    )
+    cad_batched: bool | None = field(
+        default=None, metadata={"help": "decode CAD's two rows in one batched forward: null (on CUDA only) | true | false"}
+    )
+
+    def problems(self) -> list[str]:
+        out = []
+        device = self.device.split(":")[0]
+        if device not in HF_DEVICES or (":" in self.device and not (device == "cuda" and self.device[5:].isdigit())):
+            out.append(f"hf.device ({self.device!r}) must be one of {', '.join(HF_DEVICES)} (or cuda:N)")
+        if self.dtype not in HF_DTYPES:
+            out.append(f"hf.dtype ({self.dtype!r}) must be one of {', '.join(HF_DTYPES)}")
+        if self.quantize not in HF_QUANTIZE:
+            out.append(f"hf.quantize ({self.quantize!r}) must be one of {', '.join(HF_QUANTIZE)}")
+        if self.cache not in HF_CACHES:
+            out.append(f"hf.cache ({self.cache!r}) must be one of {', '.join(HF_CACHES)}")
+        if self.compile not in ("auto", True, False):
+            out.append(f"hf.compile ({self.compile!r}) must be auto, true or false")
+        if self.quantize == "int8" and (device == "cuda" or self.load_in_4bit):
+            out.append("hf.quantize int8 is for the CPU without 4-bit: set hf.device: cpu and hf.load_in_4bit: false, or hf.quantize: none")
+        if self.load_in_4bit and device == "cpu":
+            out.append("hf.load_in_4bit needs a CUDA GPU (bitsandbytes NF4): drop it, or set hf.device: auto or cuda")
+        if self.compile is True and self.cache == "dynamic":
+            out.append("hf.compile true needs hf.cache static (or auto)")
+        return out
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    """The ``openai`` generator: any OpenAI-compatible server (``assistant/generators/openai_compat.py``)."""
+
+    url: str | None = field(default=None, metadata={"help": "base URL of the server, e.g. http://127.0.0.1:8000/v1"})
+    model: str = field(default="tether", metadata={"help": "model name sent to that server (one it lists at /v1/models)"})
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"help": "sent as Authorization: Bearer; $TETHER_OPENAI_API_KEY overrides it, $OPENAI_API_KEY is the fallback", "secret": True},
+    )
+    timeout_s: float = field(default=60.0, metadata={"help": "seconds to wait for any byte of a reply before the attempt fails"})
+    max_retries: int = field(
+        default=2, metadata={"help": "extra attempts after a connection error, a timeout or HTTP 408/409/429/5xx (the openai client's own)"}
+    )
+
+    def with_env(self, environ: Mapping[str, str] | None = None) -> OpenAIConfig:
+        """A copy with the API key from the environment: ``TETHER_OPENAI_API_KEY`` overrides the file,
+        ``OPENAI_API_KEY`` is used only when neither sets one."""
+        env = os.environ if environ is None else environ
+        key = env.get("TETHER_OPENAI_API_KEY") or self.api_key or env.get("OPENAI_API_KEY") or None
+        return self if key == self.api_key else dataclasses.replace(self, api_key=key)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.url is not None and not re.match(r"^https?://[^/:\s]+(:\d{1,5})?(/\S*)?$", self.url):
+            out.append(f"openai.url ({self.url!r}) must look like http://host:port/v1")
+        if not self.model:
+            out.append("openai.model must not be empty")
+        if not self.timeout_s > 0:
+            out.append(f"openai.timeout_s ({self.timeout_s}) must be > 0")
+        if not 0 <= self.max_retries <= 10:
+            out.append(f"openai.max_retries ({self.max_retries}) must be between 0 and 10")
+        return out
+
+
+_COSINES = ("pair_similarity", "lone_term_similarity", "unanchored_similarity", "approver_similarity", "role_similarity",
+            "strong_similarity", "polarity_similarity", "same_document_similarity")
+
+
+@dataclass(frozen=True)
+class ConflictsConfig:
+    """Inter-context conflict detection (``retrieval/conflicts.py``, docs/CONFLICTS.md).
+
+    Subject gate: a rule hit counts only when the two claims share key terms and their MiniLM vectors
+    are at least this similar (cosines). Claims: what counts as one and how many per call. NLI: the
+    optional cross-encoder named by ``assistant.nli_model``. Every field can also be passed to
+    ``RuleConflictDetector(embedder, **fields)``.
+    """
+
+    pair_similarity: float = field(default=0.45, metadata={"help": "cosine above which two claims sharing key terms are on one subject"})
+    lone_term_similarity: float = field(default=0.5, metadata={"help": "the cosine needed when the claims share only one key term"})
+    unanchored_similarity: float = field(
+        default=0.6,
+        metadata={"help": "... and when, besides, the two values share no rate, counted noun or attribute word"},
+    )
+    approver_similarity: float = field(default=0.65, metadata={"help": "'approved by X' is generic: the cosine needed for approver claims"})
+    role_similarity: float = field(
+        default=0.3,
+        metadata={"help": "enough when both claims name a holder for the same role ('the DPO is X')"},
+    )
+    strong_similarity: float = field(default=0.8, metadata={"help": "above this, claims sharing key terms are on one subject whatever the rule"})
+    polarity_similarity: float = field(default=0.55, metadata={"help": "polarity rules are the least precise: the cosine they need"})
+    same_document_similarity: float = field(default=0.9, metadata={"help": "claims of one document are compared only above this cosine"})
+    min_shared_terms: int = field(default=1, metadata={"help": "key terms (content words, not values) both claims must contain"})
+    min_claim_words: int = field(default=4, metadata={"help": "shorter sentences (headings, list stubs) are not claims"})
+    max_claims: int = field(default=400, metadata={"help": "claims considered per detect call (the first ones, in passage order)"})
+    cache_size: int = field(default=4096, metadata={"help": "sentence vectors kept in the LRU"})
+    max_value_ratio: float = field(
+        default=4.0,
+        metadata={"help": "two values of one attribute rarely differ by more than this factor; larger gaps are different attributes"},
+    )
+    contradiction_threshold: float = field(
+        default=0.8,
+        metadata={"help": "NLI: P(contradiction), in either order, at which an unflagged pair on one subject is a conflict"},
+    )
+    nli_max_pairs: int = field(default=24, metadata={"help": "NLI: most claim pairs (most similar first) the cross-encoder scores per call"})
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in _COSINES:
+            v = getattr(self, name)
+            if not -1.0 <= v <= 1.0:
+                out.append(f"conflicts.{name} ({v}) must be a cosine between -1 and 1")
+        for name in ("min_claim_words", "max_claims", "cache_size"):
+            if getattr(self, name) < 1:
+                out.append(f"conflicts.{name} ({getattr(self, name)}) must be >= 1")
+        for name in ("min_shared_terms", "nli_max_pairs"):
+            if getattr(self, name) < 0:
+                out.append(f"conflicts.{name} ({getattr(self, name)}) must be >= 0")
+        if not self.max_value_ratio > 1:
+            out.append(f"conflicts.max_value_ratio ({self.max_value_ratio}) must be > 1")
+        if not 0.0 < self.contradiction_threshold <= 1.0:
+            out.append(f"conflicts.contradiction_threshold ({self.contradiction_threshold}) must be in (0, 1]")
+        return out
+
+
+@dataclass(frozen=True)
+class ExtractiveSection:
+    """The extractive answerer (``assistant/generators/extractive.py``: no LLM, cites passage
+    sentences). Its refusal threshold is ``assistant.min_relevance``, shared with the engine."""
+
+    max_sentences: int = field(default=3, metadata={"help": "most passage sentences in one answer"})
+    keep_ratio: float = field(default=0.8, metadata={"help": "sentences after the best must score at least this share of its relevance"})
+    mmr_lambda: float = field(
+        default=0.7,
+        metadata={"help": "MMR trade-off: 1 = relevance only, lower = penalise sentences similar to those already chosen"},
+    )
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.max_sentences < 1:
+            out.append(f"extractive.max_sentences ({self.max_sentences}) must be >= 1")
+        if not 0 <= self.keep_ratio <= 1:
+            out.append(f"extractive.keep_ratio ({self.keep_ratio}) must be between 0 and 1")
+        if not 0 <= self.mmr_lambda <= 1:
+            out.append(f"extractive.mmr_lambda ({self.mmr_lambda}) must be between 0 and 1")
+        return out
+
+
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+TRAIN_QUANTIZE = ("auto", "none", "4bit")
+TRISTATE = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Defaults of ``tether train sft|dpo|kto`` for this data dir (model, LoRA, schedule, hardware).
+
+    These are the fields of ``training.config.TrainConfig`` that do not name one run (``method``,
+    ``dataset``, ``output_dir``, ``init_adapter`` do); TrainConfig takes its defaults and help from
+    here. Per key: flag > the run's ``--config`` file > this section > the default below.
+    """
+
+    base_model: str = field(default="smollm2", metadata={"help": "'smollm2' or a local checkpoint folder"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated module names"})
+    max_steps: int = field(default=40, metadata={"help": "optimizer steps"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (linear decay)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    batch_size: int = field(default=0, metadata={"help": "sequences per device step; 0 = planner"})
+    grad_accum: int = field(default=0, metadata={"help": "gradient accumulation steps; 0 = planner"})
+    max_length: int = field(default=1024, metadata={"help": "longest tokenized example (prompt + answer)"})
+    beta: float = field(default=0.1, metadata={"help": "DPO/KTO: KL strength against the reference"})
+    desirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of thumbs-up rows"})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of thumbs-down rows"})
+    save_steps: int = field(default=10, metadata={"help": "checkpoint every N steps (resume point)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    logging_steps: int = field(default=1, metadata={"help": "loss logged every N steps"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    quantize: str = field(default="auto", metadata={"help": "auto (planner) | none (bf16/fp32 LoRA) | 4bit (QLoRA, nf4)"})
+    gradient_checkpointing: str = field(default="auto", metadata={"help": "auto (planner) | on | off"})
+    liger: str = field(default="auto", metadata={"help": "Liger kernels: auto (on CUDA when installed) | on | off"})
+    resume: bool = field(default=True, metadata={"help": "resume from the last checkpoint in output_dir when one exists"})
+
+    def problems(self) -> list[str]:
+        return training_problems(self, lambda key: f"training.{key}")
+
+
+def training_problems(cfg: Any, label: Any) -> list[str]:
+    """The checks of the ``TrainingConfig`` fields of ``cfg`` (a TrainingConfig or a TrainConfig);
+    ``label(key)`` names the setting in each message (``training.lora_r``, ``--lora-r / lora_r``)."""
+    out = []
+
+    def bad(key: str, msg: str) -> None:
+        out.append(f"{label(key)} ({getattr(cfg, key)!r}) {msg}")
+
+    if not cfg.base_model:
+        bad("base_model", "must name 'smollm2' or a local checkpoint folder")
+    for key in ("lora_r", "lora_alpha", "max_steps", "max_length", "save_steps", "logging_steps", "save_total_limit"):
+        if getattr(cfg, key) < 1:
+            bad(key, "must be >= 1")
+    for key in ("batch_size", "grad_accum", "warmup_steps"):
+        if getattr(cfg, key) < 0:
+            bad(key, "must be >= 0 (0 = let the planner decide)" if key != "warmup_steps" else "must be >= 0")
+    if not 0 <= cfg.lora_dropout < 1:
+        bad("lora_dropout", "must be in [0, 1)")
+    if not 0 < cfg.learning_rate < 1:
+        bad("learning_rate", "must be in (0, 1)")
+    if cfg.beta <= 0:
+        bad("beta", "must be > 0")
+    if cfg.device not in TRAIN_DEVICES:
+        bad("device", f"must be one of {', '.join(TRAIN_DEVICES)}")
+    if cfg.quantize not in TRAIN_QUANTIZE:
+        bad("quantize", f"must be one of {', '.join(TRAIN_QUANTIZE)}")
+    for key in ("gradient_checkpointing", "liger"):
+        if getattr(cfg, key) not in TRISTATE:
+            bad(key, f"must be one of {', '.join(TRISTATE)}")
+    if not cfg.target_modules.strip():
+        bad("target_modules", "must be 'all-linear' or module names")
+    return out
 
 
 @dataclass(frozen=True)
@@ -160,6 +447,11 @@ class TetherConfig:
     data_dir: Path
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     assistant: AssistantConfig = field(default_factory=AssistantConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    conflicts: ConflictsConfig = field(default_factory=ConflictsConfig)
+    extractive: ExtractiveSection = field(default_factory=ExtractiveSection)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     @property
     def db_path(self) -> Path:
@@ -177,10 +469,17 @@ class TetherConfig:
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
+    def cross_problems(self) -> list[str]:
+        """Problems that span sections (each section's own ``problems()`` checks the rest)."""
+        out = []
+        if self.assistant.generator == "openai" and not self.openai.url:
+            out.append("--generator / assistant.generator is 'openai' but openai.url is not set (e.g. http://127.0.0.1:8000/v1)")
+        return out
+
     def with_assistant(self, **changes: Any) -> "TetherConfig":
         """A copy with some assistant fields changed, validated again."""
         cfg = dataclasses.replace(self, assistant=dataclasses.replace(self.assistant, **changes))
-        problems = cfg.assistant.problems()
+        problems = cfg.assistant.problems() + cfg.cross_problems()
         if problems:
             raise ConfigError(problems)
         return cfg
@@ -194,7 +493,16 @@ class TetherConfig:
         return cfg
 
 
-_SECTIONS: dict[str, type] = {"retrieval": RetrievalConfig, "assistant": AssistantConfig}
+# every section of tether.yaml: its name there, which is also the TetherConfig field holding it
+_SECTIONS: dict[str, type] = {
+    "retrieval": RetrievalConfig,
+    "conflicts": ConflictsConfig,
+    "assistant": AssistantConfig,
+    "hf": HFConfig,
+    "openai": OpenAIConfig,
+    "extractive": ExtractiveSection,
+    "training": TrainingConfig,
+}
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -206,26 +514,102 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return (Path.cwd() / ".tether").resolve()
 
 
-def _build_section(cls: type, name: str, raw: Any, problems: list[str]) -> Any:
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce_value(tp: Any, value: Any) -> tuple[Any, str | None]:
+    """``value`` checked against the annotation ``tp`` (and converted: int -> float, number -> str,
+    list -> tuple); ``(value, None)`` or ``(value, why not)``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return (None, None) if type(None) in args else (value, "null")
+        for arg in (a for a in args if a is not type(None)):
+            out, err = _coerce_value(arg, value)
+            if err is None:
+                return out, None
+        return value, "wrong type"
+    if value is None:
+        return value, "null"
+    if tp is Any:
+        return value, None
+    if tp is bool:
+        return (value, None) if isinstance(value, bool) else (value, "wrong type")
+    if tp is int:
+        return (value, None) if isinstance(value, int) and not isinstance(value, bool) else (value, "wrong type")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value, "wrong type"
+        return (float(value), None) if math.isfinite(value) else (value, "not finite")
+    if tp is str:
+        if isinstance(value, bool):
+            return value, "yaml bool"
+        if isinstance(value, (int, float)):
+            return str(value), None  # base_model: 7 -> "7"; a string field never holds a number
+        return (value, None) if isinstance(value, str) else (value, "wrong type")
+    if tp is Path:
+        return (Path(value), None) if isinstance(value, (str, Path)) else (value, "wrong type")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return value, "wrong type"
+        item = args[0] if args else Any
+        items = []
+        for x in value:
+            out, err = _coerce_value(item, x)
+            if err is not None:
+                return value, "wrong type"
+            items.append(out)
+        return (tuple(items) if origin is tuple else items), None
+    return value, None  # an annotation this coercer does not know: the section's problems() checks it
+
+
+def coerce(cls: type, raw: Mapping[str, Any], problems: list[str], *, where: str = "") -> dict[str, Any]:
+    """The keyword arguments of the config dataclass ``cls`` from a YAML mapping (or flags).
+
+    Every value is checked against its field's annotation: integers (not booleans, not 2.5), finite
+    numbers (an integer becomes a float; NaN and infinity are refused), true/false, strings (a number
+    becomes its string; a YAML boolean such as an unquoted ``off`` is refused with a hint), null only
+    where the field allows None, lists of such values. Keys that are not fields are refused. Each
+    problem is appended to ``problems`` as ``<where><key> ...`` (``where`` = ``"retrieval."``, or
+    ``"sft.yaml: "``) and that key is left out, so the caller can collect every problem before raising
+    one ``ConfigError``.
+    """
+    known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            problems.append(f"{where}{key} is not a known setting (known: {', '.join(sorted(known))})")
+            continue
+        tp = hints.get(key, Any)
+        out, err = _coerce_value(tp, value)
+        if err is None:
+            kwargs[key] = out
+        elif err == "not finite":
+            problems.append(f"{where}{key} must be a finite number, got {value!r}")
+        elif err == "yaml bool":
+            problems.append(f"{where}{key} must be a string, got {value!r} (YAML reads unquoted on/off/yes/no as true/false: quote it)")
+        else:
+            problems.append(f"{where}{key} must be {_describe(tp)}, got {'null' if value is None else repr(value)}")
+    return kwargs
+
+
+def build_section(cls: type, name: str, raw: Any, problems: list[str]) -> Any:
+    """Section ``name`` of ``tether.yaml`` as a ``cls``, built from what ``coerce`` accepts (``raw``
+    None = every default). Problems go to ``problems``; the section's own ``problems()`` is left to
+    the caller, which first applies environment and flag overrides."""
     if raw is None:
         return cls()
     if not isinstance(raw, Mapping):
         problems.append(f"section '{name}' must be a mapping, got {type(raw).__name__}")
         return cls()
-    known = {f.name: f for f in fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in known:
-            problems.append(f"{name}.{key} is not a known setting (known: {', '.join(sorted(known))})")
-            continue
-        default = known[key].default
-        if value is not None and default is not None and not isinstance(default, str) and isinstance(value, str):
-            problems.append(f"{name}.{key} must be a {type(default).__name__}, got the string {value!r}")
-            continue
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    return cls(**coerce(cls, raw, problems, where=f"{name}."))
 
 
 def load_config(
@@ -253,7 +637,7 @@ def load_config(
     for key in raw:
         if key not in _SECTIONS:
             problems.append(f"{path}: unknown section '{key}' (known: {', '.join(_SECTIONS)})")
-    sections = {name: _build_section(cls, name, raw.get(name), problems) for name, cls in _SECTIONS.items()}
+    sections = {name: build_section(cls, name, raw.get(name), problems) for name, cls in _SECTIONS.items()}
     retrieval = sections["retrieval"]
     env_url = os.environ.get("TETHER_CHROMA_URL")
     if env_url:
@@ -261,9 +645,34 @@ def load_config(
     overrides = {k: v for k, v in retrieval_overrides.items() if v is not None}
     if overrides:
         retrieval = dataclasses.replace(retrieval, **overrides)
-    assistant = sections["assistant"]
-    problems.extend(retrieval.problems())
-    problems.extend(assistant.problems())
+    sections["retrieval"] = retrieval
+    sections["openai"] = sections["openai"].with_env()
+    for section in sections.values():
+        problems.extend(section.problems())
+    cfg = TetherConfig(data_dir=root, **sections)
+    problems.extend(cfg.cross_problems())
     if problems:
         raise ConfigError(problems)
-    return TetherConfig(data_dir=root, retrieval=retrieval, assistant=assistant)
+    return cfg
+
+
+def public_dict(cfg: Any) -> dict[str, Any]:
+    """The configuration as JSON-ready data for logs and stored runs, with every field marked
+    ``metadata["secret"]`` (API keys) replaced by ``"***"`` when set."""
+
+    def walk(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            out = {}
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                out[f.name] = "***" if f.metadata.get("secret") and value else walk(value)
+            return out
+        if isinstance(obj, Mapping):
+            return {str(k): walk(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [walk(v) for v in obj]
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        return str(obj)
+
+    return walk(cfg)

@@ -362,3 +362,20 @@ def m004_training(db: sqlite3.Connection) -> None:
 def m005_turn_consistency(db: sqlite3.Connection) -> None:
     """The intra-memory consistency check of a turn (assistant/consistency.py), as JSON."""
     run_script(db, "ALTER TABLE turns ADD COLUMN consistency_json TEXT;")
+
+
+@migration
+def m006_admin_lockout(db: sqlite3.Connection) -> None:
+    """Failed admin sign-ins per admin account and the lockout they earned (training/admin.py).
+    Times are Unix seconds."""
+    run_script(
+        db,
+        """
+        CREATE TABLE admin_lockouts (
+            user TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            last_failure_at REAL NOT NULL,
+            locked_until REAL NOT NULL
+        );
+        """,
+    )

@@ -3,7 +3,7 @@
     tether train data  --out DIR                 -> training.data.build_datasets
     tether train sft|dpo|kto --config FILE.yaml  -> training.trainers.run   (--plan: print the plan only)
     tether train pipeline --config FILE.yaml     -> training.pipeline.run_pipeline (data -> sft -> dpo/kto -> export -> gate)
-    tether train jobs                            -> training.jobs.list_jobs
+    tether train jobs                            -> training.registry.TrainingStore.list_jobs
     tether export MODEL --out DIR                -> training.export.export
     tether models list | promote | rollback      -> training.registry
     tether models set-admin-password             -> training.admin.set_admin_password
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from tether.cli import load
+from tether.cli import config_flags, load
 from tether.errors import TetherError
+from training.config import TrainConfig, load_train_config
 
 train_app = typer.Typer(help="Training: datasets from the log, SFT / DPO / KTO with LoRA or QLoRA.", no_args_is_help=True)
 
@@ -53,7 +54,7 @@ def data_cmd(
     """Build the SFT / DPO / KTO datasets (JSONL + manifest) from the log database."""
     from training.config import DataConfig
     from training.data import build_datasets
-    from training.registry import record_dataset
+    from training.registry import TrainingStore
 
     cfg = load(ctx)
     _admin(cfg, admin_password)
@@ -71,50 +72,29 @@ def data_cmd(
     if synthetic:
         from assistant.engine import build_generator
 
-        generator, fallback = build_generator(cfg, None)
+        from training.registry import RegistryModelSource
+
+        generator, fallback = build_generator(cfg, None, model_source=RegistryModelSource())
         if fallback:
             raise TetherError(f"--synthetic needs an LLM generator: {fallback}")
-    from tether.db import connect
-
-    db = connect(cfg.db_path)
-    try:
-        manifests = build_datasets(cfg, dcfg, generator=generator, tokenizer=tok, record=lambda m: record_dataset(db, m))
-    finally:
-        db.close()
+    with TrainingStore.open(cfg.db_path) as store:
+        manifests = build_datasets(cfg, dcfg, generator=generator, tokenizer=tok, record=store.record_dataset)
     for kind, m in manifests.items():
         typer.echo(f"{kind}: {m.n_train} train, {m.n_eval} eval -> {m.path} (id {m.id}; dropped: {m.counts['exact_duplicates']} exact, "
                    f"{m.counts['near_duplicates']} near duplicates, {m.counts['too_long']} too long; by source {m.counts['by_source']})")
 
 
 def _train(method: str):
+    @config_flags(TrainConfig, exclude=("method",))  # --base-model, --max-steps, ... one per field, help from its metadata
     def command(
         ctx: typer.Context,
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML of training.config.TrainConfig fields"),
         plan: bool = typer.Option(False, "--plan", help="print the memory/speed plan for this model and device, then stop"),
-        base_model: Optional[str] = typer.Option(None, "--base-model"),
-        dataset: Optional[str] = typer.Option(None, "--dataset"),
-        output_dir: Optional[str] = typer.Option(None, "--output-dir"),
-        init_adapter: Optional[str] = typer.Option(None, "--init-adapter", help="parent adapter (e.g. the SFT run's adapter/)"),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-        learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
-        lora_r: Optional[int] = typer.Option(None, "--lora-r"),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-        grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
-        max_length: Optional[int] = typer.Option(None, "--max-length"),
-        quantize: Optional[str] = typer.Option(None, "--quantize", help="auto | none | 4bit (force QLoRA)"),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
-        gradient_checkpointing: Optional[str] = typer.Option(None, "--gradient-checkpointing", help="auto | on | off"),
-        liger: Optional[str] = typer.Option(None, "--liger", help="auto | on | off"),
-        resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="resume from the last checkpoint (default on)"),
         admin_password: Optional[str] = ADMIN,
+        **overrides: Any,
     ) -> None:
-        from training.config import load_train_config
-
-        tc = load_train_config(config, method, for_plan=plan, base_model=base_model, dataset=dataset, output_dir=output_dir, init_adapter=init_adapter,
-                               max_steps=max_steps, learning_rate=learning_rate, lora_r=lora_r, batch_size=batch_size, grad_accum=grad_accum,
-                               max_length=max_length, quantize=quantize, device=device, gradient_checkpointing=gradient_checkpointing,
-                               liger=liger, resume=resume)
         cfg = load(ctx)
+        tc = load_train_config(config, method, for_plan=plan, defaults=cfg.training, **overrides)
         if plan:
             from transformers import AutoConfig
 
@@ -155,8 +135,8 @@ def pipeline_cmd(
     """The whole loop: datasets -> SFT -> DPO/KTO -> export + parity -> gate -> promote or refuse."""
     from training.pipeline import load_pipeline_config, run_pipeline
 
-    pc = load_pipeline_config(config)
     cfg = load(ctx)
+    pc = load_pipeline_config(config, defaults=cfg.training)
     _admin(cfg, admin_password)
     tok = None
     if pc.data.tokenizer:
@@ -173,14 +153,10 @@ def pipeline_cmd(
 @train_app.command("jobs")
 def jobs_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Training jobs, newest first (status, progress, loss, log)."""
-    from tether.db import connect
-    from training.jobs import list_jobs
+    from training.registry import TrainingStore
 
-    db = connect(load(ctx).db_path)
-    try:
-        rows = list_jobs(db)
-    finally:
-        db.close()
+    with TrainingStore.open(load(ctx).db_path) as store:
+        rows = store.list_jobs()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -200,9 +176,8 @@ def export_cmd(
 ) -> None:
     """Merge an adapter into its base and export it (safetensors, 4-bit, ONNX, int8 ONNX) with a parity check."""
     from assistant.models import resolve_model
-    from tether.db import connect
     from training.export import export
-    from training.registry import get_model
+    from training.registry import TrainingStore
 
     cfg = load(ctx)
     _admin(cfg, admin_password)
@@ -210,11 +185,8 @@ def export_cmd(
     if Path(model).is_dir():
         adapter, base_path = Path(model), resolve_model(base or cfg.assistant.model, cfg.models_dir)
     else:
-        db = connect(cfg.db_path)
-        try:
-            rec = get_model(db, model)
-        finally:
-            db.close()
+        with TrainingStore.open(cfg.db_path) as store:
+            rec = store.get_model(model)
         if rec.kind != "adapter":
             raise TetherError(f"{model} is a {rec.kind} export; export starts from an adapter")
         adapter, base_path, parent_id = Path(rec.path), Path(rec.base), rec.id
@@ -230,14 +202,10 @@ def export_cmd(
 
 def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Registered models (adapters and exports), newest first; * marks the one the engine serves."""
-    from tether.db import connect
-    from training.registry import list_models
+    from training.registry import TrainingStore
 
-    db = connect(load(ctx).db_path)
-    try:
-        rows = list_models(db)
-    finally:
-        db.close()
+    with TrainingStore.open(load(ctx).db_path) as store:
+        rows = store.list_models()
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in rows], indent=2, default=str))
         return

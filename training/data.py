@@ -18,7 +18,8 @@ Sources of rows:
          (the configured LLM writes the question a chunk sentence answers); counterfactual contexts
          (the gold answer follows the context, not the model's memory).
     dpo  edited or accepted answer vs a thumbs-down answer to the same prompt; conflict-aware pairs
-         (chosen names the logged conflict, rejected is the logged answer that ignored it);
+         (chosen names the logged conflict with the engine's ``conflict_statement`` and the logged
+         decision, rejected is the answer that ignored it);
          counterfactual pairs (context answer vs the memorised original answer).
     kto  single thumbs: up (or edit) -> label true, down -> label false.
 
@@ -35,37 +36,25 @@ import json
 import logging
 import random
 import re
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from assistant.conflict_answering import conflict_statement, split_statements
 from assistant.generators.base import GenParams, Message
+from assistant.logstore import CONFLICT_QUERY, FEEDBACK_QUERY, RETRIEVAL_QUERY, ConflictRow, LogStore
 from assistant.prompts import PromptSource, build_messages
+from assistant.resolution import Decision
+from retrieval.conflicts import Conflict
+from retrieval.ledger import CHUNKS_BY_ID_QUERY, COLLECTION_CHUNKS_QUERY, Ledger
 from training.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-# -- what is read from the log -----------------------------------------------------------------
+# -- what is read from the log: the log's rows come from LogStore, the chunks from the Ledger; the
+# statements they run are recorded in each manifest's ``source_query``
 
-FEEDBACK_QUERY = (
-    "SELECT t.id, t.question, t.answer, t.refused, t.collection, t.prompt_json, f.kind, f.edited_answer"
-    " FROM turns t JOIN feedback f ON f.turn_id = t.id"
-    " WHERE f.kind IN ('up', 'down', 'edit') ORDER BY t.created_at, t.rowid, f.id"
-)
-CONFLICT_QUERY = (
-    "SELECT c.turn_id, c.idx, c.kind, c.claims_json, c.decision FROM conflicts c"
-    " JOIN turns t ON t.id = c.turn_id WHERE t.refused = 0 ORDER BY t.created_at, c.idx"
-)
-RETRIEVAL_QUERY = (
-    "SELECT r.rank, r.passage_id, ch.text, d.title, d.doc_date, d.authority, d.status"
-    " FROM retrievals r LEFT JOIN chunks ch ON ch.id = r.passage_id LEFT JOIN documents d ON d.id = ch.document_id"
-    " WHERE r.turn_id = ? ORDER BY r.rank"
-)
-CHUNK_QUERY = (
-    "SELECT ch.id, ch.text, d.title, d.doc_date, d.authority, d.status FROM chunks ch"
-    " JOIN documents d ON d.id = ch.document_id WHERE ch.collection = ? ORDER BY ch.id"
-)
+PROMPT_REBUILD_QUERY = f"{RETRIEVAL_QUERY}; {CHUNKS_BY_ID_QUERY}"
 
 _CONFLICT_WORDS = re.compile(r"\b(conflict\w*|disagree\w*|contradict\w*|differ\w*|inconsistent|however|whereas|while)\b", re.I)
 
@@ -133,31 +122,23 @@ def _assistant(text: str) -> list[dict[str, str]]:
 # -- prompts of logged turns -------------------------------------------------------------------
 
 
-def rebuild_prompt(db: sqlite3.Connection, turn_id: str, question: str, *, faithful: bool = False) -> list[Message]:
+def rebuild_prompt(store: LogStore, turn_id: str, question: str, *, faithful: bool = False) -> list[Message]:
     """The grounded prompt of a turn that logged none (extractive), rebuilt from its retrievals
     with the inference builder. Passages gone from the ledger are skipped."""
     sources = [
-        PromptSource(title=r["title"] or r["passage_id"], text=r["text"], date=r["doc_date"], authority=r["authority"], status=r["status"])
-        for r in db.execute(RETRIEVAL_QUERY, (turn_id,))
-        if r["text"]
+        PromptSource(title=r.title or r.passage_id, text=r.text, date=r.doc_date, authority=r.authority, status=r.status)
+        for r in store.retrieved_passages(turn_id)
+        if r.text
     ]
     return build_messages(question, sources, faithful=faithful)
 
 
-def logged_turns(db: sqlite3.Connection, *, faithful: bool = False) -> list[LoggedTurn]:
+def logged_turns(store: LogStore, *, faithful: bool = False) -> list[LoggedTurn]:
     """Turns that received up/down/edit feedback, each with its exact (or rebuilt) prompt."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for r in db.execute(FEEDBACK_QUERY):
-        t = by_id.setdefault(r["id"], {"row": r, "feedback": []})
-        t["feedback"].append((r["kind"], r["edited_answer"]))
     out = []
-    for tid, t in by_id.items():
-        r = t["row"]
-        if r["prompt_json"]:
-            prompt = [Message(m["role"], m["content"]) for m in json.loads(r["prompt_json"])]
-        else:
-            prompt = rebuild_prompt(db, tid, r["question"], faithful=faithful)
-        out.append(LoggedTurn(tid, r["question"], r["answer"], bool(r["refused"]), tuple(prompt), tuple(t["feedback"])))
+    for r in store.feedback_turns():
+        prompt = r.prompt if r.prompt is not None else rebuild_prompt(store, r.id, r.question, faithful=faithful)
+        out.append(LoggedTurn(r.id, r.question, r.answer, r.refused, tuple(prompt), r.feedback))
     return out
 
 
@@ -218,7 +199,7 @@ def backtranslate_prompt(passage: str, sentence: str) -> list[Message]:
 
 
 def sft_from_documents(
-    db: sqlite3.Connection,
+    ledger: Ledger,
     collection: str,
     generator: Any,
     n: int,
@@ -233,7 +214,7 @@ def sft_from_documents(
     from assistant.generators.base import generate
     from tether.text.sentences import split_sentences
 
-    chunks = list(db.execute(CHUNK_QUERY, (collection,)))
+    chunks = ledger.collection_chunks(collection)
     rng = random.Random(seed)
     rng.shuffle(chunks)
     params = params or GenParams(max_new_tokens=40, temperature=0.0)
@@ -241,7 +222,7 @@ def sft_from_documents(
     for ch in chunks:
         if len(rows) >= n:
             break
-        text = ch["text"]
+        text = ch.text
         sentences = [" ".join(text[s:e].split()) for s, e in split_sentences(text)]
         sentences = [s for s in sentences if len(s.split()) >= 6]
         if not sentences:
@@ -251,9 +232,9 @@ def sft_from_documents(
         question = raw.splitlines()[0].strip() if raw else ""
         question = re.sub(r"^(question\s*:\s*)", "", question, flags=re.I)
         if not question.endswith("?") or not 3 <= len(question.split()) <= 30:
-            log.debug("backtranslation of chunk %s dropped: %r", ch["id"], raw[:80])
+            log.debug("backtranslation of chunk %s dropped: %r", ch.id, raw[:80])
             continue
-        src = PromptSource(title=ch["title"], text=text, date=ch["doc_date"], authority=ch["authority"], status=ch["status"])
+        src = PromptSource(title=ch.title, text=text, date=ch.doc_date, authority=ch.authority, status=ch.status)
         prompt = build_messages(question, [src], faithful=faithful)
         answer = _cited(sentence)
         rows.append(Row("sft", "synthetic", {"messages": _msgs(prompt) + _assistant(answer)}, f"{question}\n{answer}", _hash(question + text)))
@@ -291,57 +272,60 @@ def dpo_from_feedback(turns: Sequence[LoggedTurn]) -> list[Row]:
     return rows
 
 
-def _claims(claims_json: str) -> list[dict[str, Any]]:
-    """The two (or more) claims of a logged conflict, whatever the conflict module's exact shape:
-    a list under 'claims', or 'a'/'b' entries; each a dict with some text and a source."""
-    data = json.loads(claims_json)
-    items: list[Any] = []
-    if isinstance(data, dict):
-        if isinstance(data.get("claims"), list):
-            items = data["claims"]
-        else:
-            items = [data[k] for k in ("a", "b") if k in data]
-    elif isinstance(data, list):
-        items = data
-    out = []
-    for it in items:
-        if not isinstance(it, dict):
-            continue
-        text = next((it[k] for k in ("text", "sentence", "claim", "value") if isinstance(it.get(k), str) and it[k].strip()), None)
-        if text:
-            out.append({"text": " ".join(text.split()), "source": it.get("source") or it.get("title"), "passage_id": it.get("passage_id") or it.get("id")})
-    return out
+def _logged_conflict(r: ConflictRow) -> tuple[Conflict, Decision] | None:
+    """The typed conflict and decision of one ``conflicts`` row; None (with a warning) for a row
+    written before the log stored ``Conflict.to_json`` and ``Decision.to_json``."""
+    try:
+        conflict = Conflict.from_json(json.loads(r.claims_json))
+        if not r.decision:
+            raise ValueError("the row has no decision")
+        decision = Decision.from_json(json.loads(r.decision))
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        log.warning("conflict %s of turn %s skipped: not a typed conflict and decision (%s)", r.idx, r.turn_id, exc)
+        return None
+    return conflict, decision
 
 
-def conflict_answer(claims: Sequence[dict[str, Any]], numbers: Sequence[int | None]) -> str:
-    """An answer that names the conflict: each claim with its source number."""
-    parts = [f"{c['text'].rstrip('.')}" + (f" [{n}]" if n else "") for c, n in zip(claims, numbers)]
-    return "The sources disagree: " + "; while ".join(parts[:1] + parts[1:]) + ". Check which source applies to you."
+def _logged_turn(store: LogStore, turn_id: str) -> LoggedTurn:
+    row = store.turn_row(turn_id)
+    prompt = row.prompt if row.prompt is not None else rebuild_prompt(store, row.id, row.question)
+    return LoggedTurn(row.id, row.question, row.answer, row.refused, tuple(prompt), ())
 
 
-def dpo_from_conflicts(db: sqlite3.Connection, turns: Sequence[LoggedTurn]) -> list[Row]:
-    """Chosen names the conflict logged for the turn; rejected is the logged answer, used only
-    when that answer did not mention any disagreement."""
+def dpo_from_conflicts(store: LogStore, turns: Sequence[LoggedTurn]) -> list[Row]:
+    """Pairs whose chosen answer names the turn's logged conflict in the engine's own words
+    (``conflict_statement`` with the logged decision and the turn's passage numbers, [n] = the
+    retrieval rank), and whose rejected answer is the one that ignored it:
+
+    - the engine named the conflict (its statement ends the logged answer): chosen is the logged
+      answer, rejected the generator's reply without Tether's statements;
+    - the logged answer mentions no disagreement: chosen is the statement, rejected the answer.
+
+    Rows whose conflict or decision is not the typed shape are skipped with a warning.
+    """
     by_id = {t.id: t for t in turns}
+    logged: dict[str, list[tuple[Conflict, Decision]]] = {}
+    for r in store.answered_conflicts():
+        resolved = _logged_conflict(r)
+        entry = logged.setdefault(r.turn_id, [])
+        if resolved is not None:
+            entry.append(resolved)
     rows = []
-    for r in db.execute(CONFLICT_QUERY):
-        t = by_id.get(r["turn_id"])
-        if t is None:
-            row = db.execute("SELECT id, question, answer, refused, prompt_json FROM turns WHERE id = ?", (r["turn_id"],)).fetchone()
-            prompt = (
-                [Message(m["role"], m["content"]) for m in json.loads(row["prompt_json"])] if row["prompt_json"]
-                else rebuild_prompt(db, row["id"], row["question"])
-            )
-            t = LoggedTurn(row["id"], row["question"], row["answer"], bool(row["refused"]), tuple(prompt), ())
-        if _CONFLICT_WORDS.search(t.answer):
+    for turn_id, resolved in logged.items():
+        if not resolved:
             continue
-        claims = _claims(r["claims_json"])
-        if len(claims) < 2:
-            continue
-        ranks = {x["passage_id"]: x["rank"] for x in db.execute("SELECT passage_id, rank FROM retrievals WHERE turn_id = ?", (t.id,))}
-        chosen = conflict_answer(claims, [ranks.get(c["passage_id"]) for c in claims])
-        rows.append(Row("dpo", "conflict", {"prompt": _msgs(t.prompt), "chosen": _assistant(chosen), "rejected": _assistant(t.answer)},
-                        f"{t.question}\n{chosen}", t.prompt_key))
+        t = by_id.get(turn_id) or _logged_turn(store, turn_id)
+        numbers = {x.passage_id: x.rank for x in store.retrievals(t.id)}
+        reply, named = split_statements(t.answer, resolved, numbers)
+        if named:
+            pairs = [(t.answer.strip(), reply)] if reply and not _CONFLICT_WORDS.search(reply) else []
+        elif not _CONFLICT_WORDS.search(t.answer):
+            pairs = [(s, t.answer) for s in (conflict_statement(c, d, numbers) for c, d in resolved) if s]
+        else:
+            pairs = []
+        for chosen, rejected in pairs:
+            rows.append(Row("dpo", "conflict", {"prompt": _msgs(t.prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
+                            f"{t.question}\n{chosen}", t.prompt_key))
     return rows
 
 
@@ -477,7 +461,7 @@ def write_dataset(rows: Sequence[Row], out_dir: Path, kind: str, dcfg: DataConfi
 
 
 def load_counterfactual_cases(cfg: Any, dcfg: DataConfig) -> list[dict[str, Any]]:
-    """Counterfactual rows from ``training.counterfactual``: cases from a file, or made from the corpus."""
+    """Counterfactual rows from ``assistant.counterfactual``: cases from a file, or made from the corpus."""
     if not dcfg.counterfactual_cases and not dcfg.counterfactuals:
         return []
     from training import counterfactual  # written alongside; API: load_cases, make_counterfactuals, from_corpus
@@ -497,7 +481,6 @@ def build_datasets(cfg: Any, dcfg: DataConfig, *, generator: Any | None = None, 
     lengths; ``counterfactual_rows`` replaces ``load_counterfactual_cases``; ``record`` is called
     with each manifest (the registry stores it). Returns the manifests by kind.
     """
-    from tether.db import connect
     from tether.errors import ConfigError
 
     dcfg.validated()
@@ -505,33 +488,34 @@ def build_datasets(cfg: Any, dcfg: DataConfig, *, generator: Any | None = None, 
     if dcfg.synthetic and generator is None:
         raise ConfigError(f"--synthetic {dcfg.synthetic} needs an LLM generator (assistant.generator hf or openai)")
     cases = list(counterfactual_rows) if counterfactual_rows is not None else load_counterfactual_cases(cfg, dcfg)
-    db = connect(cfg.db_path)
+    store, ledger = LogStore.open(cfg.db_path), Ledger.open(cfg.db_path)
     try:
-        turns = logged_turns(db, faithful=faithful)
+        turns = logged_turns(store, faithful=faithful)
         out: dict[str, DatasetManifest] = {}
         for kind in dcfg.kind_list:
             queries = {"feedback": FEEDBACK_QUERY}
             if kind == "sft":
                 rows = sft_from_feedback(turns) + sft_from_counterfactuals(cases, faithful=faithful)
                 if dcfg.synthetic:
-                    rows += sft_from_documents(db, cfg.retrieval.collection, generator, dcfg.synthetic, seed=dcfg.seed, faithful=faithful)
-                    queries["synthetic"] = CHUNK_QUERY.replace("?", repr(cfg.retrieval.collection))
+                    rows += sft_from_documents(ledger, cfg.retrieval.collection, generator, dcfg.synthetic, seed=dcfg.seed, faithful=faithful)
+                    queries["synthetic"] = COLLECTION_CHUNKS_QUERY.replace("?", repr(cfg.retrieval.collection))
             elif kind == "dpo":
-                rows = dpo_from_feedback(turns) + dpo_from_conflicts(db, turns) + dpo_from_counterfactuals(cases, faithful=faithful)
+                rows = dpo_from_feedback(turns) + dpo_from_conflicts(store, turns) + dpo_from_counterfactuals(cases, faithful=faithful)
                 queries["conflict"] = CONFLICT_QUERY
             else:
                 rows = kto_from_feedback(turns)
             if cases and kind != "kto":
-                queries["counterfactual"] = f"{len(cases)} rows from training.counterfactual" + (
+                queries["counterfactual"] = f"{len(cases)} rows from assistant.counterfactual" + (
                     f" ({dcfg.counterfactual_cases})" if dcfg.counterfactual_cases else " (from_corpus)")
-            queries["prompt_rebuild"] = RETRIEVAL_QUERY
+            queries["prompt_rebuild"] = PROMPT_REBUILD_QUERY
             manifest = write_dataset(rows, Path(dcfg.out_dir) / kind, kind, dcfg, tokenizer=tokenizer, queries=queries,
                                      db_path=str(cfg.db_path))
             out[kind] = manifest
             if record is not None:
                 record(manifest)
     finally:
-        db.close()
+        store.close()
+        ledger.close()
     return out
 
 

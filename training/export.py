@@ -186,7 +186,7 @@ class OnnxGenerator:
         import numpy as np
         import torch
 
-        from assistant.generators.hf import _sample
+        from assistant.generators.hf import sample_token
 
         problems = params.problems()
         if problems:
@@ -198,7 +198,7 @@ class OnnxGenerator:
         ids = list(prompt_ids)
         for _ in range(params.max_new_tokens):
             last = torch.from_numpy(np.ascontiguousarray(self.logits(ids)[-1:]).astype(np.float32))
-            token = int(_sample(last, params, rng).item())
+            token = int(sample_token(last, params, rng).item())
             if token in self.eos_ids:
                 return
             ids.append(token)
@@ -250,16 +250,12 @@ def export(base: Path, adapter: Path, out_dir: Path, *, formats: Sequence[str] =
         (out_dir / "parity.json").write_text(json.dumps(report, indent=2))
     ids: dict[str, str] = {}
     if db_path is not None:
-        from tether.db import connect
-        from training.registry import register
+        from training.registry import TrainingStore
 
-        db = connect(db_path)
-        try:
+        with TrainingStore.open(db_path) as store:
             for fmt, path in paths.items():
                 if fmt not in formats and fmt != "merged":
                     continue
-                ids[fmt] = register(db, kind=fmt, path=str(path.resolve()), base=str(base), adapter=str(adapter), parent_id=parent_id,
-                                    config={"format": fmt, "parity": (report or {}).get("variants", {}).get(fmt)})
-        finally:
-            db.close()
+                ids[fmt] = store.register(kind=fmt, path=str(path.resolve()), base=str(base), adapter=str(adapter), parent_id=parent_id,
+                                          config={"format": fmt, "parity": (report or {}).get("variants", {}).get(fmt)})
     return ExportResult(paths, ids, report)

@@ -8,23 +8,19 @@ marks it ``interrupted`` when its pid is gone from this machine.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sqlite3
 import uuid
 from typing import Any
 
+from tether.clock import now_iso
 from tether.db import transaction
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def start_job(db: sqlite3.Connection, method: str, config: dict[str, Any], output_dir: str, log_path: str, total_steps: int) -> str:
     job_id = uuid.uuid4().hex[:12]
-    now = _now()
+    now = now_iso()
     with transaction(db):
         db.execute(
             "INSERT INTO training_jobs (id, method, status, config_json, output_dir, log_path, step, total_steps, pid, created_at, updated_at)"
@@ -36,11 +32,11 @@ def start_job(db: sqlite3.Connection, method: str, config: dict[str, Any], outpu
 
 def update_job(db: sqlite3.Connection, job_id: str, *, step: int, loss: float | None) -> None:
     with transaction(db):
-        db.execute("UPDATE training_jobs SET step = ?, loss = COALESCE(?, loss), updated_at = ? WHERE id = ?", (step, loss, _now(), job_id))
+        db.execute("UPDATE training_jobs SET step = ?, loss = COALESCE(?, loss), updated_at = ? WHERE id = ?", (step, loss, now_iso(), job_id))
 
 
 def finish_job(db: sqlite3.Connection, job_id: str, status: str, *, error: str | None = None, model_id: str | None = None) -> None:
-    now = _now()
+    now = now_iso()
     with transaction(db):
         db.execute(
             "UPDATE training_jobs SET status = ?, error = ?, model_id = COALESCE(?, model_id), updated_at = ?, finished_at = ? WHERE id = ?",
@@ -69,20 +65,3 @@ def list_jobs(db: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
             r["status"] = "interrupted"
     return rows
 
-
-def spawn(data_dir: str, args: list[str], log_file: str, *, admin_password: str | None = None) -> int:
-    """Start ``tether --data-dir DATA_DIR ARGS...`` (e.g. ``["train", "sft", "--config", "sft.yaml"]``)
-    as a detached background process writing to ``log_file``; returns its pid. The job row appears
-    in ``training_jobs`` once the run starts; the app polls ``list_jobs`` (survives page reloads).
-    ``admin_password``: handed to the child as $TETHER_ADMIN_PASSWORD (the app checked it already)."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if admin_password:
-        env["TETHER_ADMIN_PASSWORD"] = admin_password
-    log = open(log_file, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--data-dir", str(data_dir), *args], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    log.close()
-    return proc.pid

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from assistant.generators.base import GenParams
-from assistant.generators.hf import _common_prefix  # the length of the shared start of two id lists
+from assistant.generators.hf import common_prefix  # the length of the shared start of two id lists
 from assistant.prompts import PromptSource, build_messages
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def check_parity(base: Path, adapter: Path, variants: dict[str, Path], *, max_ne
         same_prompt = mine == prompts  # the same chat template and tokenizer
         outs = [list(gen.tokens(p, params)) for p in prompts]
         exact = sum(o == r for o, r in zip(outs, ref_out))
-        prefix = [(_common_prefix(o, r) / max(1, len(r))) for o, r in zip(outs, ref_out)]
+        prefix = [(common_prefix(o, r) / max(1, len(r))) for o, r in zip(outs, ref_out)]
         agree = total = 0
         for p, r in zip(prompts, ref_out):
             if not r:

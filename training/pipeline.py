@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tether.config import TrainingConfig, coerce
 from tether.errors import ConfigError, TetherError
-from training.config import DataConfig, TrainConfig, _coerce, load_train_config
+from training.config import DataConfig, TrainConfig, load_train_config
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,18 @@ class PipelineConfig:
     force: bool
 
 
-def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    """Read and validate every section; one ConfigError lists all problems."""
+def load_pipeline_config(path: str | Path, defaults: TrainingConfig | None = None) -> PipelineConfig:
+    """Read and validate every section; one ConfigError lists all problems. ``defaults`` (the data
+    dir's ``training:`` section) sit under the ``sft`` and ``preference`` sections."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config {p} does not exist")
-    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold the sections {', '.join(SECTIONS)}")
@@ -55,18 +60,20 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
             problems.append(f"{p}: section '{key}' is required (a mapping)")
     if problems:
         raise ConfigError(problems)
-    data = DataConfig(**_coerce(DataConfig, raw["data"], f"{p}:data", problems))
+    data = DataConfig(**coerce(DataConfig, raw["data"], problems, where=f"{p}:data: "))
     problems += data.problems()
     out = Path(data.out_dir or ".")
 
     def stage(section: str, method: str, extra: dict[str, Any]) -> TrainConfig | None:
         body = {k: v for k, v in raw[section].items() if k != "method"}
+        if "dataset" not in body and data.kind_list and method not in data.kind_list:
+            problems.append(f"{section} trains {method} on {out / method}, which data.kinds ({data.kinds!r}) does not build: add {method}")
         body.setdefault("dataset", str(out / method))
         if not body.get("output_dir"):
             problems.append(f"{section}.output_dir must be set (the run folder)")
         try:
             # datasets do not exist yet: check everything but the dataset folder now, the folder after building
-            return load_train_config(None, method, for_plan=True, **{**body, **extra})
+            return load_train_config(None, method, for_plan=True, defaults=defaults, **{**body, **extra})
         except ConfigError as exc:
             problems.extend(f"{section}: {x}" for x in exc.problems)
             return None
@@ -96,16 +103,12 @@ def run_pipeline(cfg: Any, pc: PipelineConfig, *, generator: Any | None = None, 
     """Run every configured stage; returns a summary. A refused promotion is reported, not raised."""
     import dataclasses
 
-    from tether.db import connect
     from training.data import build_datasets
-    from training.registry import PromotionRefused, promote, record_dataset
+    from training.registry import PromotionRefused, TrainingStore, promote
     from training.trainers import run
 
-    db = connect(cfg.db_path)
-    try:
-        manifests = build_datasets(cfg, pc.data, generator=generator, tokenizer=tokenizer, record=lambda m: record_dataset(db, m))
-    finally:
-        db.close()
+    with TrainingStore.open(cfg.db_path) as store:
+        manifests = build_datasets(cfg, pc.data, generator=generator, tokenizer=tokenizer, record=store.record_dataset)
     summary: dict[str, Any] = {"datasets": {k: {"id": m.id, "train": m.n_train, "eval": m.n_eval} for k, m in manifests.items()}}
 
     def checked(tc: TrainConfig) -> TrainConfig:

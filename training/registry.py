@@ -7,22 +7,25 @@ and refuses a regression unless forced; each promotion is a row of ``promotions`
 is the newest promotion not rolled back; ``rollback`` marks it rolled back, so the one before it
 (or, with none, the configured default) is served again.
 
-The engine asks ``promoted_model(cfg)`` for what to load.
+The engine is handed a ``RegistryModelSource`` (``promoted_model(cfg)``) by its callers and asks it
+what to load; it never imports this module.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
 import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from tether.clock import now_iso
 from tether.db import connect, transaction
 from tether.errors import TetherError
+from training import jobs
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +61,10 @@ class ModelRecord:
         return asdict(self)
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
 def _new_id(kind: str, path: str) -> str:
     import uuid
 
-    return f"{kind}-{hashlib.sha256(f'{path}:{_now()}:{uuid.uuid4()}'.encode()).hexdigest()[:10]}"
+    return f"{kind}-{hashlib.sha256(f'{path}:{now_iso()}:{uuid.uuid4()}'.encode()).hexdigest()[:10]}"
 
 
 def record_dataset(db: sqlite3.Connection, manifest) -> str:
@@ -74,7 +73,7 @@ def record_dataset(db: sqlite3.Connection, manifest) -> str:
         db.execute(
             "INSERT OR REPLACE INTO datasets (id, kind, path, hash, n_train, n_eval, manifest_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (manifest.id, manifest.kind, manifest.path, manifest.hash, manifest.n_train, manifest.n_eval,
-             json.dumps(manifest.to_json()), manifest.created_at or _now()),
+             json.dumps(manifest.to_json()), manifest.created_at or now_iso()),
         )
     return manifest.id
 
@@ -92,7 +91,7 @@ def register(db: sqlite3.Connection, *, kind: str, path: str | Path, base: str, 
             "INSERT INTO models (id, kind, path, base, adapter, parent_id, method, dataset_id, job_id, config_json, manifest_json, notes, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (model_id, kind, str(path), base, adapter, parent_id, method, dataset_id, job_id, json.dumps(config or {}, default=str),
-             json.dumps(manifest) if manifest else None, notes, _now()),
+             json.dumps(manifest) if manifest else None, notes, now_iso()),
         )
     return model_id
 
@@ -138,8 +137,140 @@ def list_models(db: sqlite3.Connection) -> list[ModelRecord]:
     return [_record(db, r, served) for r in db.execute("SELECT * FROM models ORDER BY created_at DESC, rowid DESC")]
 
 
-def promotion_history(db: sqlite3.Connection) -> list[dict[str, Any]]:
-    return [dict(r) for r in db.execute("SELECT * FROM promotions ORDER BY id DESC")]
+def record_promotion(db: sqlite3.Connection, model_id: str, previous_id: str | None, *, forced: bool, gate: dict | None,
+                     user: str | None) -> None:
+    with transaction(db):
+        db.execute("INSERT INTO promotions (model_id, previous_id, forced, gate_json, user, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (model_id, previous_id, int(forced), json.dumps(gate), user, now_iso()))
+
+
+def rollback_latest(db: sqlite3.Connection) -> str:
+    """Mark the newest promotion not rolled back as rolled back; return its model id.
+
+    Raises:
+        TetherError: nothing is promoted.
+    """
+    with transaction(db):
+        row = db.execute("SELECT id, model_id FROM promotions WHERE rolled_back_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise TetherError("nothing to roll back: no model is promoted (the configured assistant.model is served)")
+        db.execute("UPDATE promotions SET rolled_back_at = ? WHERE id = ?", (now_iso(), row["id"]))
+    return row["model_id"]
+
+
+@dataclass(frozen=True)
+class AdminLockout:
+    """One admin account's failed sign-ins (``admin_lockouts``): how many in the current window,
+    when the last one was, and until when sign-in is refused (Unix seconds; 0 = not locked)."""
+
+    user: str
+    failures: int
+    last_failure_at: float
+    locked_until: float
+
+
+def _lockout(row: sqlite3.Row | None) -> AdminLockout | None:
+    return AdminLockout(row["user"], row["failures"], row["last_failure_at"], row["locked_until"]) if row else None
+
+
+def admin_lockout(db: sqlite3.Connection, user: str) -> AdminLockout | None:
+    return _lockout(db.execute("SELECT * FROM admin_lockouts WHERE user = ?", (user,)).fetchone())
+
+
+def update_admin_lockout(db: sqlite3.Connection, user: str,
+                         change: Callable[[AdminLockout | None], AdminLockout | None]) -> AdminLockout | None:
+    """Read, change and write one account's lockout row in one write transaction, so concurrent
+    sign-ins (CLI and app, several sessions) count every attempt. ``change`` returns the new row
+    (None deletes it); an exception from it rolls back and propagates."""
+    with transaction(db):
+        new = change(admin_lockout(db, user))
+        if new is None:
+            db.execute("DELETE FROM admin_lockouts WHERE user = ?", (user,))
+        else:
+            db.execute(
+                "INSERT INTO admin_lockouts (user, failures, last_failure_at, locked_until) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(user) DO UPDATE SET failures = excluded.failures, "
+                "last_failure_at = excluded.last_failure_at, locked_until = excluded.locked_until",
+                (user, new.failures, new.last_failure_at, new.locked_until),
+            )
+    return new
+
+
+class TrainingStore:
+    """The training package's store: datasets, training_jobs (``training.jobs``), models,
+    model_eval_runs, promotions and admin_lockouts over one connection to ``tether.db``. Open it per use and close
+    it: ``with TrainingStore.open(cfg.db_path) as store: store.list_models()``."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    @classmethod
+    def open(cls, path: str | Path) -> TrainingStore:
+        return cls(connect(path))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> TrainingStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- datasets and models --------------------------------------------------------------------
+
+    def record_dataset(self, manifest) -> str:
+        return record_dataset(self.db, manifest)
+
+    def register(self, **fields) -> str:
+        """``register``: kind, path, base and the optional adapter, parent_id, method, config, manifest, job_id, notes."""
+        return register(self.db, **fields)
+
+    def register_adapter(self, adapter_dir: Path, **fields) -> str:
+        return register_adapter(self.db, adapter_dir, **fields)
+
+    def link_eval_run(self, model_id: str, run_id: str, role: str) -> None:
+        link_eval_run(self.db, model_id, run_id, role)
+
+    def get_model(self, model_id: str) -> ModelRecord:
+        return get_model(self.db, model_id)
+
+    def list_models(self) -> list[ModelRecord]:
+        return list_models(self.db)
+
+    # -- promotions -----------------------------------------------------------------------------
+
+    def served_id(self) -> str | None:
+        """The id of the promoted model (None: the configured default is served)."""
+        return _served_id(self.db)
+
+    def record_promotion(self, model_id: str, previous_id: str | None, *, forced: bool, gate: dict | None, user: str | None) -> None:
+        record_promotion(self.db, model_id, previous_id, forced=forced, gate=gate, user=user)
+
+    def rollback_latest(self) -> str:
+        return rollback_latest(self.db)
+
+    # -- admin sign-in lockout (training/admin.py) ------------------------------------------------
+
+    def admin_lockout(self, user: str) -> AdminLockout | None:
+        return admin_lockout(self.db, user)
+
+    def update_admin_lockout(self, user: str, change: Callable[[AdminLockout | None], AdminLockout | None]) -> AdminLockout | None:
+        return update_admin_lockout(self.db, user, change)
+
+    # -- training jobs --------------------------------------------------------------------------
+
+    def start_job(self, method: str, config: dict[str, Any], output_dir: str, log_path: str, total_steps: int) -> str:
+        return jobs.start_job(self.db, method, config, output_dir, log_path, total_steps)
+
+    def update_job(self, job_id: str, *, step: int, loss: float | None) -> None:
+        jobs.update_job(self.db, job_id, step=step, loss=loss)
+
+    def finish_job(self, job_id: str, status: str, *, error: str | None = None, model_id: str | None = None) -> None:
+        jobs.finish_job(self.db, job_id, status, error=error, model_id=model_id)
+
+    def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return jobs.list_jobs(self.db, limit)
 
 
 def serving_paths(rec: ModelRecord) -> tuple[Path, Path | None]:
@@ -156,18 +287,23 @@ def promoted_model(cfg: Any) -> tuple[Path, Path | None] | None:
     when nothing is promoted (serve the configured ``assistant.model``) or the files are gone."""
     if not Path(cfg.db_path).is_file():
         return None
-    db = connect(cfg.db_path)
-    try:
-        served = _served_id(db)
+    with TrainingStore.open(cfg.db_path) as store:
+        served = store.served_id()
         if served is None:
             return None
-        model, adapter = serving_paths(get_model(db, served))
-    finally:
-        db.close()
+        model, adapter = serving_paths(store.get_model(served))
     if not (model / "config.json").is_file() or (adapter is not None and not (adapter / "adapter_config.json").is_file()):
         log.warning("the promoted model %s is missing on disk (%s); serving the configured model", served, adapter or model)
         return None
     return model, adapter
+
+
+class RegistryModelSource:
+    """The engine's ``ModelSource`` (assistant/engine.py) over this registry: the promoted model of
+    ``cfg``'s database. The CLI root (app/cli.py) and the web app pass one to ``ChatEngine``."""
+
+    def promoted(self, cfg: Any) -> tuple[Path, Path | None] | None:
+        return promoted_model(cfg)
 
 
 def config_for(cfg: Any, rec: ModelRecord | None) -> Any:
@@ -199,14 +335,11 @@ def promote(cfg: Any, model_id: str, suite: str | Path, *, force: bool = False, 
         PromotionRefused: the gate failed and ``force`` is False.
     """
     run_suite, gate = _evaluation()
-    db = connect(cfg.db_path)
-    try:
-        rec = get_model(db, model_id)
+    with TrainingStore.open(cfg.db_path) as store:
+        rec = store.get_model(model_id)
         serving_paths(rec)  # refuses exports the engine cannot serve
-        previous = _served_id(db)
-        prev_rec = get_model(db, previous) if previous else None
-    finally:
-        db.close()
+        previous = store.served_id()
+        prev_rec = store.get_model(previous) if previous else None
     if previous == model_id:
         raise TetherError(f"{model_id} is already the promoted model")
     cand = run_suite(config_for(cfg, rec), Path(suite), label=f"candidate:{model_id}")
@@ -221,20 +354,15 @@ def promote(cfg: Any, model_id: str, suite: str | Path, *, force: bool = False, 
         kwargs["metrics"] = list(metrics)
     result = gate(cand, base, **kwargs)
     gate_json = _gate_json(result)
-    db = connect(cfg.db_path)
-    try:
-        link_eval_run(db, model_id, cand.run_id, "candidate")
+    with TrainingStore.open(cfg.db_path) as store:
+        store.link_eval_run(model_id, cand.run_id, "candidate")
         if previous:
-            link_eval_run(db, previous, base.run_id, "baseline")
+            store.link_eval_run(previous, base.run_id, "baseline")
         if not result.passed and not force:
             raise PromotionRefused(
                 f"promotion of {model_id} refused by the evaluation gate: {result.reason} "
                 f"(candidate run {cand.run_id} vs baseline run {base.run_id}; `--force` promotes anyway)", result)
-        with transaction(db):
-            db.execute("INSERT INTO promotions (model_id, previous_id, forced, gate_json, user, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (model_id, previous, int(force and not result.passed), json.dumps(gate_json), user, _now()))
-    finally:
-        db.close()
+        store.record_promotion(model_id, previous, forced=force and not result.passed, gate=gate_json, user=user)
     log.info("promoted %s (previous %s, gate %s)", model_id, previous, "passed" if result.passed else "FAILED, forced")
     return {"model_id": model_id, "previous_id": previous, "forced": bool(force and not result.passed), "gate": gate_json,
             "candidate_run": cand.run_id, "baseline_run": base.run_id}
@@ -263,15 +391,8 @@ def rollback(cfg: Any, *, user: str | None = None) -> str | None:
     Raises:
         TetherError: nothing is promoted.
     """
-    db = connect(cfg.db_path)
-    try:
-        with transaction(db):
-            row = db.execute("SELECT id, model_id FROM promotions WHERE rolled_back_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
-            if row is None:
-                raise TetherError("nothing to roll back: no model is promoted (the configured assistant.model is served)")
-            db.execute("UPDATE promotions SET rolled_back_at = ? WHERE id = ?", (_now(), row["id"]))
-        now = _served_id(db)
-    finally:
-        db.close()
-    log.info("rolled back %s; serving %s", row["model_id"], now or "the configured default")
+    with TrainingStore.open(cfg.db_path) as store:
+        rolled_back = store.rollback_latest()
+        now = store.served_id()
+    log.info("rolled back %s; serving %s", rolled_back, now or "the configured default")
     return now

@@ -23,13 +23,13 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from tether.errors import BackendUnavailable, TetherError
+from tether.provenance import git_commit
 from training.config import TrainConfig, to_dict
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,6 @@ def _loss_callback(curve_path: Path, on_step: Callable[[int, float | None], None
 
 
 # -- loading ----------------------------------------------------------------------------------
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _versions() -> dict[str, str]:
@@ -248,9 +240,8 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
         ConfigError / BackendUnavailable: bad config, missing model, empty dataset.
         KeyboardInterrupt: the run was stopped; the job is marked interrupted and rerunning resumes.
     """
-    from tether.db import connect
-    from training import jobs, registry
     from training.planner import detect_device, plan_for_model
+    from training.registry import TrainingStore
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,7 +255,7 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
     old_level = lib_log.level
     lib_log.addHandler(handler)
     lib_log.setLevel(logging.INFO)
-    db = connect(tether_cfg.db_path) if record else None
+    store = TrainingStore.open(tether_cfg.db_path) if record else None
     job_id = None
     try:
         base = resolve_base(cfg, tether_cfg.models_dir)
@@ -274,9 +265,9 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
         log.info("plan: %s", "; ".join(plan.describe()))
         manifest_path = Path(cfg.dataset) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-        if db is not None:
-            job_id = jobs.start_job(db, cfg.method, to_dict(cfg), str(out), str(log_path), cfg.max_steps)
-        on_step = (lambda step, loss: jobs.update_job(db, job_id, step=step, loss=loss)) if db is not None else None
+        if store is not None:
+            job_id = store.start_job(cfg.method, to_dict(cfg), str(out), str(log_path), cfg.max_steps)
+        on_step = (lambda step, loss: store.update_job(job_id, step=step, loss=loss)) if store is not None else None
         callback = _loss_callback(curve, on_step, stop_at)
         t0 = time.perf_counter()
         trainer = _build_trainer(cfg, base, plan, ckpt_dir, callback)
@@ -305,32 +296,32 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
         run_info = {
             "method": cfg.method, "config": to_dict(cfg), "base": str(base), "plan": _plan_summary(plan), "dataset": manifest,
             "steps": int(trainer.state.global_step), "final_loss": final, "train_seconds": round(time.perf_counter() - t0, 2),
-            "resumed_from": last, "versions": _versions(), "git_commit": _git_commit(),
+            "resumed_from": last, "versions": _versions(), "git_commit": git_commit(dirty=False),
         }
         import yaml
 
         (out / "run.yaml").write_text(yaml.safe_dump(run_info, sort_keys=False, allow_unicode=True))
         model_id = None
-        if db is not None:
-            model_id = registry.register_adapter(db, adapter_dir, base=str(base), method=cfg.method, config=run_info, manifest=manifest,
-                                                 parent_adapter=cfg.init_adapter, job_id=job_id)
-            jobs.finish_job(db, job_id, "done", model_id=model_id)
+        if store is not None:
+            model_id = store.register_adapter(adapter_dir, base=str(base), method=cfg.method, config=run_info, manifest=manifest,
+                                              parent_adapter=cfg.init_adapter, job_id=job_id)
+            store.finish_job(job_id, "done", model_id=model_id)
         log.info("%s done: %d steps, final loss %.4f, adapter %s", cfg.method, trainer.state.global_step, final, adapter_dir)
         return TrainResult(out, adapter_dir, int(trainer.state.global_step), final, curve, last, _plan_summary(plan), job_id, model_id)
     except KeyboardInterrupt:
-        if db is not None and job_id:
-            jobs.finish_job(db, job_id, "interrupted", error="interrupted; rerun the same command to resume from the last checkpoint")
+        if store is not None and job_id:
+            store.finish_job(job_id, "interrupted", error="interrupted; rerun the same command to resume from the last checkpoint")
         raise
     except BaseException as exc:
-        if db is not None and job_id:
-            jobs.finish_job(db, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        if store is not None and job_id:
+            store.finish_job(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         lib_log.removeHandler(handler)
         lib_log.setLevel(old_level)
         handler.close()
-        if db is not None:
-            db.close()
+        if store is not None:
+            store.close()
 
 
 def _plan_summary(plan) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from assistant.logstore import LogStore
 from app.ui import jobs
 from app.ui.suites import suite_files
 from tether.config import TetherConfig
-from tether.db import connect
 from tether.errors import TetherError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def feedback_frame(cfg: TetherConfig) -> pd.DataFrame:
     """Every feedback row with its turn's question, answer and model, newest first."""
-    rows = LogStore(cfg.db_path).feedback_rows()
+    with LogStore.open(cfg.db_path) as store:
+        rows = store.feedback_rows()
     return pd.DataFrame(rows, columns=["id", "created_at", "kind", "user", "comment", "edited_answer", "passage_id",
                                                            "turn_id", "question", "answer", "generator", "model", "adapter"])
 
@@ -49,7 +49,7 @@ def _feedback(cfg: TetherConfig) -> None:
 def _datasets(cfg: TetherConfig) -> None:
     from training.config import KINDS, DataConfig
     from training.data import build_datasets
-    from training.registry import record_dataset
+    from training.registry import TrainingStore
 
     kinds = st.multiselect("Kinds", list(KINDS), default=list(KINDS), key="ds_kinds")
     eval_fraction = st.slider("Held out for eval", 0.0, 0.5, 0.1, 0.05, key="ds_eval")
@@ -59,12 +59,8 @@ def _datasets(cfg: TetherConfig) -> None:
     out = Path(cfg.data_dir) / "datasets" / time.strftime("%Y%m%d-%H%M%S")
     try:
         dcfg = DataConfig(out_dir=str(out), kinds=",".join(kinds), eval_fraction=eval_fraction, counterfactuals=int(counterfactuals)).validated()
-        db = connect(cfg.db_path)
-        try:
-            with st.spinner("Building…"):
-                manifests = build_datasets(cfg, dcfg, record=lambda m: record_dataset(db, m))
-        finally:
-            db.close()
+        with TrainingStore.open(cfg.db_path) as store, st.spinner("Building…"):
+            manifests = build_datasets(cfg, dcfg, record=store.record_dataset)
     except TetherError as exc:
         st.error(str(exc))
         return
@@ -85,7 +81,7 @@ def _dataset_dirs(cfg: TetherConfig, method: str) -> list[str]:
 
 
 def _training(cfg: TetherConfig) -> None:
-    from training.jobs import list_jobs
+    from training.registry import TrainingStore
 
     with st.form("train_form"):
         method = st.selectbox("Method", ["sft", "dpo", "kto"], key="tr_method")
@@ -103,21 +99,18 @@ def _training(cfg: TetherConfig) -> None:
         try:
             from training.config import load_train_config
 
-            load_train_config(None, method, **settings)  # refuse a bad setting here, not in the background
+            load_train_config(None, method, defaults=cfg.training, **settings)  # refuse a bad setting here, not in the background
             pid, console = jobs.launch(cfg.data_dir, method, settings)
             st.success(f"Started {method} (pid {pid}); it keeps running if you close or reload the page. Console: {console}")
         except TetherError as exc:
             st.error(str(exc))
-    _jobs_panel(cfg, list_jobs)
+    _jobs_panel(cfg, TrainingStore)
 
 
 @st.fragment(run_every=3)
-def _jobs_panel(cfg: TetherConfig, list_jobs) -> None:
-    db = connect(cfg.db_path)
-    try:
-        rows = list_jobs(db)
-    finally:
-        db.close()
+def _jobs_panel(cfg: TetherConfig, training_store) -> None:
+    with training_store.open(cfg.db_path) as store:
+        rows = store.list_jobs()
     if not rows:
         st.caption("No training job yet.")
         return
@@ -139,11 +132,8 @@ def _jobs_panel(cfg: TetherConfig, list_jobs) -> None:
 def _models(cfg: TetherConfig) -> None:
     from training import registry
 
-    db = connect(cfg.db_path)
-    try:
-        models = registry.list_models(db)
-    finally:
-        db.close()
+    with registry.TrainingStore.open(cfg.db_path) as store:
+        models = store.list_models()
     if not models:
         st.info("No trained model registered yet: launch a training job first.")
         return

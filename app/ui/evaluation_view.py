@@ -11,6 +11,7 @@ import streamlit as st
 
 from assistant.evaluation.runs import RunSummary, list_runs, load_run
 from assistant.evaluation.suites import ALL_SUITES, QA_SUITES, run_suite
+from app.ui import resources
 from app.ui.suites import suite_files
 from tether.config import TetherConfig
 from tether.errors import TetherError
@@ -53,7 +54,8 @@ def _run_form(cfg: TetherConfig) -> None:
     try:
         run_cfg = cfg.with_assistant(generator=generator, model=model.strip() or cfg.assistant.model, adapter=adapter.strip() or None)
         with st.status(f"Running {choice} with {generator}…", expanded=False) as status:
-            summary = run_suite(run_cfg, files[choice], label=label.strip() or None, suites=suites or QA_SUITES)
+            summary = run_suite(run_cfg, files[choice], label=label.strip() or None, suites=suites or QA_SUITES,
+                                model_source=resources.model_source())
             status.update(label=f"Run {summary.run_id[:8]} stored: {summary.n_items} items", state="complete")
         st.session_state.eval_last = summary.run_id
     except TetherError as exc:

@@ -65,8 +65,9 @@ def _main(argv: list[str]) -> int:
 
     method, settings = argv[0], json.loads(argv[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    tc = load_train_config(None, method, **settings)
-    res = run(tc, load_config())
+    cfg = load_config()
+    tc = load_train_config(None, method, defaults=cfg.training, **settings)
+    res = run(tc, cfg)
     logging.getLogger(__name__).info("done: adapter %s, model %s, final loss %s", res.adapter_dir, res.model_id, res.final_loss)
     return 0
 

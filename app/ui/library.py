@@ -14,9 +14,8 @@ from typing import Callable, Sequence
 
 import yaml
 
-from retrieval import ledger
+from retrieval.ledger import DocumentRow, Ledger
 from tether.config import TetherConfig
-from tether.db import connect, transaction
 from tether.errors import TetherError
 from retrieval.ingest import FileOutcome, ingest
 from retrieval.readers import AUTHORITIES, SIDECAR_SUFFIX, STATUSES
@@ -24,8 +23,6 @@ from retrieval.readers import AUTHORITIES, SIDECAR_SUFFIX, STATUSES
 from app.ui.uploads import uploads_dir
 
 log = logging.getLogger(__name__)
-
-EDITABLE = ("doc_date", "status", "authority")
 
 
 @dataclass(frozen=True)
@@ -51,15 +48,12 @@ class MetadataEdit:
         return out
 
 
-def documents(cfg: TetherConfig) -> list[ledger.DocumentRow]:
-    db = connect(cfg.db_path)
-    try:
-        return ledger.documents(db, cfg.retrieval.collection)
-    finally:
-        db.close()
+def documents(cfg: TetherConfig) -> list[DocumentRow]:
+    with Ledger.open(cfg.db_path) as ledger:
+        return ledger.documents(cfg.retrieval.collection)
 
 
-def is_upload(cfg: TetherConfig, doc: ledger.DocumentRow) -> bool:
+def is_upload(cfg: TetherConfig, doc: DocumentRow) -> bool:
     return Path(doc.path).resolve().parent == uploads_dir(cfg.data_dir).resolve()
 
 
@@ -84,17 +78,11 @@ def set_metadata(cfg: TetherConfig, edit: MetadataEdit) -> None:
     problems = edit.problems()
     if problems:
         raise TetherError("; ".join(problems))
-    db = connect(cfg.db_path)
-    try:
-        rows = [r for r in ledger.documents(db, cfg.retrieval.collection) if r.source == edit.source]
-        if not rows:
+    with Ledger.open(cfg.db_path) as ledger:
+        doc = ledger.document(cfg.retrieval.collection, edit.source)
+        if doc is None:
             raise TetherError(f"no document {edit.source!r} in collection '{cfg.retrieval.collection}'")
-        with transaction(db):
-            ledger.set_metadata(db, cfg.retrieval.collection, edit.source, doc_date=edit.doc_date, status=edit.status,
-                                authority=edit.authority)
-    finally:
-        db.close()
-    doc = rows[0]
+        ledger.set_metadata(cfg.retrieval.collection, edit.source, doc_date=edit.doc_date, status=edit.status, authority=edit.authority)
     if is_upload(cfg, doc):
         sidecar = Path(doc.path).with_name(Path(doc.path).name + SIDECAR_SUFFIX)
         meta = {"title": doc.title, "date": edit.doc_date or None, "status": edit.status or None, "authority": edit.authority or None}
@@ -104,19 +92,16 @@ def set_metadata(cfg: TetherConfig, edit: MetadataEdit) -> None:
 def delete_document(cfg: TetherConfig, source: str, store) -> int:
     """Remove a document from the ledger and the vector store (and its upload, if it is one);
     return the number of chunks removed."""
-    db = connect(cfg.db_path)
-    try:
-        rows = [r for r in ledger.documents(db, cfg.retrieval.collection) if r.source == source]
-        if not rows:
+    with Ledger.open(cfg.db_path) as ledger:
+        doc = ledger.document(cfg.retrieval.collection, source)
+        if doc is None:
             raise TetherError(f"no document {source!r} in collection '{cfg.retrieval.collection}'")
-        ids = ledger.remove_document(db, cfg.retrieval.collection, source)
+        ids = ledger.remove_document(cfg.retrieval.collection, source)
         if ids:
             store.delete(ids)
-        ledger.journal_clear(db, cfg.retrieval.collection, ids)
-    finally:
-        db.close()
-    if is_upload(cfg, rows[0]):
-        path = Path(rows[0].path)
+        ledger.journal_clear(cfg.retrieval.collection, ids)
+    if is_upload(cfg, doc):
+        path = Path(doc.path)
         path.unlink(missing_ok=True)
         path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
     return len(ids)

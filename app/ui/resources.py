@@ -55,7 +55,18 @@ def engine(cfg: TetherConfig):
 def _engine(key: str, _cfg: TetherConfig):
     from assistant.engine import ChatEngine
 
-    return ChatEngine(_cfg, searcher=searcher(_cfg))
+    return ChatEngine(_cfg, searcher=searcher(_cfg), model_source=model_source())
+
+
+def model_source():
+    """Where the engine finds the model to serve: the registry's promoted one (training/registry.py).
+    None in a checkout without the training package: the configured model is served."""
+    try:
+        from training.registry import RegistryModelSource
+    except ImportError as exc:
+        log.info("no model registry (%s): serving the configured model", exc)
+        return None
+    return RegistryModelSource()
 
 
 def logstore(cfg: TetherConfig):

@@ -8,7 +8,7 @@ A line is one of three kinds, told apart by its fields:
   run-specific collection, which then become the gold sources when none are named);
   ``unanswerable``/``is_impossible`` marks a question the documents cannot answer.
 - conflict case (``a`` and ``b`` claims and a boolean ``conflict``): see examples/README.md.
-- counterfactual case (``context`` and ``original_answer``): read by training.counterfactual.
+- counterfactual case (``context`` and ``original_answer``): read by assistant.counterfactual.
 
 See docs/EVALUATION.md for the full schema.
 """
@@ -86,7 +86,7 @@ class CaseSet:
     path: Path
     qa: tuple[QACase, ...] = ()
     conflicts: tuple[ConflictCase, ...] = ()
-    counterfactual: tuple[dict[str, Any], ...] = ()  # raw rows, for training.counterfactual
+    counterfactual: tuple[dict[str, Any], ...] = ()  # raw rows, for assistant.counterfactual
     digest: str = ""  # sha256 of the files' bytes
 
     def __len__(self) -> int:

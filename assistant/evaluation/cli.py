@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from tether.cli import load, with_assistant
+from tether.cli import load, options, with_assistant
 from tether.errors import ConfigError
 
 eval_app = typer.Typer(help="Evaluation: suites over JSONL cases, stored runs, compare, gate, QA builder.", no_args_is_help=True)
@@ -64,7 +64,8 @@ def run_cmd(
     from assistant.evaluation.suites import run_suite
 
     cfg = _cfg(ctx, collection, generator=generator, model=model, adapter=str(adapter) if adapter else None, top_k=k)
-    run = run_suite(cfg, suite, label=label, suites=_suites(suites), corpus=corpus, counterfactual=counterfactual)
+    run = run_suite(cfg, suite, label=label, suites=_suites(suites), corpus=corpus, counterfactual=counterfactual,
+                    model_source=options(ctx).model_source)
     items = load_items(cfg.db_path, run.run_id)
     if report:
         _echo_or_write(R.dumps(R.run_json(run, items)) if report.suffix == ".json" else R.run_markdown(run, items), report)
@@ -163,7 +164,7 @@ def make_qa_cmd(
     from assistant.evaluation.make_qa import make_qa, write_jsonl
 
     cfg = _cfg(ctx, collection, generator=generator, model=model)
-    cases = make_qa(cfg, n, seed=seed, maker=maker)
+    cases = make_qa(cfg, n, seed=seed, maker=maker, model_source=options(ctx).model_source)
     write_jsonl(cases, out)
     by = {m: sum(c.maker == m for c in cases) for m in ("llm", "template")}
     typer.echo(f"wrote {len(cases)} cases to {out} ({by['llm']} by the LLM, {by['template']} by templates)")
@@ -185,7 +186,7 @@ def conflicts_cmd(
     from assistant.evaluation.suites import run_suite
 
     cfg = _cfg(ctx, collection, generator=generator)
-    run = run_suite(cfg, cases, label=label, suites=("conflicts",), counterfactual=counterfactual)
+    run = run_suite(cfg, cases, label=label, suites=("conflicts",), counterfactual=counterfactual, model_source=options(ctx).model_source)
     if as_json:
         typer.echo(R.dumps(R.run_json(run)))
     else:

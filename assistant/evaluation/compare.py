@@ -68,7 +68,7 @@ def compare(
     latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
 ) -> Comparison:
     """Every metric of either run (or only ``metrics``), B against A."""
-    names = list(metrics) if metrics else sorted(set(a.metrics) | set(b.metrics), key=_order)
+    names = list(metrics) if metrics else sorted(set(a.metrics) | set(b.metrics), key=metric_order)
     rows = []
     for name in names:
         va, vb = a.metrics.get(name), b.metrics.get(name)
@@ -93,7 +93,7 @@ def comparability_warnings(a: RunSummary, b: RunSummary) -> list[str]:
 _SECTION_ORDER = ("retrieval.", "answers.", "grounding.", "conflicts.", "latency.")
 
 
-def _order(name: str) -> tuple[int, str]:
+def metric_order(name: str) -> tuple[int, str]:
     for i, prefix in enumerate(_SECTION_ORDER):
         if name.startswith(prefix):
             return (i, name)

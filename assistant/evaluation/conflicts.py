@@ -2,7 +2,7 @@
 resolution accuracy per policy, and the follow-context rate of the generator on counterfactual cases.
 
 Built on ``retrieval.conflicts`` (``Claim``, ``get_detector``), ``assistant.resolution.resolve``
-and ``training.counterfactual`` (``load_cases``, ``follows_context``).
+and ``assistant.counterfactual`` (``load_cases``, ``follows_context``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from assistant.evaluation import metrics as M
 from assistant.evaluation.cases import CaseSet, ClaimSide, ConflictCase
 from assistant.evaluation.runs import EvalItem
+from assistant.generators.base import capabilities_of
 from tether.config import TetherConfig
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,11 @@ class ConflictSuiteResult:
 
 def _ledger_meta(cfg: TetherConfig) -> dict[str, dict[str, Any]]:
     """source -> title/date/status/authority from the configured collection (fills what a case omits)."""
-    from retrieval import ledger
-    from tether.db import connect
+    from retrieval.ledger import Ledger
 
-    db = connect(cfg.db_path)
-    try:
+    with Ledger.open(cfg.db_path) as ledger:
         return {d.source: {"title": d.title, "date": d.doc_date, "status": d.status, "authority": d.authority}
-                for d in ledger.documents(db, cfg.retrieval.collection)}
-    finally:
-        db.close()
+                for d in ledger.documents(cfg.retrieval.collection)}
 
 
 def make_claim(side: ClaimSide, meta: dict[str, dict[str, Any]]):
@@ -169,10 +166,10 @@ def follow_context(generator, cf_cases: Sequence[Any]) -> tuple[dict[str, float]
     """Answer each counterfactual case from its context alone, with CAD off and (hf only) on."""
     from assistant.generators.base import GenParams, generate
     from assistant.prompts import PromptSource, build_context_free_messages, build_messages
-    from training.counterfactual import follows_context
+    from assistant.counterfactual import follows_context
 
     backend = generator.identity.backend
-    settings = [("plain", 0.0)] + ([("cad", CAD_ALPHA)] if backend == "hf" else [])
+    settings = [("plain", 0.0)] + ([("cad", CAD_ALPHA)] if capabilities_of(generator).cad else [])
     results: dict[str, list[bool | None]] = {name: [] for name, _ in settings}
     items = []
     for case in cf_cases:
@@ -192,7 +189,7 @@ def follow_context(generator, cf_cases: Sequence[Any]) -> tuple[dict[str, float]
             )
     metrics = {f"conflicts.follow_context.{name}": rate for name, r in results.items() if (rate := follow_context_rate(r)) is not None}
     details = {"follow_context_settings": [n for n, _ in settings]}
-    if backend != "hf":
+    if not capabilities_of(generator).cad:
         details["cad_skipped"] = f"context-aware decoding needs the hf generator (this run: {backend})"
     return metrics, items, details
 
@@ -204,8 +201,10 @@ def run_conflicts(
     counterfactual: Path | None = None,
     embedder=None,
     generator=None,
+    model_source=None,
 ) -> ConflictSuiteResult:
-    """The conflict suite over a case set's conflict rows and counterfactual rows (or ``counterfactual``)."""
+    """The conflict suite over a case set's conflict rows and counterfactual rows (or ``counterfactual``).
+    ``model_source`` (an ``assistant.engine.ModelSource``) applies when the generator is built here."""
     metrics: dict[str, float] = {}
     items: list[EvalItem] = []
     details: dict[str, Any] = {}
@@ -215,7 +214,7 @@ def run_conflicts(
         from retrieval.embeddings import embedder_for
 
         embedder = embedder or embedder_for(cfg)
-        detector = get_detector(embedder, nli_model=cfg.assistant.nli_model)
+        detector = get_detector(embedder, nli_model=cfg.assistant.nli_model, config=cfg.conflicts)
         judged = judge_cases(cases.conflicts, detector, _ledger_meta(cfg))
         outcomes = [o for o, _ in judged]
         metrics.update(conflict_metrics(outcomes))
@@ -231,17 +230,17 @@ def run_conflicts(
                 tmp.write(json.dumps(row) + "\n")
         cf_path = Path(tmp.name)
     if cf_path is not None:
-        from training.counterfactual import load_cases as load_counterfactual
+        from assistant.counterfactual import load_cases as load_counterfactual
 
         if generator is None:
             from assistant.engine import build_generator
             from retrieval.embeddings import embedder_for
 
-            generator, fallback = build_generator(cfg, embedder or embedder_for(cfg))
+            generator, fallback = build_generator(cfg, embedder or embedder_for(cfg), model_source=model_source)
             if fallback:
                 details["fallback"] = fallback
         identity = dataclasses.asdict(generator.identity)
-        if not hasattr(generator, "stream"):
+        if not capabilities_of(generator).needs_llm_prompt:
             details["follow_context_skipped"] = f"the {generator.identity.backend} generator answers from passages, not prompts: use an LLM generator"
         else:
             cf_metrics, cf_items, cf_details = follow_context(generator, load_counterfactual(cf_path))

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from assistant.generators.base import Message
+from assistant.generators.base import Message, capabilities_of
 from tether.text.sentences import split_sentences
 from tether.config import TetherConfig
 from tether.errors import ConfigError, IndexEmpty
@@ -105,21 +105,17 @@ def parse_llm_qa(reply: str, passage: str) -> tuple[str, str] | None:
 
 
 def _sample_chunks(cfg: TetherConfig, n: int, seed: int):
-    from retrieval import ledger
-    from tether.db import connect
+    from retrieval.ledger import Ledger
 
-    db = connect(cfg.db_path)
-    try:
-        rows = sorted(ledger.chunk_rows(db, cfg.retrieval.collection), key=lambda r: r["id"])  # by id: the seed's sample
-    finally:
-        db.close()
+    with Ledger.open(cfg.db_path) as ledger:
+        rows = sorted(ledger.chunk_rows(cfg.retrieval.collection), key=lambda r: r["id"])  # by id: the seed's sample
     if not rows:
         raise IndexEmpty(f"collection '{cfg.retrieval.collection}' holds no documents: run `tether ingest PATH` first")
     random.Random(seed).shuffle(rows)
     return rows
 
 
-def make_qa(cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto", generator=None) -> list[GeneratedQA]:
+def make_qa(cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto", generator=None, model_source=None) -> list[GeneratedQA]:
     """Up to ``n`` QA cases from distinct sampled passages of the configured collection.
 
     ``maker``: ``template``, ``llm`` (the configured generator must be an LLM) or ``auto`` (the
@@ -135,10 +131,10 @@ def make_qa(cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto
         from assistant.engine import build_generator
         from retrieval.embeddings import embedder_for
 
-        generator, fallback = build_generator(cfg, embedder_for(cfg))
+        generator, fallback = build_generator(cfg, embedder_for(cfg), model_source=model_source)
         if fallback:
             log.warning("make-qa: %s", fallback)
-    if use_llm and not hasattr(generator, "stream"):
+    if use_llm and (not hasattr(generator, "stream") or not capabilities_of(generator).needs_llm_prompt):
         if maker == "llm":
             raise ConfigError("--maker llm needs an LLM generator (assistant.generator hf or openai) that loads")
         use_llm = False

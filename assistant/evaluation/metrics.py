@@ -184,3 +184,12 @@ def precision_recall_f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]
     r = tp / (tp + fn) if tp + fn else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return p, r, f
+
+
+def prf(predicted: Sequence[bool], gold: Sequence[bool]) -> tuple[float, float, float]:
+    """``precision_recall_f1`` of boolean predictions against boolean labels (the positive class)."""
+    pairs = list(zip(predicted, gold))
+    tp = sum(p and g for p, g in pairs)
+    fp = sum(p and not g for p, g in pairs)
+    fn = sum(g and not p for p, g in pairs)
+    return precision_recall_f1(tp, fp, fn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from assistant.evaluation.compare import Comparison, _order
+from assistant.evaluation.compare import Comparison, metric_order
 from assistant.evaluation.gate import GateResult
 from assistant.evaluation.runs import EvalItem, RunSummary
 
@@ -40,7 +40,7 @@ def run_markdown(run: RunSummary, items: Sequence[EvalItem] = (), *, failures: i
     if run.details.get("fallback"):
         lines.append(f"- note: {run.details['fallback']}")
     for prefix, title in SECTIONS:
-        names = sorted((n for n in run.metrics if n.startswith(prefix + ".")), key=_order)
+        names = sorted((n for n in run.metrics if n.startswith(prefix + ".")), key=metric_order)
         if not names:
             continue
         lines += ["", f"## {title}", "", "| metric | value |", "|---|---:|"]

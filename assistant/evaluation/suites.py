@@ -15,9 +15,10 @@ from typing import Sequence
 
 from assistant.evaluation import metrics as M
 from assistant.evaluation.cases import CaseSet, QACase, load_cases
-from assistant.evaluation.runs import EvalItem, RunSummary, config_dict, corpus_hash, git_commit, store_run
+from assistant.evaluation.runs import EvalItem, RunSummary, config_dict, corpus_hash, store_run
 from tether.config import TetherConfig
 from tether.errors import ConfigError
+from tether.provenance import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def run_suite(
     suites: Sequence[str] = QA_SUITES,
     corpus: Path | None = None,
     counterfactual: Path | None = None,
+    model_source=None,
 ) -> RunSummary:
     """Run the suites over the cases in ``suite_path`` (a JSONL file or a folder), store the run
     in ``cfg.db_path`` and return its summary.
@@ -197,7 +199,8 @@ def run_suite(
     ``corpus``: a folder ingested (incrementally) into the configured collection first. Cases with
     ``contexts`` are answered from a run-specific collection instead. ``engine``: an already built
     ``ChatEngine`` to reuse (its config then wins). The conflict suite runs whenever the file holds
-    conflict rows (or counterfactual rows, or ``counterfactual`` is given).
+    conflict rows (or counterfactual rows, or ``counterfactual`` is given). ``model_source``: an
+    ``assistant.engine.ModelSource`` (the registry's promoted model) for an engine built here.
     """
     suites = check_suites(suites)
     cases: CaseSet = load_cases(suite_path)
@@ -232,7 +235,8 @@ def run_suite(
 
             from retrieval.search import Searcher
 
-            engine = ChatEngine(cfg, searcher=Searcher(cfg, embedder=embedder) if embedder is not None else None, log_turns=False)
+            engine = ChatEngine(cfg, searcher=Searcher(cfg, embedder=embedder) if embedder is not None else None, log_turns=False,
+                                model_source=model_source)
             own_engine = True
         try:
             qa_items, qa_metrics, counts = evaluate_qa(engine, qa, qa_suites)
@@ -248,7 +252,8 @@ def run_suite(
     if cases.conflicts or cases.counterfactual or counterfactual is not None:
         from assistant.evaluation.conflicts import run_conflicts
 
-        result = run_conflicts(cfg, cases, counterfactual=counterfactual, embedder=embedder, generator=engine.generator if engine is not None else None)
+        result = run_conflicts(cfg, cases, counterfactual=counterfactual, embedder=embedder, generator=engine.generator if engine is not None else None,
+                               model_source=model_source)
         items += result.items
         metrics.update(result.metrics)
         details["suites"].append("conflicts")

@@ -1,13 +1,19 @@
-"""The generation seam: every backend implements ``Generator.stream``.
+"""The generation seam: every backend implements ``Generator.stream`` and declares its ``Capabilities``.
 
-Backends: ``hf`` (transformers, local checkpoint, optional PEFT adapter; the default, SmolLM2),
-``extractive`` (no LLM: picks supporting sentences), ``openai`` (any OpenAI-compatible server).
+Backends: ``hf`` (transformers, local checkpoint, optional PEFT adapter; the default, SmolLM2;
+declares CAD), ``openai`` (any OpenAI-compatible server) and ``extractive`` (no LLM: picks the
+supporting sentences of ``GenParams.grounding``; declares ``needs_llm_prompt=False``). The engine
+reads the declaration (``capabilities_of``), never the backend's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from retrieval.search import SearchHit
 
 Role = Literal["system", "user", "assistant"]
 
@@ -16,6 +22,16 @@ Role = Literal["system", "user", "assistant"]
 class Message:
     role: Role
     content: str
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What an answer is grounded in, for a backend that answers from passages rather than from a
+    prompt (``Capabilities.needs_llm_prompt`` False): the question and the selected passages, whose
+    order gives the ``[n]`` citations."""
+
+    question: str
+    passages: tuple[SearchHit, ...]
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,8 @@ class GenParams:
     # raises ConfigError when it is empty, and backends without logits (openai) refuse alpha > 0.
     cad_alpha: float = 0.0
     cad_context_free: tuple[Message, ...] = field(default=())
+    # the question and passages themselves, for backends that answer from them (extractive); LLMs ignore it
+    grounding: Grounding | None = None
 
     def problems(self) -> list[str]:
         out = []
@@ -60,12 +78,37 @@ class GeneratorIdentity:
     decoding: str = "greedy"  # greedy | sample | cad(alpha=0.5) | cad(alpha=0.5),sample
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared on its class (``capabilities = Capabilities(...)``).
+
+    The defaults describe a plain LLM behind an API: it reads the prompt, streams its reply token
+    by token and has no logits to offer."""
+
+    cad: bool = False  # honours GenParams.cad_alpha > 0 (context-aware decoding needs the model's logits)
+    token_streaming: bool = True  # stream() yields pieces as they are decoded, not the whole reply in one
+    # True: answers the messages (an LLM: the engine builds the grounded prompt, attaches citations to
+    # its reply, reads refusal phrases, can ask it from memory). False: answers from GenParams.grounding
+    # and cites the passages itself (the extractive answerer)
+    needs_llm_prompt: bool = True
+
+
+LLM = Capabilities()
+
+
 class Generator(Protocol):
     """Streams the assistant's reply to a chat, token by token (text pieces)."""
 
     identity: GeneratorIdentity
+    capabilities: Capabilities
 
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]: ...
+
+
+def capabilities_of(gen: object) -> Capabilities:
+    """The capabilities ``gen`` declares; a generator that declares none is a plain LLM (``LLM``)."""
+    caps = getattr(gen, "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else LLM
 
 
 def generate(gen: Generator, messages: Sequence[Message], params: GenParams) -> str:

@@ -11,43 +11,34 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from assistant.generators.base import GeneratorIdentity
+from assistant.generators.base import Capabilities, GenParams, GeneratorIdentity, Message
 from assistant.prompts import REFUSAL
+from tether.config import AssistantConfig, ExtractiveSection, TetherConfig
 from tether.text.sentences import heading_prefix, split_sentences
+from tether.text.terms import LEXICAL_WEIGHT, lexical_overlap
 from retrieval.search import SearchHit
-
-_STOP = set(
-    "a an the of to in on for and or is are be was were do does did how what which who whom when where why can could i my "
-    "me we our you your it its at by with from as that this these those there their they must should may will would get "
-    "gets got have has had not no any each per than then so if about into over under up out".split()
-)
-
-
-def content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and len(w) > 1}
-
-
-LEXICAL_WEIGHT = 0.25  # relevance = cosine(question, sentence) + LEXICAL_WEIGHT x lexical_overlap
-
-
-def lexical_overlap(question: str, texts: Sequence[str]) -> np.ndarray:
-    """For each text, the share of the question's content words it contains (numbers and names
-    matter in policies, and embeddings blur them)."""
-    qwords = content_words(question)
-    return np.array([len(qwords & content_words(t)) / max(1, len(qwords)) for t in texts])
-
+from tether.errors import ConfigError
 
 @dataclass(frozen=True)
 class ExtractiveConfig:
-    max_sentences: int = 3
-    min_relevance: float = 0.58  # below this best score, refuse (handbook QA: answerable >= 0.62, 4 of 6 unanswerable below)
-    keep_ratio: float = 0.8  # later sentences must score at least this share of the best
-    mmr_lambda: float = 0.7
+    """What the answerer uses: the ``extractive:`` section of tether.yaml (``tether.config.ExtractiveSection``,
+    where the defaults and their help live) plus ``assistant.min_relevance``. Build it with ``from_config(cfg)``."""
+
+    max_sentences: int = ExtractiveSection.max_sentences
+    min_relevance: float = AssistantConfig.min_relevance  # below this best score, refuse (handbook QA: answerable >= 0.62, 4 of 6 unanswerable below)
+    keep_ratio: float = ExtractiveSection.keep_ratio  # later sentences must score at least this share of the best
+    mmr_lambda: float = ExtractiveSection.mmr_lambda
     lexical_weight: float = LEXICAL_WEIGHT
+
+    @classmethod
+    def from_config(cls, cfg: TetherConfig) -> "ExtractiveConfig":
+        """The answerer's settings from a loaded config (``cfg.extractive`` and ``cfg.assistant.min_relevance``)."""
+        e = cfg.extractive
+        return cls(max_sentences=e.max_sentences, min_relevance=cfg.assistant.min_relevance, keep_ratio=e.keep_ratio, mmr_lambda=e.mmr_lambda)
 
 
 def _drop_heading(sentence: str) -> str:
@@ -57,10 +48,23 @@ def _drop_heading(sentence: str) -> str:
 
 
 class ExtractiveAnswerer:
+    """A ``Generator`` without an LLM: it answers ``params.grounding`` (the question and the selected
+    passages) with their best sentences, each cited, in one piece; the messages are not read."""
+
+    capabilities = Capabilities(cad=False, token_streaming=False, needs_llm_prompt=False)
+
     def __init__(self, embedder, config: ExtractiveConfig = ExtractiveConfig()):
         self.embedder = embedder
         self.config = config
         self.identity = GeneratorIdentity(backend="extractive", model=getattr(embedder, "name", "embedder"), decoding="extractive")
+
+    def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]:
+        """The whole answer (with ``[n]`` citations), or ``REFUSAL``, as one piece."""
+        if params.grounding is None:
+            raise ConfigError("the extractive generator answers from passages, not from a prompt: "
+                              "pass GenParams(grounding=Grounding(question, passages))")
+        text, _ = self.answer(params.grounding.question, params.grounding.passages)
+        yield text
 
     def answer(self, question: str, passages: Sequence[SearchHit]) -> tuple[str, bool]:
         """(answer text with [n] citations, refused)."""

@@ -8,7 +8,7 @@ The loop, top to bottom (``HFGenerator.tokens``):
                row 1, with CAD only: the context-free prompt)
     repeat    _cad_combine(logits, alpha)                  (1+a)*ctx - a*free, with CAD; else row 0
               _penalize(logits, seen ids)                  repetition penalty (HF semantics)
-              _sample(logits, params, rng)                 argmax, or temperature/top-k/top-p
+              sample_token(logits, params, rng)                 argmax, or temperature/top-k/top-p
               stop at EOS or max_new_tokens
               _Rows.step(token)                            the token through every row: ONE forward
 
@@ -39,16 +39,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
-from assistant.generators.base import GenParams, GeneratorIdentity, Message
+from assistant.generators.base import Capabilities, GenParams, GeneratorIdentity, Message
+from tether.config import HF_CACHES as CACHES
+from tether.config import HF_DEVICES as DEVICES
+from tether.config import HF_DTYPES as DTYPES
+from tether.config import HF_QUANTIZE as QUANTIZE
+from tether.config import HFConfig
 from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-CACHES = ("auto", "dynamic", "static")
-QUANTIZE = ("none", "int8")
 STATIC_BUCKET = 256  # static caches are sized in multiples of this, so a compiled step is reused across prompts
 
 
@@ -91,7 +92,7 @@ def _penalize(logits, seen_ids, penalty: float):
     return logits.scatter(-1, seen_ids, score)
 
 
-def _sample(logits, params: GenParams, generator):
+def sample_token(logits, params: GenParams, generator):
     """The next token id for each row of ``logits`` [batch, vocab] -> [batch, 1].
 
     temperature 0 is greedy (argmax). Otherwise temperature, then top-k (0 = off), then top-p
@@ -123,7 +124,7 @@ def _cad_combine(logits, alpha: float):
     return (1 + alpha) * logits[0:1] - alpha * logits[1:2]
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -303,6 +304,8 @@ class HFGenerator:
         BackendUnavailable: the folder, its tokenizer/chat template, the adapter or bitsandbytes is missing.
     """
 
+    capabilities = Capabilities(cad=True, token_streaming=True, needs_llm_prompt=True)
+
     def __init__(
         self,
         model_path: Path,
@@ -415,6 +418,26 @@ class HFGenerator:
         self.last_stats: dict[str, float] = {}
         log.info("loaded %s%s on %s (%s) in %.0f ms", model_path, f" + {adapter}" if adapter else "", self.device, torch_dtype, self.load_ms)
 
+    @classmethod
+    def from_config(cls, model_path: Path, adapter: Path | None, cfg: HFConfig) -> HFGenerator:
+        """The generator for ``model_path`` (+ ``adapter``) loaded as the ``hf:`` config section says.
+
+        Raises:
+            ConfigError, BackendUnavailable: as the constructor.
+        """
+        return cls(
+            model_path,
+            adapter=adapter,
+            device=cfg.device,
+            load_in_4bit=cfg.load_in_4bit,
+            dtype=cfg.dtype,
+            cache=cfg.cache,
+            compile=cfg.compile,
+            quantize=cfg.quantize,
+            prefix_cache=cfg.prefix_cache,
+            cad_batched=cfg.cad_batched,
+        )
+
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
@@ -499,7 +522,7 @@ class HFGenerator:
         if kept is None:
             return None
         old_ids, cache = kept
-        n = min(_common_prefix(old_ids, prompt_ids), len(prompt_ids) - 1)
+        n = min(common_prefix(old_ids, prompt_ids), len(prompt_ids) - 1)
         if n <= 0:
             return None
         cache.crop(n - cache.get_seq_length())
@@ -560,7 +583,7 @@ class HFGenerator:
                 for step in range(max_new):
                     logits = _cad_combine(logits, params.cad_alpha)
                     logits = _penalize(logits, seen, params.repetition_penalty)
-                    token = _sample(logits, params, rng)  # [1, 1]
+                    token = sample_token(logits, params, rng)  # [1, 1]
                     token_id = int(token.item())
                     now = (time.perf_counter() - t0) * 1000
                     if step == 0:

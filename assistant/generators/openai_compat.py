@@ -1,58 +1,56 @@
 """The ``openai`` backend: any server speaking OpenAI's ``/v1/chat/completions`` (vLLM, llama.cpp
-``llama-server``, Ollama, ``tether``'s own ``assistant.serve``), over the standard library only.
+``llama-server``, Ollama, ``tether serve``), through the ``openai`` package (imported lazily).
 
-``stream`` sends ``"stream": true`` and reads the server-sent events: ``data: {...}`` lines,
-``choices[0].delta.content``, up to ``data: [DONE]``. ``complete`` asks for one JSON reply.
+``stream`` asks for ``"stream": true`` and yields ``choices[0].delta.content`` as the chunks come;
+``complete`` asks for one JSON reply. The package parses the server-sent events and does the
+retrying; this module maps its errors onto ``BackendUnavailable`` messages that name the URL and
+the fix.
 
-Failures, and what is retried (with backoff ``backoff * 2**attempt``, or the server's
-``Retry-After``):
+Failures, and what is retried (by the package: ``max_retries`` extra attempts, exponential backoff
+from 0.5 s capped at 8 s, or the server's ``Retry-After`` / ``retry-after-ms`` up to 60 s):
 
-    cannot connect, connection dropped          retried, until the first text piece is yielded
-    HTTP 429 or 5xx                             retried
-    HTTP 4xx (bad request, unknown model, auth) BackendUnavailable with the server's message
-    no byte within ``timeout`` seconds          BackendUnavailable, not retried (a busy server
-                                                would only get the same generation again)
-    an error event or a cut stream after text   BackendUnavailable, never retried: the caller
-                                                has already shown part of the reply
+    cannot connect, connection dropped          retried, until the reply has started
+    no byte within ``timeout`` seconds          retried, until the reply has started (each attempt
+                                                waits ``timeout`` again)
+    HTTP 408, 409, 429 or 5xx                   retried
+    other HTTP 4xx (bad request, unknown model, BackendUnavailable with the server's message
+    auth)
+    silence, an error event or a cut stream     BackendUnavailable, never retried: the caller may
+    once the reply has started                  already have shown part of it
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from assistant.generators.base import GenParams, GeneratorIdentity, Message
+from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
 from tether.errors import BackendUnavailable, ConfigError
+
+if TYPE_CHECKING:
+    from tether.config import OpenAIConfig
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # seconds; a connect never waits longer than this, whatever ``timeout`` is
-MAX_RETRY_AFTER = 30.0  # seconds; a longer Retry-After is capped
-_ERROR_BODY_LIMIT = 64 * 1024
+NO_API_KEY = "no-key"  # the openai package refuses to build a client without a key; key-less servers ignore it
 
 
-class _Transient(Exception):
-    """A failure worth another attempt (connection refused or lost, HTTP 429/5xx)."""
-
-    def __init__(self, reason: str, retry_after: float | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
+def api_base_url(base_url: str) -> str:
+    """``http://h:8000``, ``http://h:8000/v1`` or the full ``.../v1/chat/completions`` -> ``.../v1``,
+    the base URL the openai client wants."""
+    url = base_url.rstrip("/").removesuffix("/chat/completions")
+    return url if url.endswith("/v1") else url + "/v1"
 
 
 def chat_completions_url(base_url: str) -> str:
     """``http://h:8000``, ``http://h:8000/v1`` or the full ``.../v1/chat/completions`` -> the full URL."""
-    url = base_url.rstrip("/")
-    if url.endswith("/chat/completions"):
-        return url
-    if url.endswith("/v1"):
-        return url + "/chat/completions"
-    return url + "/v1/chat/completions"
+    return api_base_url(base_url) + "/chat/completions"
 
 
 def _error_message(body: bytes) -> str:
@@ -75,27 +73,9 @@ def _error_message(body: bytes) -> str:
     return text[:300]
 
 
-def _sse_data(resp) -> Iterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined by newlines); comments
-    (``: ping``) and other fields (``event:``, ``id:``) are skipped."""
-    data: list[str] = []
-    while True:
-        raw = resp.readline()
-        if not raw:
-            if data:
-                yield "\n".join(data)
-            return
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
+def _retried_status(status: int) -> bool:
+    """The statuses the openai package retries."""
+    return status in (408, 409, 429) or status >= 500
 
 
 class OpenAIGenerator:
@@ -104,10 +84,10 @@ class OpenAIGenerator:
     Args:
         base_url: the server, e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when missing).
         model: the model name the server knows (``GET /v1/models``).
-        api_key: sent as ``Authorization: Bearer ...`` when given.
-        timeout: seconds to wait for any byte (headers, or the next piece of a stream).
-        retries: extra attempts after a connection error or HTTP 429/5xx, before any text arrived.
-        backoff: seconds before the first retry; doubles each time.
+        api_key: sent as ``Authorization: Bearer ...``; None: a placeholder the server may ignore.
+        timeout: seconds to wait for any byte (the reply's headers, or the next piece of a stream).
+        max_retries: extra attempts (the openai client's own) after a connection error, a timeout or
+            HTTP 408/409/429/5xx, before the reply has started.
 
     ``GenParams`` map to ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and ``stop``;
     ``top_k`` and ``repetition_penalty`` are sent (vLLM's names) only when not at their defaults,
@@ -118,49 +98,60 @@ class OpenAIGenerator:
         BackendUnavailable: the server is down, refuses the request or fails mid-reply.
     """
 
+    capabilities = Capabilities(cad=False, token_streaming=True, needs_llm_prompt=True)
+
     def __init__(
         self,
         base_url: str,
         model: str,
         api_key: str | None = None,
-        timeout: float = 60,
-        retries: int = 2,
-        backoff: float = 0.5,
+        timeout: float = 60.0,
+        max_retries: int = 2,
     ):
         problems = []
         parts = urlsplit(base_url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(f"assistant.openai_url ({base_url!r}) must look like http://host:port/v1")
+            problems.append(f"openai.url ({base_url!r}) must look like http://host:port/v1")
         else:
             try:
                 parts.port  # noqa: B018 - raises ValueError on a bad port
             except ValueError:
-                problems.append(f"assistant.openai_url ({base_url!r}) has an invalid port")
+                problems.append(f"openai.url ({base_url!r}) has an invalid port")
         if not model:
-            problems.append("assistant.openai_model must not be empty")
+            problems.append("openai.model must not be empty")
         if not timeout > 0:
-            problems.append(f"timeout ({timeout}) must be > 0")
-        if retries < 0:
-            problems.append(f"retries ({retries}) must be >= 0")
-        if backoff < 0:
-            problems.append(f"backoff ({backoff}) must be >= 0")
+            problems.append(f"openai.timeout_s ({timeout}) must be > 0")
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            problems.append(f"openai.max_retries ({max_retries!r}) must be an integer >= 0")
         if problems:
             raise ConfigError(problems)
 
+        import openai
+
         self.base_url = base_url
         self.url = chat_completions_url(base_url)
-        url = urlsplit(self.url)
-        self._https = url.scheme == "https"
-        self._host = url.hostname
-        self._port = url.port
-        self._path = url.path + (f"?{url.query}" if url.query else "")
         self.model = model
-        self.api_key = api_key
         self.timeout = float(timeout)
-        self.retries = retries
-        self.backoff = backoff
+        self.max_retries = max_retries
+        self._client = openai.OpenAI(
+            base_url=api_base_url(base_url),
+            api_key=api_key or NO_API_KEY,
+            timeout=openai.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)),
+            max_retries=max_retries,
+        )
         self.identity = GeneratorIdentity(backend="openai", model=model, decoding="greedy")
         self.last_stats: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg: OpenAIConfig) -> OpenAIGenerator:
+        """The generator the ``openai:`` config section describes.
+
+        Raises:
+            ConfigError: ``openai.url`` is not set, or a value is invalid.
+        """
+        if not cfg.url:
+            raise ConfigError(["openai.url is not set (e.g. http://127.0.0.1:8000/v1); set it in tether.yaml under openai:"])
+        return cls(cfg.url, cfg.model, api_key=cfg.api_key, timeout=cfg.timeout_s, max_retries=cfg.max_retries)
 
     # -- request -----------------------------------------------------------------------------------
 
@@ -200,69 +191,30 @@ class OpenAIGenerator:
             "or choose another generator with --generator"
         )
 
-    def _send(self, body: bytes | None, accept: str, path: str | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """One POST of ``body`` to chat completions (a GET of ``path`` when body is None). Returns
-        (connection, 200 response); the caller closes the connection.
-        Raises _Transient (worth retrying) or BackendUnavailable."""
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=min(self.timeout, CONNECT_TIMEOUT))
-        headers = {"Content-Type": "application/json", "Accept": accept, "User-Agent": "tether"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        try:
-            conn.connect()
-        except OSError as exc:
-            conn.close()
-            raise _Transient(f"cannot connect: {exc}") from exc
-        conn.sock.settimeout(self.timeout)
-        try:
-            conn.request("GET" if body is None else "POST", path or self._path, body=body, headers=headers)
-            resp = conn.getresponse()
-        except TimeoutError as exc:
-            conn.close()
-            raise self._unavailable(f"no response within {self.timeout:g} s") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _Transient(f"connection failed: {exc!r}") from exc
-        if resp.status == 200:
-            return conn, resp
-        try:
-            message = _error_message(resp.read(_ERROR_BODY_LIMIT))
-        except (OSError, http.client.HTTPException):
-            message = "(body unreadable)"
-        finally:
-            conn.close()
-        if resp.status == 429 or resp.status >= 500:
-            retry_after = resp.getheader("Retry-After")
-            seconds = float(retry_after) if retry_after and retry_after.strip().isdigit() else None
-            raise _Transient(f"HTTP {resp.status}: {message}", retry_after=seconds)
-        hint = ""
-        if resp.status in (401, 403):
-            hint = "; pass the server's api_key"
-        elif resp.status == 404:
-            hint = f"; check that the URL ends in /v1 and that {self.model!r} is a model the server lists at /v1/models"
-        raise BackendUnavailable(
-            f"OpenAI-compatible server at {self.base_url} refused the request (HTTP {resp.status}: {message}){hint}"
-        )
+    def _request_failed(self, exc: Exception, *, retried: bool = True) -> BackendUnavailable:
+        """``exc`` (an openai error raised before the reply started) as a BackendUnavailable."""
+        import openai
 
-    def _wait(self, attempt: int, exc: _Transient) -> None:
-        delay = self.backoff * 2**attempt
-        if exc.retry_after is not None:
-            delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
-        log.warning("%s: %s; retry %d/%d in %.2f s", self.url, exc.reason, attempt + 1, self.retries, delay)
-        time.sleep(delay)
-
-    def _give_up(self, exc: _Transient, attempts: int) -> BackendUnavailable:
+        attempts = self.max_retries + 1 if retried else 1
         tries = f"; {attempts} attempts" if attempts > 1 else ""
-        return self._unavailable(f"{exc.reason}{tries}")
-
-    def _record_end(self, stats: dict, obj: dict) -> None:
-        usage = obj.get("usage")
-        if isinstance(usage, dict):
-            if isinstance(usage.get("prompt_tokens"), int):
-                stats["prompt_tokens"] = usage["prompt_tokens"]
-            if isinstance(usage.get("completion_tokens"), int):
-                stats["new_tokens"] = usage["completion_tokens"]
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            message = _error_message(exc.response.content)
+            if _retried_status(status):
+                return self._unavailable(f"HTTP {status}: {message}{tries}")
+            hint = ""
+            if status in (401, 403):
+                hint = "; set openai.api_key (or TETHER_OPENAI_API_KEY) to the server's api_key"
+            elif status == 404:
+                hint = f"; check that the URL ends in /v1 and that {self.model!r} is a model the server lists at /v1/models"
+            return BackendUnavailable(
+                f"OpenAI-compatible server at {self.base_url} refused the request (HTTP {status}: {message}){hint}"
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return self._unavailable(f"no response within {self.timeout:g} s{tries}")
+        if isinstance(exc, openai.APIConnectionError):
+            return self._unavailable(f"cannot connect: {exc.__cause__ or exc}{tries}")
+        return BackendUnavailable(f"OpenAI-compatible server at {self.base_url} failed: {exc}")
 
     def models(self) -> list[str]:
         """The model ids the server lists at ``GET /v1/models``: one quick attempt, no retries, so
@@ -271,108 +223,105 @@ class OpenAIGenerator:
         Raises:
             BackendUnavailable: the server is down or answers with an error.
         """
-        path = self._path.split("?", 1)[0].removesuffix("/chat/completions") + "/models"
-        conn = None
+        import openai
+
         try:
-            conn, resp = self._send(None, "application/json", path)
-            return [m["id"] for m in json.loads(resp.read())["data"]]
-        except _Transient as exc:
-            raise self._unavailable(exc.reason) from exc
-        except TimeoutError as exc:
-            raise self._unavailable(f"no data for {self.timeout:g} s") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unavailable(f"connection lost: {exc!r}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
+            page = self._client.with_options(max_retries=0).models.list()
+            return [m.id for m in page.data]
+        except openai.OpenAIError as exc:
+            raise self._request_failed(exc, retried=False) from exc
+        except (ValueError, AttributeError, TypeError) as exc:
             raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed /v1/models reply") from exc
-        finally:
-            if conn is not None:
-                conn.close()
 
     # -- the Generator protocol ----------------------------------------------------------------------
 
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]:
         """The reply as text pieces, as the server sends them. Fills ``last_stats``
         (``prompt_tokens``/``new_tokens`` when the server reports usage, ``finish_reason``, timings)."""
-        yield from self._request(messages, params, stream=True)
+        import openai
 
-    def complete(self, messages: Sequence[Message], params: GenParams) -> str:
-        """The whole reply from one non-streaming request (``"stream": false``); same retries."""
-        return "".join(self._request(messages, params, stream=False))
-
-    def _request(self, messages: Sequence[Message], params: GenParams, *, stream: bool) -> Iterator[str]:
-        """One chat completion with retries: transient failures (connection refused or lost, 429/5xx,
-        a stream cut before ``[DONE]``) are retried with backoff until the reply has started."""
-        body = json.dumps(self.payload(messages, params, stream=stream)).encode()
-        self.identity = replace(self.identity, decoding="greedy" if params.temperature == 0 else "sample")
-        stats: dict = {"ttft_ms": 0.0, "total_ms": 0.0, "finish_reason": None}
-        self.last_stats = stats
-        t0 = time.perf_counter()
-        attempt = 0
-        while True:
-            conn = None
-            yielded = False
-            try:
-                conn, resp = self._send(body, "text/event-stream" if stream else "application/json")
-                if not stream or (resp.getheader("Content-Type") or "").startswith("application/json"):
-                    # asked for the whole reply, or the server ignored "stream": true and sent it
-                    text = self._parse_completion(resp.read(), stats)
-                    stats["total_ms"] = stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
-                    if text:
-                        yield text
-                    return
-                for piece in self._events(resp, stats):
+        body = self._start(messages, params, stream=True)
+        stats, t0 = self.last_stats, time.perf_counter()
+        try:
+            chunks = self._client.chat.completions.create(**body)
+        except openai.OpenAIError as exc:
+            raise self._request_failed(exc) from exc
+        yielded = False
+        try:
+            if chunks.response.headers.get("content-type", "").startswith("application/json"):
+                # the server ignored "stream": true and sent the whole reply
+                text = self._parse_completion(chunks.response.read(), stats)
+                stats["total_ms"] = stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
+                if text:
+                    yield text
+                return
+            for chunk in chunks:
+                self._record_usage(stats, chunk.usage)
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                piece = choice.delta.content if choice.delta is not None else None
+                if piece:
                     if not yielded:
                         stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
                     yielded = True
                     yield piece
-                stats["total_ms"] = (time.perf_counter() - t0) * 1000
-                return
-            except TimeoutError as exc:
-                raise self._unavailable(f"no data for {self.timeout:g} s") from exc
-            except (OSError, http.client.HTTPException, _Transient) as exc:
-                transient = exc if isinstance(exc, _Transient) else _Transient(f"connection lost: {exc!r}")
-                if yielded:
-                    raise BackendUnavailable(
-                        f"OpenAI-compatible server at {self.base_url} broke off the reply after it had started "
-                        f"({transient.reason}); not retried, since part of it was already shown"
-                    ) from exc
-                if attempt >= self.retries:
-                    raise self._give_up(transient, attempt + 1) from exc
-                self._wait(attempt, transient)
-                attempt += 1
-            finally:
-                if conn is not None:
-                    conn.close()
+                if choice.finish_reason:
+                    stats["finish_reason"] = choice.finish_reason
+            stats["total_ms"] = (time.perf_counter() - t0) * 1000
+            if stats["finish_reason"] is None:
+                raise self._broken("the stream ended before the reply finished (no finish_reason)", yielded)
+        except openai.APIConnectionError as exc:
+            reason = f"no data for {self.timeout:g} s" if isinstance(exc, openai.APITimeoutError) else f"connection lost: {exc.__cause__ or exc}"
+            raise self._broken(reason, yielded) from exc
+        except openai.APIError as exc:  # an error event inside the stream
+            raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} failed while generating: {exc.message}") from exc
+        except (ValueError, AttributeError, TypeError) as exc:  # an event whose data is not a JSON chunk
+            raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {exc}") from exc
+        finally:
+            chunks.close()
 
-    def _events(self, resp, stats: dict) -> Iterator[str]:
-        """The content pieces of a server-sent-event stream, up to ``data: [DONE]``."""
-        done = False
-        for data in _sse_data(resp):
-            if data.strip() == "[DONE]":
-                done = True
-                break
-            try:
-                obj = json.loads(data)
-            except ValueError as exc:
-                raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {data[:200]!r}") from exc
-            if not isinstance(obj, dict):
-                raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {data[:200]!r}")
-            if obj.get("error"):
-                raise BackendUnavailable(
-                    f"OpenAI-compatible server at {self.base_url} failed while generating: {_error_message(data.encode())}"
-                )
-            self._record_end(stats, obj)
-            choices = obj.get("choices") or []
-            if not choices:
-                continue
-            choice = choices[0]
-            piece = (choice.get("delta") or {}).get("content")
-            if piece:
-                yield piece
-            if choice.get("finish_reason"):
-                stats["finish_reason"] = choice["finish_reason"]
-        if not done and stats["finish_reason"] is None:
-            raise _Transient("the stream ended before data: [DONE]")
+    def complete(self, messages: Sequence[Message], params: GenParams) -> str:
+        """The whole reply from one non-streaming request (``"stream": false``); same retries."""
+        import openai
+
+        body = self._start(messages, params, stream=False)
+        stats, t0 = self.last_stats, time.perf_counter()
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(**body)
+        except openai.OpenAIError as exc:
+            raise self._request_failed(exc) from exc
+        text = self._parse_completion(raw.content, stats)
+        stats["total_ms"] = stats["ttft_ms"] = (time.perf_counter() - t0) * 1000
+        return text
+
+    def _start(self, messages: Sequence[Message], params: GenParams, *, stream: bool) -> dict:
+        """The keyword arguments of ``chat.completions.create``; resets ``last_stats`` and the identity."""
+        body = self.payload(messages, params, stream=stream)
+        extra = {k: body.pop(k) for k in ("top_k", "repetition_penalty") if k in body}
+        if extra:
+            body["extra_body"] = extra
+        self.identity = replace(self.identity, decoding="greedy" if params.temperature == 0 else "sample")
+        self.last_stats = {"ttft_ms": 0.0, "total_ms": 0.0, "finish_reason": None}
+        return body
+
+    def _broken(self, reason: str, yielded: bool) -> BackendUnavailable:
+        if yielded:
+            return BackendUnavailable(
+                f"OpenAI-compatible server at {self.base_url} broke off the reply after it had started "
+                f"({reason}); not retried, since part of it was already shown"
+            )
+        return self._unavailable(reason)
+
+    @staticmethod
+    def _record_usage(stats: dict, usage) -> None:
+        if usage is None:
+            return
+        get = usage.get if isinstance(usage, dict) else lambda key: getattr(usage, key, None)
+        if isinstance(get("prompt_tokens"), int):
+            stats["prompt_tokens"] = get("prompt_tokens")
+        if isinstance(get("completion_tokens"), int):
+            stats["new_tokens"] = get("completion_tokens")
 
     def _parse_completion(self, raw: bytes, stats: dict) -> str:
         try:
@@ -384,5 +333,5 @@ class OpenAIGenerator:
                 f"OpenAI-compatible server at {self.base_url} sent a reply without choices[0].message: {raw[:200]!r}"
             ) from exc
         stats["finish_reason"] = choice.get("finish_reason")
-        self._record_end(stats, obj)
+        self._record_usage(stats, obj.get("usage"))
         return text

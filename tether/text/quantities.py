@@ -7,8 +7,13 @@ calendar days are different units and never compare. Two-sided ranges ("between 
 "07:30 to 19:00") keep both ends; one-sided bounds ("at least", "up to", "more than") keep the
 threshold and say which side it bounds.
 
-Pure functions, no dependencies beyond the standard library; shared by conflict detection and the
-counterfactual generator.
+``find_numbers(text)`` finds every number written in digits or words, ``find_times(text)`` every
+clock time, and ``missing_values(claim, evidence)`` the values a claim states that the evidence does
+not ("3 weeks" is stated by "21 days", not by "14 days").
+
+Pure functions, no dependencies beyond the standard library. This is the one parser of numbers and
+quantities: conflict detection, citation checks, the consistency check and the counterfactual
+generator all read values through it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ _WORD_NUMBER = (
 )
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 NUMBER = rf"(?:{_DIGITS}|{_WORD_NUMBER})"
-_NUMBER_RE = re.compile(rf"^(?:{_DIGITS}|{_WORD_NUMBER})$", re.I)
 
 
 def parse_number(text: str) -> float | None:
@@ -154,7 +158,7 @@ class Quantity:
             out = f"{rng} {_plural(self.unit, self.high if self.high is not None else self.value)}" if self.unit else rng
         return out + (f" per {self.per}" if self.per else "")
 
-    def comparable(self, other: "Quantity") -> bool:
+    def comparable(self, other: Quantity) -> bool:
         """Same dimension and unit family, and rates over the same denominator (or one unstated)."""
         if self.kind != other.kind or self.unit != other.unit:
             return False
@@ -162,7 +166,7 @@ class Quantity:
             return False
         return True
 
-    def agrees(self, other: "Quantity") -> bool:
+    def agrees(self, other: Quantity) -> bool:
         """Could both statements be true of one attribute? Equal values, or a value inside the other's range
         or within the tolerance of an approximate value. Thresholds ("at least 2" vs "3") do not agree:
         two rules that set different thresholds for one attribute contradict each other."""
@@ -439,3 +443,108 @@ def extract_quantities(text: str) -> list[Quantity]:
 def normalise(text: str) -> list[str]:
     """The normalised forms of every quantity in text: 'at least 3 weeks before' -> ['21 days']."""
     return [q.norm for q in extract_quantities(text)]
+
+
+# -- numbers, clock times and stated values ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Number:
+    """One number written in a text, in digits ("1,000", "2.5") or words ("twenty-five", "a dozen")."""
+
+    text: str
+    span: tuple[int, int]
+    value: float
+
+
+@dataclass(frozen=True)
+class ClockTime:
+    """One time of day as written ("09:45", "9:45 pm"): ``text`` and ``span`` cover the digits only
+    (an am/pm suffix stays outside), ``hour`` and ``minute`` as written."""
+
+    text: str
+    span: tuple[int, int]
+    hour: int
+    minute: int
+
+
+_NUMBER_TOKEN = re.compile(rf"(?<![\w.,])(?:{_DIGITS})|(?<![\w-]){_WORD_NUMBER}", re.I)
+_CODE_DIGITS = re.compile(rf"(?<=[^\W\d_])(?:{_DIGITS})")  # "A4", "B12": digits glued to letters
+
+
+def find_numbers(text: str, *, in_codes: bool = False) -> list[Number]:
+    """Every number in text, in order: '3 weeks and twenty-five days' -> 3, 25.
+
+    Digits glued to letters ("A4", "v2") are part of a name, not numbers, unless ``in_codes``
+    (a citation check wants every digit a claim writes)."""
+    out = [
+        Number(m.group(0), m.span(), v) for m in _NUMBER_TOKEN.finditer(text) if (v := parse_number(m.group(0))) is not None
+    ]
+    if in_codes:
+        out += [Number(m.group(0), m.span(), float(m.group(0).replace(",", ""))) for m in _CODE_DIGITS.finditer(text)]
+        out.sort(key=lambda n: n.span)
+    return out
+
+
+def find_times(text: str) -> list[ClockTime]:
+    """Every clock time in text ("09:00", "17:30", "9.30 pm"), in order; "2.30" alone is a number."""
+    out = []
+    for m in _TIME.finditer(text):
+        if ":" not in m.group(0) and not m.group(3):
+            continue
+        out.append(ClockTime(text[m.start(1) : m.end(2)], (m.start(1), m.end(2)), int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def number_word(n: int) -> str | None:
+    """The English word for 0-19 and for the tens up to ninety ('seven', 'twenty'); else None."""
+    for word, v in (*_UNITS_WORDS.items(), *_TENS_WORDS.items()):
+        if v == n:
+            return word
+    return None
+
+
+def _is_year(q: Quantity) -> bool:
+    return q.kind == "date" and q.unit == "year"
+
+
+def _stated_by(q: Quantity, e: Quantity) -> bool:
+    """Does evidence quantity ``e`` state the value of claim quantity ``q``? The same value in the
+    same unit family ("3 weeks" and "21 days"), or one end of a range the evidence states, or a
+    date the evidence gives more precisely ("31 March" by "2025-03-31")."""
+    if q.kind == "date" and e.kind == "date" and q.unit != e.unit and e.unit == "date" and e.iso and q.iso:
+        if q.unit == "day-of-year":
+            return e.iso[4:] == q.iso[1:]
+        if q.unit == "month":
+            return e.iso.startswith(q.iso + "-")
+        return False
+    if not q.comparable(e):
+        return False
+    if q.kind == "date" and q.unit != "time":
+        return q.iso == e.iso and q.high == e.high
+    lo, hi = q._interval()
+    e_lo, e_hi = e._interval()
+
+    def same(a: float, b: float) -> bool:
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a))
+
+    if same(lo, e_lo) and same(hi, e_hi):
+        return True
+    return q.high is None and e.high is not None and (same(lo, e_lo) or same(lo, e_hi))
+
+
+def missing_values(claim: str, evidence: str) -> list[Quantity | Number]:
+    """The values ``claim`` states that ``evidence`` does not, in the claim's order: each quantity with
+    no evidence quantity of the same value ("3 weeks" is stated by "21 days" and "three weeks", not by
+    "14 days" or "3 months"), and each number outside those quantities (a bare year, an extension,
+    a code) that the evidence never writes, in digits or words."""
+    claim_qs = [q for q in extract_quantities(claim) if not _is_year(q)]
+    evidence_qs = [q for q in extract_quantities(evidence) if not _is_year(q)]
+    written = {n.value for n in find_numbers(evidence, in_codes=True)}
+    out: list[Quantity | Number] = [q for q in claim_qs if not any(_stated_by(q, e) for e in evidence_qs)]
+    for n in find_numbers(claim, in_codes=True):
+        inside = any(q.span[0] <= n.span[0] and n.span[1] <= q.span[1] for q in claim_qs)
+        if not inside and n.value not in written:
+            out.append(n)
+    out.sort(key=lambda v: v.span)
+    return out

@@ -1,4 +1,5 @@
-"""Sentence splitting with character spans, shared by citation verification and the extractive answerer."""
+"""The one sentence splitter (character spans; used by citation checks, conflict claims, the extractive answerer,
+the engine and the training data) and the citation markers inside sentences."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         start = match.end()
     _add(text, start, len(text), spans)
     return spans
+
+
+def split_sentences_text(text: str, min_words: int = 3) -> list[str]:
+    """The sentences of text with at least ``min_words`` words, whitespace collapsed."""
+    return [" ".join(text[s:e].split()) for s, e in split_sentences(text) if len(text[s:e].split()) >= min_words]
 
 
 def _add(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> None:

@@ -5,11 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import auth, resources
+from tether.errors import TetherError
 
 
 def _gate(cfg) -> bool:
     """True once this session has given the admin password; refuses when none is configured."""
-    if not auth.configured(cfg.data_dir, st.secrets):
+    try:
+        configured = auth.configured(cfg.data_dir, st.secrets)
+    except TetherError as exc:  # a corrupt admin.json or hash: the message names the file and the fix
+        st.error(str(exc))
+        return False
+    if not configured:
         st.error(
             f"Admin is disabled: no admin password is configured. Set `{auth.SECRET_KEY}` in .streamlit/secrets.toml, "
             "or run `tether models set-admin-password`, then reload."
@@ -24,7 +30,12 @@ def _gate(cfg) -> bool:
         given = st.text_input("Admin password", type="password", key="admin_password")
         submitted = st.form_submit_button("Enter")
     if submitted:
-        if auth.password_ok(cfg.data_dir, st.secrets, given):
+        try:
+            ok = auth.password_ok(cfg.data_dir, st.secrets, given)
+        except TetherError as exc:  # locked after repeated failures (says when to retry), or a corrupt hash
+            st.error(str(exc))
+            return False
+        if ok:
             st.session_state.admin_ok = True
             st.rerun()
         st.error("Wrong password.")
@@ -36,11 +47,8 @@ def main() -> None:
     cfg = resources.base_config()
     if not _gate(cfg):
         return
-    try:
-        from app.ui import admin_view
-    except ImportError as exc:  # training has not landed in this checkout
-        st.info(f"Training and the model registry are not available yet ({exc}).")
-        return
+    from app.ui import admin_view
+
     admin_view.main(cfg)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from assistant.engine import promoted_model_paths
+from assistant.events import consume
 from assistant.types import Answer, Conversation
 from app.ui import resources
 from app.ui.chat_view import render_answer
@@ -24,7 +25,7 @@ def _settings(cfg):
                                                 help="hf: a local model · extractive: quotes the best sentences · openai: a server")
     if changes["generator"] == "hf":
         model, adapter = a.model, a.adapter
-        served = promoted_model_paths(cfg)
+        served = promoted_model_paths(cfg, resources.model_source())
         if served is not None:  # the registry's promoted model replaces the configured one
             model, adapter = str(served[0]), str(served[1]) if served[1] else None
         changes["model"] = st.sidebar.text_input("Model", value=model, key="opt_model", help="'smollm2' or a local checkpoint folder").strip() or model
@@ -76,15 +77,9 @@ def main() -> None:
         st.markdown(escape_markdown(question))
     with st.chat_message("assistant"):
         placeholder = st.empty()
-        pieces: list[str] = []
-        answer = None
-        try:
-            for item in engine.stream(question, st.session_state.conversation):
-                if isinstance(item, Answer):
-                    answer = item
-                else:
-                    pieces.append(item)
-                    placeholder.markdown(escape_markdown("".join(pieces)) + " ▌")
+        try:  # the text shown so far, a replacement (cad=auto, the conflict rewrite) included, then the answer
+            answer = consume(engine.stream(question, st.session_state.conversation),
+                             on_text=lambda shown: placeholder.markdown(escape_markdown(shown) + " ▌"))
         except IndexEmpty:
             placeholder.empty()
             msg = "The knowledge base is empty: upload documents on the Documents page (or run `tether ingest PATH`)."
@@ -97,9 +92,8 @@ def main() -> None:
             st.session_state.history.append({"question": question, "error": str(exc)})
             return
         placeholder.empty()
-        if answer is not None:
-            render_answer(answer, store)
-            st.session_state.history.append({"question": question, "answer": answer})
+        render_answer(answer, store)
+        st.session_state.history.append({"question": question, "answer": answer})
 
 
 main()

@@ -21,12 +21,16 @@ def _upload(cfg) -> None:
     )
     if not st.button("Ingest uploaded files", disabled=not files, type="primary", key="ingest"):
         return
-    saved, problems = [], []
+    uploads, problems = [], []
     for f in files or []:
         try:
-            saved.append(save_upload(cfg.data_dir, f.name, f.getvalue(), max_mb=limit))
+            uploads.append(save_upload(cfg.data_dir, f.name, f.getvalue(), max_mb=limit))
         except UploadRejected as exc:
             problems.append({"file": f.name, "status": "rejected", "reason": str(exc)})
+    for up in uploads:  # renamed because another file holds the name, or already uploaded
+        if up.message():
+            st.info(up.message())
+    saved = [up.path for up in uploads]
     bar = st.progress(0.0, text=f"Ingesting {len(saved)} file(s)…")
     search = resources.searcher(cfg)
 
@@ -35,9 +39,10 @@ def _upload(cfg) -> None:
 
     outcomes = library.ingest_files(cfg, saved, store=search.store, embedder=search.embedder, on_file=on_file) if saved else []
     bar.progress(1.0, text="Done")
-    for path, o in zip(saved, outcomes):
+    for up, o in zip(uploads, outcomes):
         if o.status in ("failed", "skipped"):
-            path.unlink(missing_ok=True)  # keep only what the knowledge base holds
+            if not up.identical:  # keep only what the knowledge base holds (and what was there before)
+                up.path.unlink(missing_ok=True)
             problems.append({"file": o.source, "status": o.status, "reason": o.reason})
         for w in o.warnings:
             problems.append({"file": o.source, "status": "warning", "reason": w})

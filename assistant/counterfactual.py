@@ -5,7 +5,7 @@ duration, date, time, role or person name) becomes another plausible value, ever
 in the context, and the gold answer changes with it. A model that answers with the new value
 follows its context; one that answers with the old value follows its memory of the corpus.
 
-    python -m training.counterfactual --from-qa examples/eval/qa.jsonl --out examples/eval/counterfactual.jsonl
+    python -m assistant.counterfactual --from-qa examples/eval/qa.jsonl --out examples/eval/counterfactual.jsonl
 
 JSONL schema, one case per line:
 
@@ -31,10 +31,11 @@ import json
 import logging
 import random
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
-from tether.text.quantities import extract_quantities, parse_number
+from tether.text.quantities import extract_quantities, find_numbers, find_times, number_word, parse_number
 
 if TYPE_CHECKING:
     from tether.config import TetherConfig
@@ -52,10 +53,7 @@ PERSONS = (
     "Claire Dubois", "Milan Svoboda", "Ingrid Olsen", "Pieter Bakker", "Lena Fischer", "Karel Dvorak",
 )
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
-_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
-_NUM = re.compile(r"(?<![A-Za-z\d.,])(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)|\b(?:" + "|".join(_WORDS[1:]) + r")\b", re.I)
-_TIME = re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)\b")
+_MAX_WORD = 20  # numbers written in words stay in words up to this value
 _MONTH = re.compile(r"\b(" + "|".join(MONTHS) + r")\b")
 _NAME = re.compile(r"^(?:the\s+)?((?:[A-Z][a-z]+(?:\s+(?:of|de|van|der)\s+|\s+)?){1,4})$")
 
@@ -66,7 +64,7 @@ _NAME = re.compile(r"^(?:the\s+)?((?:[A-Z][a-z]+(?:\s+(?:of|de|van|der)\s+|\s+)?
 def _fmt_like(old: str, value: float) -> str:
     """``value`` written the way ``old`` is: words stay words, commas and decimals are kept."""
     if old.isalpha():
-        word = _WORDS[int(value)] if int(value) < len(_WORDS) else str(int(value))
+        word = number_word(int(value)) if int(value) <= _MAX_WORD else str(int(value))
         return word.capitalize() if old[0].isupper() else word
     decimals = len(old.split(".")[1]) if "." in old else 0
     text = f"{value:,.{decimals}f}" if "," in old else f"{value:.{decimals}f}"
@@ -94,7 +92,7 @@ def _new_number(old: str, rng: random.Random, *, identifier: bool = False) -> st
             step = 10 ** (len(str(int(v))) - 2) if v >= 100 else (1 if v >= 10 and decimals == 0 else 10**-decimals or 1)
             step = step / 2 if v >= 100 and step >= 10 else step
             new = round(new / step) * step
-        if new > 0 and abs(new - v) > 1e-9 and (not old.isalpha() or new < len(_WORDS)):
+        if new > 0 and abs(new - v) > 1e-9 and (not old.isalpha() or new <= _MAX_WORD):
             return _fmt_like(old, new)
     raise ValueError(f"no replacement found for {old!r}")
 
@@ -104,12 +102,14 @@ def _replace_number(surface: str, old: str, new: str) -> str:
 
 
 def _numbers_in(text: str) -> list[tuple[str, float]]:
-    out = []
-    for m in _NUM.finditer(text):
-        v = parse_number(m.group(0))
-        if v is not None:
-            out.append((m.group(0), v))
-    return out
+    return [(n.text, n.value) for n in find_numbers(text)]
+
+
+def _shift_times(text: str, hours: int) -> str:
+    """Every clock time in text moved by ``hours`` (mod 24): '10:00 to 15:00' -> '09:00 to 14:00'."""
+    for t in reversed(find_times(text)):
+        text = text[: t.span[0]] + f"{(t.hour + hours) % 24:02d}:{t.minute:02d}" + text[t.span[1] :]
+    return text
 
 
 # -- picking the swap -------------------------------------------------------------------------
@@ -119,12 +119,12 @@ def _pick_swap(evidence: str, answers: list[str], rng: random.Random, pools: dic
     """The swap for one case: the value in ``evidence`` that the gold ``answers`` state; None if none."""
     answer_numbers = {v for a in answers for _, v in _numbers_in(a)}
     # 1. a time of day (or range of times) the answer gives
-    times = [m.group(0) for m in _TIME.finditer(evidence) if any(m.group(0) in a for a in answers)]
+    times = [t.text for t in find_times(evidence) if any(t.text in a for a in answers)]
     if times:
         shift = rng.choice([-2, -1, 1, 2])
         spans = [q.text for q in extract_quantities(evidence) if q.kind == "date" and q.unit == "time" and times[0] in q.text]
         frm = spans[0] if spans else times[0]
-        to = _TIME.sub(lambda m: f"{(int(m.group(1)) + shift) % 24:02d}:{m.group(2)}", frm)
+        to = _shift_times(frm, shift)
         return {"from": frm, "to": to, "kind": "time"}
     # 2. a quantity (amount, duration, count, percent) whose number the answer states
     for q in extract_quantities(evidence):
@@ -252,20 +252,15 @@ def _question_for(sentence: str, span: tuple[int, int]) -> str:
     return f'What value fills the blank in: "{blanked}"?'
 
 
-def from_corpus(cfg: "TetherConfig", *, n: int, seed: int = 0) -> list[dict]:
+def from_corpus(cfg: TetherConfig, *, n: int, seed: int = 0) -> list[dict]:
     """Up to ``n`` counterfactual cases from the chunks of the ingested collection (tether.db):
     chunks are sampled (seeded), a sentence stating a quantity is picked, a template question is
     built whose answer is that quantity, and the quantity is swapped throughout the chunk."""
+    from retrieval.ledger import Ledger
     from tether.text.sentences import split_sentences
 
-    from retrieval import ledger
-    from tether.db import connect
-
-    db = connect(cfg.db_path)
-    try:
-        rows = ledger.chunk_rows(db, cfg.retrieval.collection)
-    finally:
-        db.close()
+    with Ledger.open(cfg.db_path) as ledger:
+        rows = ledger.chunk_rows(cfg.retrieval.collection)
     rng = random.Random(seed)
     order = list(range(len(rows)))
     rng.shuffle(order)
@@ -306,14 +301,14 @@ def write_cases(path: str | Path, cases: Iterable[dict]) -> None:
     path.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases), encoding="utf-8")
 
 
-def _mentions(text: str, value: str, kind: str) -> bool:
+def mentions(text: str, value: str, kind: str) -> bool:
     if not value:
         return False
     if re.search(rf"(?<![\w]){re.escape(value)}(?![\w]|[.,]\d)", text, re.I):
         return True
     if kind == "time":  # every time of day in the value, "09:00" also written "9:00"
-        times = _TIME.findall(value)
-        return bool(times) and all(re.search(rf"(?<![\d:])0?{int(h)}:{m}(?!\d)", text) for h, m in times)
+        wanted = {(t.hour, t.minute) for t in find_times(value)}
+        return bool(wanted) and wanted <= {(t.hour, t.minute) for t in find_times(text)}
     if kind in ("date", "role", "name"):
         return False
     # the same number in another spelling: "five" for "5", "5,000" for "5000"
@@ -328,8 +323,8 @@ def follows_context(answer_text: str, case: dict) -> bool | None:
     original (with or without the new one); None: neither (a refusal or another value).
     Values match normalised: case, "five"/"5", "5,000"/"5000"; for numbers, the number alone."""
     swap = case["swap"]
-    new = _mentions(answer_text, swap["to"], swap["kind"])
-    old = _mentions(answer_text, swap["from"], swap["kind"])
+    new = mentions(answer_text, swap["to"], swap["kind"])
+    old = mentions(answer_text, swap["from"], swap["kind"])
     if old:
         return False
     return True if new else None
