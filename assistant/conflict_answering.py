@@ -33,7 +33,15 @@ def _quote(text: str) -> str:
 
 
 def _source_line(claim, n: int) -> str:
-    meta = [x for x in (f"dated {claim.date}" if claim.date else None, claim.authority, claim.status if claim.status and claim.status != "current" else None) if x]
+    meta = [
+        x
+        for x in (
+            f"dated {claim.date}" if claim.date else None,
+            claim.authority,
+            claim.status if claim.status and claim.status != "current" else None,
+        )
+        if x
+    ]
     return f"source {n} is {claim.source}" + (f" ({', '.join(meta)})" if meta else "")
 
 
@@ -91,7 +99,9 @@ def _statement(conflict, decision: Decision, na: int, nb: int, *, quote_winner: 
     return " ".join(parts)
 
 
-def split_statements(answer: str, resolved: Sequence[tuple[Any, Decision]], numbers: Mapping[str, int]) -> tuple[str, list[int]]:
+def split_statements(
+    answer: str, resolved: Sequence[tuple[Any, Decision]], numbers: Mapping[str, int]
+) -> tuple[str, list[int]]:
     """Take Tether's conflict statements off the end of an answer the engine wrote: (the answer
     without them, the indexes into ``resolved`` of the conflicts whose statement was there).
 
@@ -114,7 +124,9 @@ def split_statements(answer: str, resolved: Sequence[tuple[Any, Decision]], numb
     return text, found[::-1]
 
 
-_DISAGREE = re.compile(r"\b(disagree|conflict|contradict|differ|whereas|however|supersed|overrid|replac|outdated|older)", re.I)
+_DISAGREE = re.compile(
+    r"\b(disagree|conflict|contradict|differ|whereas|however|supersed|overrid|replac|outdated|older)", re.I
+)
 
 
 def names_conflict(answer: str, conflict, numbers: Mapping[str, int]) -> bool:

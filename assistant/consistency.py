@@ -38,7 +38,9 @@ def agree(a: str, b: str, similarity: float) -> bool:
     return similarity >= AGREE_SIMILARITY
 
 
-def check_consistency(generator, question: str, grounded_answer: str, embedder, params: GenParams | None = None) -> dict[str, Any]:
+def check_consistency(
+    generator, question: str, grounded_answer: str, embedder, params: GenParams | None = None
+) -> dict[str, Any]:
     """Closed-book answers to the question and two paraphrases, compared.
 
     Returns ``{"questions", "answers", "pairwise": [[i, j, sim, agree]], "consistent",

@@ -43,16 +43,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROLES = (
-    "Finance Director", "Head of Operations", "HR Manager", "Compliance Officer", "IT Security Lead",
-    "Facilities Manager", "Managing Director", "Data Protection Officer", "Head of Procurement",
-    "Chief Financial Officer", "Works Council Chair", "Quality Manager",
+    "Finance Director",
+    "Head of Operations",
+    "HR Manager",
+    "Compliance Officer",
+    "IT Security Lead",
+    "Facilities Manager",
+    "Managing Director",
+    "Data Protection Officer",
+    "Head of Procurement",
+    "Chief Financial Officer",
+    "Works Council Chair",
+    "Quality Manager",
 )
 ROLE_WORDS = ("Director", "Officer", "Lead", "Head", "Manager", "Chair", "Controller", "Coordinator")
 PERSONS = (
-    "Anna de Wit", "Lukas Novak", "Sofia Lindqvist", "Tomas Horak", "Eva Jansen", "Jonas Berg",
-    "Claire Dubois", "Milan Svoboda", "Ingrid Olsen", "Pieter Bakker", "Lena Fischer", "Karel Dvorak",
+    "Anna de Wit",
+    "Lukas Novak",
+    "Sofia Lindqvist",
+    "Tomas Horak",
+    "Eva Jansen",
+    "Jonas Berg",
+    "Claire Dubois",
+    "Milan Svoboda",
+    "Ingrid Olsen",
+    "Pieter Bakker",
+    "Lena Fischer",
+    "Karel Dvorak",
 )
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _MAX_WORD = 20  # numbers written in words stay in words up to this value
 _MONTH = re.compile(r"\b(" + "|".join(MONTHS) + r")\b")
 _NAME = re.compile(r"^(?:the\s+)?((?:[A-Z][a-z]+(?:\s+(?:of|de|van|der)\s+|\s+)?){1,4})$")
@@ -89,7 +121,9 @@ def _new_number(old: str, rng: random.Random, *, identifier: bool = False) -> st
                 continue
         else:
             new = v * rng.choice([0.5, 0.6, 0.75, 1.25, 1.4, 1.5, 1.6])
-            step = 10 ** (len(str(int(v))) - 2) if v >= 100 else (1 if v >= 10 and decimals == 0 else 10**-decimals or 1)
+            step = (
+                10 ** (len(str(int(v))) - 2) if v >= 100 else (1 if v >= 10 and decimals == 0 else 10**-decimals or 1)
+            )
             step = step / 2 if v >= 100 and step >= 10 else step
             new = round(new / step) * step
         if new > 0 and abs(new - v) > 1e-9 and (not old.isalpha() or new <= _MAX_WORD):
@@ -122,7 +156,9 @@ def _pick_swap(evidence: str, answers: list[str], rng: random.Random, pools: dic
     times = [t.text for t in find_times(evidence) if any(t.text in a for a in answers)]
     if times:
         shift = rng.choice([-2, -1, 1, 2])
-        spans = [q.text for q in extract_quantities(evidence) if q.kind == "date" and q.unit == "time" and times[0] in q.text]
+        spans = [
+            q.text for q in extract_quantities(evidence) if q.kind == "date" and q.unit == "time" and times[0] in q.text
+        ]
         frm = spans[0] if spans else times[0]
         to = _shift_times(frm, shift)
         return {"from": frm, "to": to, "kind": "time"}
@@ -140,7 +176,11 @@ def _pick_swap(evidence: str, answers: list[str], rng: random.Random, pools: dic
     # 3. a bare number the answer states (distances, phone numbers, frequencies)
     for old, v in _numbers_in(evidence):
         if v in answer_numbers:
-            ident = old.isdigit() and len(old) >= 3 and not any(f"{old} " in a and re.search(rf"{old}\s+[a-z]", a) for a in answers)
+            ident = (
+                old.isdigit()
+                and len(old) >= 3
+                and not any(f"{old} " in a and re.search(rf"{old}\s+[a-z]", a) for a in answers)
+            )
             return {"from": old, "to": _new_number(old, rng, identifier=ident), "kind": "number"}
     # 4. a month
     for a in answers:
@@ -154,7 +194,13 @@ def _pick_swap(evidence: str, answers: list[str], rng: random.Random, pools: dic
         if not m or m.group(1).strip() not in evidence:
             continue
         name = m.group(1).strip()
-        kind = "role" if name.split()[-1] in ROLE_WORDS or name.split()[0] == "Head" else "name" if len(name.split()) >= 2 else None
+        kind = (
+            "role"
+            if name.split()[-1] in ROLE_WORDS or name.split()[0] == "Head"
+            else "name"
+            if len(name.split()) >= 2
+            else None
+        )
         if kind:
             choices = sorted(set(pools[kind]) - {name})
             return {"from": name, "to": rng.choice(choices), "kind": kind}
@@ -176,7 +222,13 @@ def _swap_answer(answer: str, swap: dict) -> str:
     (_, old_v), (_, new_v) = old_nums[0], new_nums[0]
     for surface, v in _numbers_in(answer):
         if v == old_v:
-            out = _replace_number(answer, surface, _fmt_like(surface, new_v) if surface.isalpha() or new_v == int(new_v) or "." in surface else new_nums[0][0])
+            out = _replace_number(
+                answer,
+                surface,
+                _fmt_like(surface, new_v)
+                if surface.isalpha() or new_v == int(new_v) or "." in surface
+                else new_nums[0][0],
+            )
             if old_v == 1:  # "1 week" -> "3 weeks"
                 out = re.sub(r"^(\S+\s+(?:working\s+)?)(day|week|month|year|hour|minute)\b", r"\1\2s", out)
             return out
@@ -191,14 +243,18 @@ def make_counterfactuals(cases: Iterable[dict], *, seed: int = 0, per_case: int 
     evidence-less cases, and cases with no swappable value, are skipped). ``per_case`` variants each,
     with different replacement values. Roles and names are drawn from those the cases themselves
     answer plus a built-in list."""
-    cases = [c for c in cases if c.get("evidence") and (c.get("answers") or c.get("answer")) and not c.get("unanswerable")]
+    cases = [
+        c for c in cases if c.get("evidence") and (c.get("answers") or c.get("answer")) and not c.get("unanswerable")
+    ]
     pools = {"role": list(ROLES), "name": list(PERSONS)}
     for c in cases:  # names that the corpus uses for roles and people
         for a in c.get("answers") or [c.get("answer")]:
             m = _NAME.match(str(a).strip())
             if m:
                 name = m.group(1).strip()
-                (pools["role"] if name.split()[-1] in ROLE_WORDS else pools["name"] if len(name.split()) >= 2 else []).append(name)
+                (
+                    pools["role"] if name.split()[-1] in ROLE_WORDS else pools["name"] if len(name.split()) >= 2 else []
+                ).append(name)
     out = []
     for case in cases:
         answers = list(case.get("answers") or [case["answer"]])
@@ -236,7 +292,9 @@ def make_counterfactuals(cases: Iterable[dict], *, seed: int = 0, per_case: int 
     return out
 
 
-_COPULA = re.compile(r"^(?P<subject>.+?)\s+(?:is|are|costs?|takes?|lasts?)\s+(?:(?:at\s+least|up\s+to|about)\s+)?$", re.I)
+_COPULA = re.compile(
+    r"^(?P<subject>.+?)\s+(?:is|are|costs?|takes?|lasts?)\s+(?:(?:at\s+least|up\s+to|about)\s+)?$", re.I
+)
 
 
 def _question_for(sentence: str, span: tuple[int, int]) -> str:
@@ -271,7 +329,11 @@ def from_corpus(cfg: TetherConfig, *, n: int, seed: int = 0) -> list[dict]:
         row = rows[i]
         for start, end in split_sentences(row["text"]):
             sentence = row["text"][start:end]
-            qs = [q for q in extract_quantities(sentence) if q.kind in ("amount", "duration", "count", "percent") and _numbers_in(q.text)]
+            qs = [
+                q
+                for q in extract_quantities(sentence)
+                if q.kind in ("amount", "duration", "count", "percent") and _numbers_in(q.text)
+            ]
             if not qs:
                 continue
             q = qs[0]

@@ -40,10 +40,17 @@ from assistant.events import Event, Final, Replace, Token, consume
 from assistant.generators.base import Capabilities, GenParams, Grounding, Message, capabilities_of
 from assistant.generators.extractive import ExtractiveAnswerer, ExtractiveConfig
 from assistant.logstore import LogStore
-from assistant.prompts import REFUSAL, PromptSource, build_context_free_messages, build_messages, clean_reply, condense_query
+from assistant.prompts import (
+    REFUSAL,
+    PromptSource,
+    build_context_free_messages,
+    build_messages,
+    clean_reply,
+    condense_query,
+)
 from assistant.resolution import Decision, resolve
 from assistant.types import Answer, Citation, Conversation, Turn
-from retrieval.search import SearchHit, Searcher
+from retrieval.search import Searcher, SearchHit
 from tether.config import TetherConfig
 from tether.errors import BackendUnavailable, ConfigError
 from tether.text.sentences import citation_numbers, split_sentences, split_sentences_text
@@ -196,8 +203,17 @@ class Clock:
 
 
 class ChatEngine:
-    def __init__(self, cfg: TetherConfig, *, searcher: Searcher | None = None, generator=None, logstore: LogStore | None = None,
-                 fallback: str | None = None, log_turns: bool = True, model_source: ModelSource | None = None):
+    def __init__(
+        self,
+        cfg: TetherConfig,
+        *,
+        searcher: Searcher | None = None,
+        generator=None,
+        logstore: LogStore | None = None,
+        fallback: str | None = None,
+        log_turns: bool = True,
+        model_source: ModelSource | None = None,
+    ):
         self.cfg = cfg
         self.searcher = searcher or Searcher(cfg)
         self.embedder = self.searcher.embedder
@@ -221,7 +237,9 @@ class ChatEngine:
         if self._detector is None:
             from retrieval.conflicts import get_detector
 
-            self._detector = get_detector(self.embedder, nli_model=self.cfg.assistant.nli_model, config=self.cfg.conflicts)
+            self._detector = get_detector(
+                self.embedder, nli_model=self.cfg.assistant.nli_model, config=self.cfg.conflicts
+            )
         return self._detector
 
     # -- public -----------------------------------------------------------------------------
@@ -277,7 +295,9 @@ class ChatEngine:
         claims = found.claims_by_passage()
         shown = self.focus(question, passages, keep=set(claims))
         numbers = {h.id: n for n, h in enumerate(shown, start=1)}
-        notes = prompt_notes([found.conflicts[i] for i in found.relevant], [found.decisions[i] for i in found.relevant], numbers)
+        notes = prompt_notes(
+            [found.conflicts[i] for i in found.relevant], [found.decisions[i] for i in found.relevant], numbers
+        )
         messages = self.build_messages(question, shown, notes=notes, keep=claims)
         return Context(question, tuple(shown), tuple(messages))
 
@@ -312,9 +332,11 @@ class ChatEngine:
         also drops a sentence stating the overridden claim."""
         if draft.refused or not found.relevant:
             return Resolved(draft.text, draft.refused, (), draft.checked)
-        text, statements = self.add_conflict_statements(draft.text, context.passages, found.conflicts, found.decisions, found.relevant)
+        text, statements = self.add_conflict_statements(
+            draft.text, context.passages, found.conflicts, found.decisions, found.relevant
+        )
         if text.startswith(draft.text) and len(text) > len(draft.text):
-            yield Token(text[len(draft.text):])
+            yield Token(text[len(draft.text) :])
         elif text != draft.text:
             yield Replace(text, CONFLICT_REWRITE)
         return Resolved(text, False, tuple(statements), draft.checked if text == draft.text else None)
@@ -338,8 +360,16 @@ class ChatEngine:
         with (clock or Clock()).lap("consistency"):
             return check_consistency(self.generator, question, resolved.text, self.embedder)
 
-    def compose(self, retrieved: Retrieved, found: Findings, context: Context, resolved: Resolved, verification: Verification,
-                consistency: dict[str, Any] | None, latency_ms: dict[str, float]) -> Answer:
+    def compose(
+        self,
+        retrieved: Retrieved,
+        found: Findings,
+        context: Context,
+        resolved: Resolved,
+        verification: Verification,
+        consistency: dict[str, Any] | None,
+        latency_ms: dict[str, float],
+    ) -> Answer:
         return Answer(
             text=resolved.text,
             refused=resolved.refused,
@@ -364,7 +394,10 @@ class ChatEngine:
         conversation_id, turn_id = conversation.id, None
         if self.log_turns:
             conversation_id, turn_id = self.logstore.log_turn(
-                answer, collection=self.searcher.collection, conversation_id=conversation.id, user=conversation.user,
+                answer,
+                collection=self.searcher.collection,
+                conversation_id=conversation.id,
+                user=conversation.user,
                 prompt=[asdict(m) for m in context.messages] or None,
             )
         conversation.id = conversation_id
@@ -376,9 +409,15 @@ class ChatEngine:
     def params(self, context: Context, cad: bool) -> GenParams:
         """Decoding parameters; ``grounding`` carries the question and passages for generators that answer from them."""
         a = self.cfg.assistant
-        params = GenParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature, grounding=Grounding(context.question, context.passages))
+        params = GenParams(
+            max_new_tokens=a.max_new_tokens,
+            temperature=a.temperature,
+            grounding=Grounding(context.question, context.passages),
+        )
         if cad:
-            params = replace(params, cad_alpha=a.cad_alpha, cad_context_free=tuple(build_context_free_messages(context.question)))
+            params = replace(
+                params, cad_alpha=a.cad_alpha, cad_context_free=tuple(build_context_free_messages(context.question))
+            )
         return params
 
     def _decode(self, context: Context, cad: bool, clock: Clock | None = None) -> Streaming[Event, None, str]:
@@ -403,7 +442,12 @@ class ChatEngine:
             return Draft(raw or REFUSAL, refused=not raw or raw == REFUSAL, cad=cad)
         text = clean_reply(raw)
         lower = text.lower()
-        refused = not context.passages or not text or text == REFUSAL or any(m.lower() in lower for m in self.cfg.assistant.refusal_markers)
+        refused = (
+            not context.passages
+            or not text
+            or text == REFUSAL
+            or any(m.lower() in lower for m in self.cfg.assistant.refusal_markers)
+        )
         if refused:
             return Draft(text or REFUSAL, refused=True, cad=cad)
         return Draft(self.attach_citations(text, context.passages), refused=False, cad=cad)
@@ -453,7 +497,14 @@ class ChatEngine:
 
     # -- context steps ----------------------------------------------------------------------
 
-    def build_messages(self, question: str, passages: Sequence[SearchHit], *, notes: Sequence[str] = (), keep: dict[str, list[str]] | None = None):
+    def build_messages(
+        self,
+        question: str,
+        passages: Sequence[SearchHit],
+        *,
+        notes: Sequence[str] = (),
+        keep: dict[str, list[str]] | None = None,
+    ):
         """The grounded prompt: each passage's context (see ``contexts``), the notes (conflicts), the question."""
         contexts = self.contexts(question, passages, keep=keep)
         sources = [
@@ -478,7 +529,9 @@ class ChatEngine:
         best = max(scores)
         return [h for h, s in zip(passages, scores) if s >= best - self.cfg.assistant.focus_margin or h.id in keep]
 
-    def contexts(self, question: str, passages: Sequence[SearchHit], keep: dict[str, list[str]] | None = None) -> list[str]:
+    def contexts(
+        self, question: str, passages: Sequence[SearchHit], keep: dict[str, list[str]] | None = None
+    ) -> list[str]:
         """What the LLM sees of each passage: its three most relevant sentences in reading order
         (shorter prompt, sharper focus), or the whole passage. Sentences in ``keep`` (conflicting
         claims, by passage id) are always shown."""
@@ -516,7 +569,9 @@ class ChatEngine:
     def _scored_sentences(self, question: str, hit: SearchHit) -> list[tuple[float, str]]:
         key = (question, hit.id)
         if key not in self._sentence_cache:
-            spans = [(s, e) for s, e in split_sentences(hit.text) if len(hit.text[s:e].split()) >= 3] or [(0, len(hit.text))]
+            spans = [(s, e) for s, e in split_sentences(hit.text) if len(hit.text[s:e].split()) >= 3] or [
+                (0, len(hit.text))
+            ]
             texts = [" ".join(hit.text[s:e].split()) for s, e in spans]
             vecs = self.embedder.embed_batch([question] + texts)
             scores = vecs[1:] @ vecs[0] + LEXICAL_WEIGHT * lexical_overlap(question, texts)

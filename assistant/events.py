@@ -11,8 +11,8 @@ The CLI (``tether ask``, ``tether chat``) and the app's Chat page all go through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from assistant.types import Answer
 

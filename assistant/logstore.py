@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from assistant.generators.base import Message
 from assistant.types import Answer
@@ -127,56 +128,110 @@ class LogStore:
     def new_conversation(self, user: str | None = None, title: str | None = None) -> str:
         cid = uuid.uuid4().hex
         with transaction(self.db) as db:
-            db.execute("INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)", (cid, user, title, now_iso()))
+            db.execute(
+                "INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)",
+                (cid, user, title, now_iso()),
+            )
         return cid
 
-    def log_turn(self, answer: Answer, *, collection: str, conversation_id: str | None, user: str | None = None, prompt: Any = None) -> tuple[str, str]:
+    def log_turn(
+        self,
+        answer: Answer,
+        *,
+        collection: str,
+        conversation_id: str | None,
+        user: str | None = None,
+        prompt: Any = None,
+    ) -> tuple[str, str]:
         """Write a whole turn in one transaction; return (conversation_id, turn_id)."""
         turn_id = uuid.uuid4().hex
         cited = {c.passage_id for c in answer.citations}
         with transaction(self.db) as db:
-            if conversation_id is None or not db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
+            if (
+                conversation_id is None
+                or not db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            ):
                 conversation_id = conversation_id or uuid.uuid4().hex
                 db.execute(
                     "INSERT INTO conversations (id, user, title, created_at) VALUES (?, ?, ?, ?)",
                     (conversation_id, user, answer.question[:80], now_iso()),
                 )
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)).fetchone()[0]
+            seq = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
             g = answer.generator
             db.execute(
                 "INSERT INTO turns (id, conversation_id, seq, collection, question, query, answer, refused, generator, model,"
                 " adapter, adapter_hash, decoding, fallback, groundedness, policy, latency_json, prompt_json, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    turn_id, conversation_id, seq, collection, answer.question, answer.query, answer.text, int(answer.refused),
-                    g.backend, g.model, g.adapter, g.adapter_hash, g.decoding, answer.fallback, answer.groundedness,
-                    answer.policy, json.dumps(answer.latency_ms), json.dumps(prompt) if prompt is not None else None, now_iso(),
+                    turn_id,
+                    conversation_id,
+                    seq,
+                    collection,
+                    answer.question,
+                    answer.query,
+                    answer.text,
+                    int(answer.refused),
+                    g.backend,
+                    g.model,
+                    g.adapter,
+                    g.adapter_hash,
+                    g.decoding,
+                    answer.fallback,
+                    answer.groundedness,
+                    answer.policy,
+                    json.dumps(answer.latency_ms),
+                    json.dumps(prompt) if prompt is not None else None,
+                    now_iso(),
                 ),
             )
             db.executemany(
                 "INSERT INTO retrievals (turn_id, rank, passage_id, source, score, cited) VALUES (?, ?, ?, ?, ?, ?)",
-                [(turn_id, i, h.id, h.source, h.score, int(h.id in cited)) for i, h in enumerate(answer.passages, start=1)],
+                [
+                    (turn_id, i, h.id, h.source, h.score, int(h.id in cited))
+                    for i, h in enumerate(answer.passages, start=1)
+                ],
             )
             db.executemany(
                 "INSERT INTO citations (turn_id, idx, n, passage_id, source, sentence, start_char, end_char, supported, score)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (turn_id, i, c.n, c.passage_id, c.source, c.sentence, c.span[0] if c.span else None,
-                     c.span[1] if c.span else None, int(c.supported), c.score)
+                    (
+                        turn_id,
+                        i,
+                        c.n,
+                        c.passage_id,
+                        c.source,
+                        c.sentence,
+                        c.span[0] if c.span else None,
+                        c.span[1] if c.span else None,
+                        int(c.supported),
+                        c.score,
+                    )
                     for i, c in enumerate(answer.citations)
                 ],
             )
             db.executemany(
                 "INSERT INTO conflicts (turn_id, idx, kind, claims_json, decision, policy) VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (turn_id, i, getattr(c, "kind", "unknown"), json.dumps(c.to_json() if hasattr(c, "to_json") else c),
-                     json.dumps({**d.to_json(), "relevant": i in answer.relevant_conflicts}) if d is not None else None,
-                     answer.policy)
+                    (
+                        turn_id,
+                        i,
+                        getattr(c, "kind", "unknown"),
+                        json.dumps(c.to_json() if hasattr(c, "to_json") else c),
+                        json.dumps({**d.to_json(), "relevant": i in answer.relevant_conflicts})
+                        if d is not None
+                        else None,
+                        answer.policy,
+                    )
                     for i, (c, d) in enumerate(answer.conflict_decisions())
                 ],
             )
             if answer.consistency is not None:
-                db.execute("UPDATE turns SET consistency_json = ? WHERE id = ?", (json.dumps(answer.consistency), turn_id))
+                db.execute(
+                    "UPDATE turns SET consistency_json = ? WHERE id = ?", (json.dumps(answer.consistency), turn_id)
+                )
         return conversation_id, turn_id
 
     def add_feedback(
@@ -224,14 +279,24 @@ class LogStore:
         out = dict(row)
         out["latency_ms"] = json.loads(out.pop("latency_json"))
         out["prompt"] = json.loads(out.pop("prompt_json")) if out.get("prompt_json") else None
-        out["retrievals"] = [dict(r) for r in db.execute("SELECT * FROM retrievals WHERE turn_id = ? ORDER BY rank", (turn_id,))]
-        out["citations"] = [dict(r) for r in db.execute("SELECT * FROM citations WHERE turn_id = ? ORDER BY idx", (turn_id,))]
+        out["retrievals"] = [
+            dict(r) for r in db.execute("SELECT * FROM retrievals WHERE turn_id = ? ORDER BY rank", (turn_id,))
+        ]
+        out["citations"] = [
+            dict(r) for r in db.execute("SELECT * FROM citations WHERE turn_id = ? ORDER BY idx", (turn_id,))
+        ]
         out["consistency"] = json.loads(out.pop("consistency_json")) if out.get("consistency_json") else None
         out["conflicts"] = [
-            {**dict(r), "claims": json.loads(r["claims_json"]), "decision": json.loads(r["decision"]) if r["decision"] else None}
+            {
+                **dict(r),
+                "claims": json.loads(r["claims_json"]),
+                "decision": json.loads(r["decision"]) if r["decision"] else None,
+            }
             for r in db.execute("SELECT * FROM conflicts WHERE turn_id = ? ORDER BY idx", (turn_id,))
         ]
-        out["feedback"] = [dict(r) for r in db.execute("SELECT * FROM feedback WHERE turn_id = ? ORDER BY id", (turn_id,))]
+        out["feedback"] = [
+            dict(r) for r in db.execute("SELECT * FROM feedback WHERE turn_id = ? ORDER BY id", (turn_id,))
+        ]
         return out
 
     def export(self) -> Iterator[dict[str, Any]]:
@@ -252,7 +317,9 @@ class LogStore:
         return [_turn_row(r, tuple(feedback[tid])) for tid, r in rows.items()]
 
     def turn_row(self, turn_id: str) -> TurnRow:
-        row = self.db.execute("SELECT id, question, answer, refused, collection, prompt_json FROM turns WHERE id = ?", (turn_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT id, question, answer, refused, collection, prompt_json FROM turns WHERE id = ?", (turn_id,)
+        ).fetchone()
         if row is None:
             raise TetherError(f"no turn with id {turn_id}")
         return _turn_row(row, ())
@@ -272,14 +339,18 @@ class LogStore:
         for h in hits:
             c = chunks.get(h.passage_id)
             out.append(
-                RetrievedPassage(h.rank, h.passage_id, c.text, c.title, c.doc_date, c.authority, c.status) if c is not None
+                RetrievedPassage(h.rank, h.passage_id, c.text, c.title, c.doc_date, c.authority, c.status)
+                if c is not None
                 else RetrievedPassage(h.rank, h.passage_id, None, None, None, None, None)
             )
         return out
 
     def answered_conflicts(self) -> list[ConflictRow]:
         """The conflicts logged for turns that were answered (not refused), oldest turn first."""
-        return [ConflictRow(r["turn_id"], r["idx"], r["kind"], r["claims_json"], r["decision"]) for r in self.db.execute(CONFLICT_QUERY)]
+        return [
+            ConflictRow(r["turn_id"], r["idx"], r["kind"], r["claims_json"], r["decision"])
+            for r in self.db.execute(CONFLICT_QUERY)
+        ]
 
 
 def _turn_row(r, feedback: tuple[tuple[str, str | None], ...]) -> TurnRow:

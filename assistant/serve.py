@@ -34,11 +34,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator, Sequence
 
-from assistant.generators.base import GenParams, Generator, Message
+from assistant.generators.base import Generator, GenParams, Message
 from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,15 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class RequestError(Exception):
     """A request the server refuses; becomes an OpenAI-style error body."""
 
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -126,7 +134,9 @@ def parse_request(body: bytes, model_name: str) -> tuple[list[Message], GenParam
         if role in ROLES:
             messages.append(Message(role, content))
     if messages and messages[-1].role == "assistant":
-        problems.append("the last message must be from the user or system, not the assistant (prefill is not supported)")
+        problems.append(
+            "the last message must be from the user or system, not the assistant (prefill is not supported)"
+        )
 
     for name in _INT_FIELDS:
         value = req.get(name)
@@ -179,7 +189,9 @@ def parse_request(body: bytes, model_name: str) -> tuple[list[Message], GenParam
         temperature=defaults.temperature if req.get("temperature") is None else float(req["temperature"]),
         top_p=defaults.top_p if req.get("top_p") is None else float(req["top_p"]),
         top_k=req.get("top_k") or 0,
-        repetition_penalty=defaults.repetition_penalty if req.get("repetition_penalty") is None else float(req["repetition_penalty"]),
+        repetition_penalty=defaults.repetition_penalty
+        if req.get("repetition_penalty") is None
+        else float(req["repetition_penalty"]),
         seed=req.get("seed"),
         stop=tuple(stop),
     )
@@ -197,7 +209,7 @@ def parse_request(body: bytes, model_name: str) -> tuple[list[Message], GenParam
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "TetherHTTPServer"
+    server: TetherHTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive; streams use chunked transfer encoding
     timeout = 300  # seconds an idle keep-alive connection may hold a thread
 
@@ -231,7 +243,9 @@ class _Handler(BaseHTTPRequestHandler):
         given = self.headers.get("Authorization", "")
         if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             return True
-        self._send_error(RequestError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"))
+        self._send_error(
+            RequestError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key")
+        )
         return False
 
     def _path(self) -> str:
@@ -243,15 +257,33 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         if path == "/health":
             gen = self.server.generator
-            self._send_json(200, {"status": "ok", "model": self.server.model_name, "generator": asdict(gen.identity) if hasattr(gen, "identity") else None})
+            self._send_json(
+                200,
+                {
+                    "status": "ok",
+                    "model": self.server.model_name,
+                    "generator": asdict(gen.identity) if hasattr(gen, "identity") else None,
+                },
+            )
         elif path == "/v1/models":
             if self._authorized():
-                model = {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "tether"}
+                model = {
+                    "id": self.server.model_name,
+                    "object": "model",
+                    "created": self.server.created,
+                    "owned_by": "tether",
+                }
                 self._send_json(200, {"object": "list", "data": [model]})
         elif path == "/v1/chat/completions":
             self._send_error(RequestError(405, "use POST for /v1/chat/completions"))
         else:
-            self._send_error(RequestError(404, f"no route {path}; try POST /v1/chat/completions, GET /v1/models or GET /health", code="not_found"))
+            self._send_error(
+                RequestError(
+                    404,
+                    f"no route {path}; try POST /v1/chat/completions, GET /v1/models or GET /health",
+                    code="not_found",
+                )
+            )
 
     def do_POST(self) -> None:
         path = self._path()
@@ -266,7 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(length))
         if path != "/v1/chat/completions":
-            self._send_error(RequestError(404, f"no route POST {path}; try POST /v1/chat/completions", code="not_found"))
+            self._send_error(
+                RequestError(404, f"no route POST {path}; try POST /v1/chat/completions", code="not_found")
+            )
             return
         if not self._authorized():
             return
@@ -315,7 +349,14 @@ class _Handler(BaseHTTPRequestHandler):
             if close is not None:
                 close()  # stops the decode loop when the client left early
         if text is not None:
-            log.info("%s: %d messages -> %d chars in %.0f ms%s", rid, len(messages), len(text), (time.perf_counter() - t0) * 1000, " (stream)" if stream else "")
+            log.info(
+                "%s: %d messages -> %d chars in %.0f ms%s",
+                rid,
+                len(messages),
+                len(text),
+                (time.perf_counter() - t0) * 1000,
+                " (stream)" if stream else "",
+            )
 
     def _whole(self, rid, created, head, pieces, messages, params) -> str | None:
         try:
@@ -332,7 +373,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "object": "chat.completion",
                 "created": created,
                 "model": self.server.model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": _finish_reason(self.server.generator, params)}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": _finish_reason(self.server.generator, params),
+                    }
+                ],
                 "usage": _usage(self.server.generator, messages, text),
             },
         )
@@ -366,14 +413,25 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             # headers are gone: report in the stream, as vLLM does; no [DONE] so it does not look finished
             log.exception("%s: generation failed mid-stream", rid)
-            self._event({"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}})
+            self._event(
+                {"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}}
+            )
             self._chunk(b"")
             self.close_connection = True
             return None
         text = "".join(sent)
         self._event(chunk({}, _finish_reason(self.server.generator, params)))
         if include_usage:
-            self._event({"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.server.model_name, "choices": [], "usage": _usage(self.server.generator, messages, text)})
+            self._event(
+                {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": self.server.model_name,
+                    "choices": [],
+                    "usage": _usage(self.server.generator, messages, text),
+                }
+            )
         self._event(b"[DONE]")
         self._chunk(b"")  # end of the chunked body
         return text
@@ -390,7 +448,7 @@ def _stats(gen) -> dict:
 
 
 def _finish_reason(gen, params: GenParams) -> str:
-    """"length" when the generator says it used all of max_tokens, else "stop"."""
+    """ "length" when the generator says it used all of max_tokens, else "stop"."""
     stats = _stats(gen)
     if stats.get("finish_reason") in ("stop", "length"):
         return stats["finish_reason"]
@@ -446,7 +504,9 @@ def make_server(
     """
     problems = []
     if not callable(getattr(generator, "stream", None)):
-        problems.append(f"the generator ({type(generator).__name__}) has no stream(messages, params) method; serve an hf or openai generator")
+        problems.append(
+            f"the generator ({type(generator).__name__}) has no stream(messages, params) method; serve an hf or openai generator"
+        )
     if not model_name:
         problems.append("model_name must not be empty")
     if problems:
@@ -456,7 +516,13 @@ def make_server(
     return TetherHTTPServer((host, port), generator, model_name, api_key)
 
 
-def serve(generator: Generator, host: str = "127.0.0.1", port: int = 8000, model_name: str = "tether", api_key: str | None = None) -> None:
+def serve(
+    generator: Generator,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str = "tether",
+    api_key: str | None = None,
+) -> None:
     """Serve ``generator`` until interrupted (Ctrl-C)."""
     server = make_server(generator, host, port, model_name, api_key)
     log.info("serving %s (%s) at %s", model_name, getattr(generator, "identity", None), server.url)

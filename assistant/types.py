@@ -95,8 +95,16 @@ class Answer:
             "policy": self.policy,
             "consistency": self.consistency,
             "sources": [
-                {"n": i, "id": h.id, "source": h.source, "title": h.title, "span": list(h.span), "date": h.date,
-                 "authority": h.authority, "score": h.score}
+                {
+                    "n": i,
+                    "id": h.id,
+                    "source": h.source,
+                    "title": h.title,
+                    "span": list(h.span),
+                    "date": h.date,
+                    "authority": h.authority,
+                    "score": h.score,
+                }
                 for i, h in enumerate(self.passages, start=1)
             ],
             "generator": asdict(self.generator),

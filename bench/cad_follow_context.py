@@ -42,7 +42,9 @@ def main() -> None:
     ap.add_argument("--cases", type=Path, default=ROOT / "examples" / "eval" / "counterfactual.jsonl")
     ap.add_argument("--limit", type=int, default=0, help="first N cases (0 = all)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--model-dir", type=Path, default=None, help="a converted SmolLM2 folder (default: install into --data-dir)")
+    ap.add_argument(
+        "--model-dir", type=Path, default=None, help="a converted SmolLM2 folder (default: install into --data-dir)"
+    )
     ap.add_argument("--data-dir", type=Path, default=ROOT / ".tether")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "cad_follow_context.json")
     args = ap.parse_args()
@@ -52,11 +54,11 @@ def main() -> None:
 
     import torch
 
+    from assistant.counterfactual import follows_context, load_cases
     from assistant.generators.base import GenParams
     from assistant.generators.hf import HFGenerator
     from assistant.models import install_smollm2
     from assistant.prompts import PromptSource, build_context_free_messages, build_messages
-    from assistant.counterfactual import follows_context, load_cases
 
     model_dir = args.model_dir or install_smollm2(args.data_dir / "models")
     gen = HFGenerator(model_dir, device="cpu", prefix_cache=False)
@@ -68,15 +70,27 @@ def main() -> None:
         src = [PromptSource(case.get("source") or "document", case["context"])]
         for name, alpha, faithful in SETTINGS:
             messages = build_messages(case["question"], src, faithful=faithful)
-            params = GenParams(max_new_tokens=args.max_new_tokens, cad_alpha=alpha, cad_context_free=free if alpha else ())
+            params = GenParams(
+                max_new_tokens=args.max_new_tokens, cad_alpha=alpha, cad_context_free=free if alpha else ()
+            )
             t0 = time.perf_counter()
             text = "".join(gen.stream(messages, params))
             wall = time.perf_counter() - t0
             st = gen.last_stats
             per_token = (st["total_ms"] - st["ttft_ms"]) / max(1, st["new_tokens"] - 1)
             verdict = follows_context(text, case)
-            rows.append({"id": case["id"], "setting": name, "answer": text, "verdict": verdict, "ms_per_token": per_token,
-                         "ttft_ms": st["ttft_ms"], "new_tokens": st["new_tokens"], "wall_s": wall})
+            rows.append(
+                {
+                    "id": case["id"],
+                    "setting": name,
+                    "answer": text,
+                    "verdict": verdict,
+                    "ms_per_token": per_token,
+                    "ttft_ms": st["ttft_ms"],
+                    "new_tokens": st["new_tokens"],
+                    "wall_s": wall,
+                }
+            )
             log.info("%s %-16s %-5s %s", case["id"], name, verdict, text[:80].replace("\n", " "))
 
     summary = {}
@@ -92,21 +106,32 @@ def main() -> None:
             "ttft_ms_p50": statistics.median(r["ttft_ms"] for r in mine),
         }
     result = {
-        "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "model": str(model_dir),
-        "max_new_tokens": args.max_new_tokens, "summary": summary, "rows": rows,
+        "date": time.strftime("%Y-%m-%d"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": str(model_dir),
+        "max_new_tokens": args.max_new_tokens,
+        "summary": summary,
+        "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     base = summary["plain"]["ms_per_token"]
-    lines = ["| setting | follows context | states original | neither | decode ms/token | vs plain | TTFT p50 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| setting | follows context | states original | neither | decode ms/token | vs plain | TTFT p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, s in summary.items():
         n = s["cases"]
         lines.append(
             f"| {name} | {s['follows']}/{n} ({s['follows'] / n:.0%}) | {s['original']}/{n} ({s['original'] / n:.0%}) | "
             f"{s['neither']}/{n} ({s['neither'] / n:.0%}) | {s['ms_per_token']:.1f} | {s['ms_per_token'] / base:.2f}x | {s['ttft_ms_p50']:.0f} |"
         )
-    lines.append(f"\nSmolLM2-135M-Instruct, greedy, {len(cases)} counterfactual cases, {result['date']}, {result['platform']}, {result['cpus']} CPUs.")
+    lines.append(
+        f"\nSmolLM2-135M-Instruct, greedy, {len(cases)} counterfactual cases, {result['date']}, {result['platform']}, {result['cpus']} CPUs."
+    )
     sys.stdout.write("\n".join(lines) + "\n")
 
 

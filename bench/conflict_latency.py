@@ -57,11 +57,11 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-    from tether.config import load_config
     from retrieval.conflicts import RuleConflictDetector
     from retrieval.embeddings import embedder_for
     from retrieval.ingest import ingest
     from retrieval.search import Searcher
+    from tether.config import load_config
 
     qs = questions()
     with tempfile.TemporaryDirectory(prefix="tether-conflicts-") as tmp:
@@ -99,7 +99,12 @@ def main() -> None:
         searcher.close()
 
     def stats(xs):
-        return {"p50": round(_p(xs, 0.5), 2), "p95": round(_p(xs, 0.95), 2), "mean": round(statistics.fmean(xs), 2), "n": len(xs)}
+        return {
+            "p50": round(_p(xs, 0.5), 2),
+            "p95": round(_p(xs, 0.95), 2),
+            "mean": round(statistics.fmean(xs), 2),
+            "n": len(xs),
+        }
 
     s50 = _p(search_ms, 0.5)
     result = {
@@ -113,8 +118,12 @@ def main() -> None:
         "conflicts_per_question": round(statistics.fmean(n_conflicts), 2),
         "questions_with_conflicts": sum(1 for n in n_conflicts if n),
         "claims_per_question": round(statistics.fmean(n_claims), 1),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "embedder": cfg.retrieval.embed_identity},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "embedder": cfg.retrieval.embed_identity,
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

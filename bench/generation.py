@@ -34,8 +34,8 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,13 +51,18 @@ def _pct(values, q):
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-
-
 # -- GPU: 8B-shaped random model, hf loop vs model.generate ---------------------------------------
 
 LLAMA_8B = dict(
-    hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-    vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
 )
 
 
@@ -69,8 +74,12 @@ def _save_random_8b(out_dir: Path, layers: int) -> Path:
     from tests.tiny_llm import make_tokenizer
 
     tok = make_tokenizer()
-    config = LlamaConfig(**{**LLAMA_8B, "num_hidden_layers": layers}, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        **{**LLAMA_8B, "num_hidden_layers": layers},
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     # the vocabulary stays 128k (the real LM head cost); EOS is never the argmax of random logits in practice
@@ -93,7 +102,10 @@ def gpu_main(args) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tether-gpubench-"))
     model_dir = _save_random_8b(work / "llama8b", args.gpu_layers)
-    messages = [Message("system", "Answer from the sources."), Message("user", "Sources: " + "The canteen opens at 07:45. " * 40 + "Question: when?")]
+    messages = [
+        Message("system", "Answer from the sources."),
+        Message("user", "Sources: " + "The canteen opens at 07:45. " * 40 + "Question: when?"),
+    ]
     free = (Message("system", "Answer the question."), Message("user", "Question: when?"))
     n = args.gpu_new_tokens
     rows = []
@@ -112,8 +124,13 @@ def gpu_main(args) -> None:
 
         def plain():
             with torch.inference_mode():
-                return gen.model.generate(plain_in, attention_mask=torch.ones_like(plain_in), max_new_tokens=n,
-                                          min_new_tokens=n, do_sample=False)
+                return gen.model.generate(
+                    plain_in,
+                    attention_mask=torch.ones_like(plain_in),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                )
 
         def hf(cad: float = 0.0):
             params = GenParams(max_new_tokens=n, cad_alpha=cad, cad_context_free=free if cad else ())
@@ -124,7 +141,7 @@ def gpu_main(args) -> None:
             hf(0.5)
         plain()
         measured = {}
-        for rep in range(args.gpu_repeats):
+        for _ in range(args.gpu_repeats):
             _, t_plain = timed(plain)
             measured.setdefault("plain generate", []).append((n - 1) / t_plain)  # includes prefill: a lower bound
             for name, cad in (("hf loop", 0.0), ("hf loop + CAD 0.5", 0.5)):
@@ -132,22 +149,42 @@ def gpu_main(args) -> None:
                 tok_s = (st["new_tokens"] - 1) / max(1e-9, (st["total_ms"] - st["ttft_ms"]) / 1000)
                 measured.setdefault(name, []).append(tok_s)
         for name, vals in measured.items():
-            rows.append({"quant": quant, "loop": name, "tokens_per_s": statistics.median(vals), "compiled": gen.compile,
-                         "cache": gen.cache_kind})
+            rows.append(
+                {
+                    "quant": quant,
+                    "loop": name,
+                    "tokens_per_s": statistics.median(vals),
+                    "compiled": gen.compile,
+                    "cache": gen.cache_kind,
+                }
+            )
             log.info("%s %s: %.1f tokens/s", quant, name, statistics.median(vals))
-        del gen
+        gen = None  # frees the model before the next quantization
         torch.cuda.empty_cache()
 
-    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-              "layers": args.gpu_layers, "new_tokens": n, "rows": rows}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "layers": args.gpu_layers,
+        "new_tokens": n,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    lines = ["| weights | loop | decode tokens/s (batch 1) | vs plain generate | per-token cost vs hf loop |", "|---|---|---:|---:|---:|"]
+    lines = [
+        "| weights | loop | decode tokens/s (batch 1) | vs plain generate | per-token cost vs hf loop |",
+        "|---|---|---:|---:|---:|",
+    ]
     for quant in args.gpu_quant:
         mine = {r["loop"]: r["tokens_per_s"] for r in rows if r["quant"] == quant}
         for loop, tps in mine.items():
-            lines.append(f"| {quant} | {loop} | {tps:.1f} | {tps / mine['plain generate']:.2f}x | {mine['hf loop'] / tps:.2f}x |")
-    lines.append(f"\nLlama-3.1-8B shape ({args.gpu_layers} layers), random init, {n} new tokens, {result['device']}, {result['date']}.")
+            lines.append(
+                f"| {quant} | {loop} | {tps:.1f} | {tps / mine['plain generate']:.2f}x | {mine['hf loop'] / tps:.2f}x |"
+            )
+    lines.append(
+        f"\nLlama-3.1-8B shape ({args.gpu_layers} layers), random init, {n} new tokens, {result['device']}, {result['date']}."
+    )
     sys.stdout.write("\n".join(lines) + "\n")
 
 
@@ -179,8 +216,8 @@ def main() -> None:
     from assistant.events import Final, Token
     from assistant.models import install_smollm2
     from assistant.prompts import PromptSource, build_messages
-    from tether.config import load_config
     from retrieval.ingest import ingest
+    from tether.config import load_config
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="tether-genbench-"))
     cfg = load_config(data_dir)
@@ -206,7 +243,9 @@ def main() -> None:
         def end(self):
             pass
 
-    questions = [json.loads(line) for line in (ROOT / "examples" / "eval" / "qa.jsonl").read_text().splitlines() if line.strip()]
+    questions = [
+        json.loads(line) for line in (ROOT / "examples" / "eval" / "qa.jsonl").read_text().splitlines() if line.strip()
+    ]
     questions = [q for q in questions if not q.get("unanswerable")][: args.questions]
     rows = []
     engine.answer("warm-up: how long is the probation period?")
@@ -225,13 +264,17 @@ def main() -> None:
 
         t0 = time.perf_counter()
         hits = engine.searcher.search(q["question"], k=cfg.assistant.top_k)
-        messages = build_messages(q["question"], [PromptSource(h.title, h.text, h.date, h.authority, h.status) for h in hits])
+        messages = build_messages(
+            q["question"], [PromptSource(h.title, h.text, h.date, h.authority, h.status) for h in hits]
+        )
         chat = [{"role": m.role, "content": m.content} for m in messages]
         streamer = FirstToken()
         out = pipe(chat, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer, return_full_text=False)
         p_total = time.perf_counter() - t0
         p_first = (streamer.first or time.perf_counter()) - t0
-        plain_prompt_tokens = len(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        plain_prompt_tokens = len(
+            tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        )
         gold = q.get("answers") or []
         row = {
             "id": q["id"],

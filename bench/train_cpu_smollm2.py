@@ -31,8 +31,15 @@ import os  # noqa: E402
 import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = ("conflicts.follow_context.plain", "conflicts.follow_context.cad", "grounding.groundedness", "grounding.citation_precision",
-           "answers.contains", "answers.f1", "answers.refusal_accuracy")
+METRICS = (
+    "conflicts.follow_context.plain",
+    "conflicts.follow_context.cad",
+    "grounding.groundedness",
+    "grounding.citation_precision",
+    "answers.contains",
+    "answers.f1",
+    "answers.refusal_accuracy",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kto-steps", type=int, default=20)
     p.add_argument("--feedback", type=int, default=24, help="questions answered for simulated feedback")
     p.add_argument("--counterfactuals", type=int, default=60)
-    p.add_argument("--eval-cases", type=int, default=12, help="QA questions and counterfactual cases each, from examples/eval")
+    p.add_argument(
+        "--eval-cases", type=int, default=12, help="QA questions and counterfactual cases each, from examples/eval"
+    )
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     args = p.parse_args(argv)
@@ -57,15 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from assistant.counterfactual import from_corpus
     from assistant.engine import ChatEngine
     from assistant.evaluation.gate import gate
     from assistant.evaluation.suites import run_suite
     from assistant.models import install_smollm2
+    from retrieval.ingest import ingest
     from tether.config import load_config
     from tether.db import connect
-    from retrieval.ingest import ingest
     from training.config import DataConfig, load_train_config
-    from assistant.counterfactual import from_corpus
     from training.data import build_datasets
     from training.registry import record_dataset
     from training.trainers import run
@@ -91,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     def held_out(case: dict) -> bool:
         ctx = case.get("context", "")
         return not any(e and (e[:60] in ctx or e[:60] in case.get("evidence", "")) for e in eval_texts) and not any(
-            case["question"] == r["question"] for r in eval_rows)
+            case["question"] == r["question"] for r in eval_rows
+        )
 
     # 2. simulated feedback on real engine turns
     t = time.perf_counter()
@@ -118,8 +128,13 @@ def main(argv: list[str] | None = None) -> None:
 
     tok = AutoTokenizer.from_pretrained(cfg.models_dir / "smollm2-135m-instruct", local_files_only=True)
     db = connect(cfg.db_path)
-    manifests = build_datasets(cfg, DataConfig(out_dir=str(out / "datasets"), kinds="sft,kto", eval_fraction=0.1, max_tokens=768),
-                               tokenizer=tok, counterfactual_rows=cf_rows, record=lambda m: record_dataset(db, m))
+    manifests = build_datasets(
+        cfg,
+        DataConfig(out_dir=str(out / "datasets"), kinds="sft,kto", eval_fraction=0.1, max_tokens=768),
+        tokenizer=tok,
+        counterfactual_rows=cf_rows,
+        record=lambda m: record_dataset(db, m),
+    )
     db.close()
 
     # 4. before
@@ -128,12 +143,37 @@ def main(argv: list[str] | None = None) -> None:
     timings["eval_before_s"] = time.perf_counter() - t
 
     # 5. SFT then KTO
-    common = dict(base_model="smollm2", lora_r=16, lora_alpha=32, max_length=768, device="cpu", save_steps=10, learning_rate=2e-4)
-    sft = run(load_train_config(None, "sft", dataset=str(out / "datasets" / "sft"), output_dir=str(out / "runs" / "sft"),
-                                max_steps=args.sft_steps, batch_size=2, grad_accum=1, **common), cfg)
-    kto = run(load_train_config(None, "kto", dataset=str(out / "datasets" / "kto"), output_dir=str(out / "runs" / "kto"),
-                                max_steps=args.kto_steps, batch_size=2, grad_accum=1, init_adapter=str(sft.adapter_dir), beta=0.1,
-                                **common), cfg)
+    common = dict(
+        base_model="smollm2", lora_r=16, lora_alpha=32, max_length=768, device="cpu", save_steps=10, learning_rate=2e-4
+    )
+    sft = run(
+        load_train_config(
+            None,
+            "sft",
+            dataset=str(out / "datasets" / "sft"),
+            output_dir=str(out / "runs" / "sft"),
+            max_steps=args.sft_steps,
+            batch_size=2,
+            grad_accum=1,
+            **common,
+        ),
+        cfg,
+    )
+    kto = run(
+        load_train_config(
+            None,
+            "kto",
+            dataset=str(out / "datasets" / "kto"),
+            output_dir=str(out / "runs" / "kto"),
+            max_steps=args.kto_steps,
+            batch_size=2,
+            grad_accum=1,
+            init_adapter=str(sft.adapter_dir),
+            beta=0.1,
+            **common,
+        ),
+        cfg,
+    )
 
     # 6. after
     t = time.perf_counter()
@@ -143,16 +183,26 @@ def main(argv: list[str] | None = None) -> None:
     verdict = gate(after, before)
     summary = {
         "feedback": {"up": ups, "down": downs},
-        "datasets": {k: {"train": m.n_train, "eval": m.n_eval, "by_source": m.counts["by_source"]} for k, m in manifests.items()},
-        "sft": {"steps": sft.steps, "final_loss": sft.final_loss, "plan": {k: sft.plan[k] for k in ("batch_size", "grad_accum", "dtype")}},
+        "datasets": {
+            k: {"train": m.n_train, "eval": m.n_eval, "by_source": m.counts["by_source"]} for k, m in manifests.items()
+        },
+        "sft": {
+            "steps": sft.steps,
+            "final_loss": sft.final_loss,
+            "plan": {k: sft.plan[k] for k in ("batch_size", "grad_accum", "dtype")},
+        },
         "kto": {"steps": kto.steps, "final_loss": kto.final_loss},
-        "metrics": {label: {m: run_.metrics.get(m) for m in METRICS} for label, run_ in
-                    (("before", before), ("after_sft", after_sft), ("after_sft_kto", after))},
+        "metrics": {
+            label: {m: run_.metrics.get(m) for m in METRICS}
+            for label, run_ in (("before", before), ("after_sft", after_sft), ("after_sft_kto", after))
+        },
         "runs": {"before": before.run_id, "after_sft": after_sft.run_id, "after_sft_kto": after.run_id},
         "gate": verdict.to_json(),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "train_seconds": {"sft": json.loads(json.dumps(_yaml(sft.output_dir / "run.yaml")["train_seconds"])),
-                          "kto": _yaml(kto.output_dir / "run.yaml")["train_seconds"]},
+        "train_seconds": {
+            "sft": json.loads(json.dumps(_yaml(sft.output_dir / "run.yaml")["train_seconds"])),
+            "kto": _yaml(kto.output_dir / "run.yaml")["train_seconds"],
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")

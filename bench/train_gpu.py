@@ -41,11 +41,33 @@ def llama8b_config():
     from transformers import LlamaConfig
 
     if SMOKE:
-        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           vocab_size=400, max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                       vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        return LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=400,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    return LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -110,23 +132,59 @@ def run_variant(name: str, ckpt: Path, steps: int, warmup: int, seq: int) -> dic
     total = steps + warmup
     if name == "plain-qlora":
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+        from transformers import (
+            AutoModelForCausalLM,
+            BitsAndBytesConfig,
+            DataCollatorForLanguageModeling,
+            Trainer,
+            TrainingArguments,
+        )
 
         from tests.tiny_llm import make_tokenizer
 
         batch, accum = 4, 1
-        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
-        model = AutoModelForCausalLM.from_pretrained(ckpt, quantization_config=q, dtype=torch.bfloat16, device_map={"": 0})
+        q = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            ckpt, quantization_config=q, dtype=torch.bfloat16, device_map={"": 0}
+        )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        )
         tok = make_tokenizer()
-        args = TrainingArguments(output_dir=str(ckpt.parent / f"out-{name}"), max_steps=total, per_device_train_batch_size=batch,
-                                 gradient_accumulation_steps=accum, learning_rate=1e-4, bf16=True, logging_steps=1, save_strategy="no",
-                                 report_to="none", activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False},
-                                 disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=_dataset(total * batch * accum, seq, vocab),
-                          data_collator=DataCollatorForLanguageModeling(tok, mlm=False), callbacks=[timer.callback])
-        plan = {"quantize": "4bit", "gradient_checkpointing": True, "liger": False, "batch_size": batch, "grad_accum": accum}
+        args = TrainingArguments(
+            output_dir=str(ckpt.parent / f"out-{name}"),
+            max_steps=total,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accum,
+            learning_rate=1e-4,
+            bf16=True,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            activation_checkpointing=True,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=_dataset(total * batch * accum, seq, vocab),
+            data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+            callbacks=[timer.callback],
+        )
+        plan = {
+            "quantize": "4bit",
+            "gradient_checkpointing": True,
+            "liger": False,
+            "batch_size": batch,
+            "grad_accum": accum,
+        }
     else:
         from transformers import AutoConfig
         from trl import SFTConfig, SFTTrainer
@@ -135,15 +193,31 @@ def run_variant(name: str, ckpt: Path, steps: int, warmup: int, seq: int) -> dic
         from training.planner import detect_device, plan_for_model
         from training.trainers import common_args, load_model, load_tokenizer, lora_config
 
-        tc = TrainConfig(method="sft", base_model=str(ckpt), dataset="-", output_dir=str(ckpt.parent / f"out-{name}"), lora_r=16, lora_alpha=32,
-                         max_steps=total, max_length=seq, save_steps=10**6, device="cuda" if cuda else "cpu", quantize="4bit" if name == "tether-4bit" else "auto")
+        tc = TrainConfig(
+            method="sft",
+            base_model=str(ckpt),
+            dataset="-",
+            output_dir=str(ckpt.parent / f"out-{name}"),
+            lora_r=16,
+            lora_alpha=32,
+            max_steps=total,
+            max_length=seq,
+            save_steps=10**6,
+            device="cuda" if cuda else "cpu",
+            quantize="4bit" if name == "tether-4bit" else "auto",
+        )
         p = plan_for_model(AutoConfig.from_pretrained(ckpt), tc, detect_device(tc.device))
         model = load_model(ckpt, p, init_adapter=None, device=tc.device)
         args = common_args(tc, p, ckpt.parent / f"out-{name}")
         args.update(save_strategy="no", logging_steps=1)
-        trainer = SFTTrainer(model=model, args=SFTConfig(**args),
-                             train_dataset=_dataset(total * p.batch_size * p.grad_accum, seq, vocab), processing_class=load_tokenizer(ckpt),
-                             peft_config=lora_config(tc), callbacks=[timer.callback])
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**args),
+            train_dataset=_dataset(total * p.batch_size * p.grad_accum, seq, vocab),
+            processing_class=load_tokenizer(ckpt),
+            peft_config=lora_config(tc),
+            callbacks=[timer.callback],
+        )
         plan = {k: getattr(p, k) for k in ("quantize", "gradient_checkpointing", "liger", "batch_size", "grad_accum")}
         plan["estimate_gib"] = p.estimate_gib
         batch, accum = p.batch_size, p.grad_accum
@@ -152,9 +226,15 @@ def run_variant(name: str, ckpt: Path, steps: int, warmup: int, seq: int) -> dic
     timed = t[-1] - t[warmup - 1] if warmup >= 1 else t[-1] - t[0]
     n_steps = len(t) - warmup
     tokens = n_steps * batch * accum * seq
-    return {"variant": name, "tokens_per_s": tokens / timed, "peak_gib": torch.cuda.max_memory_allocated() / GIB if cuda else float("nan"),
-            "reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else float("nan"), "timed_steps": n_steps, "plan": plan,
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"}
+    return {
+        "variant": name,
+        "tokens_per_s": tokens / timed,
+        "peak_gib": torch.cuda.max_memory_allocated() / GIB if cuda else float("nan"),
+        "reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else float("nan"),
+        "timed_steps": n_steps,
+        "plan": plan,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu (smoke)",
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,14 +268,27 @@ def main(argv: list[str] | None = None) -> None:
     sys.stderr.write(f"checkpoint ready in {time.perf_counter() - t:.0f} s\n")
     results = []
     for name in [v for v in args.variants.split(",") if v]:
-        cmd = [sys.executable, __file__, *(["--smoke"] if SMOKE else []), "--one", name, "--workdir", str(args.workdir), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--seq", str(args.seq)]
+        cmd = [
+            sys.executable,
+            __file__,
+            *(["--smoke"] if SMOKE else []),
+            "--one",
+            name,
+            "--workdir",
+            str(args.workdir),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--seq",
+            str(args.seq),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             results.append({"variant": name, "error": proc.stderr[-2000:]})
         else:
-            results.append(json.loads(line[len("RESULT "):]))
+            results.append(json.loads(line[len("RESULT ") :]))
         sys.stderr.write(json.dumps(results[-1])[:400] + "\n")
     plain = next((r for r in results if r["variant"] == "plain-qlora" and "error" not in r), None)
     for r in results:
@@ -203,16 +296,23 @@ def main(argv: list[str] | None = None) -> None:
             r["speed_vs_plain_qlora"] = r["tokens_per_s"] / plain["tokens_per_s"]
             r["memory_vs_plain_qlora"] = r["peak_gib"] / plain["peak_gib"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seq": args.seq, "steps": args.steps, "warmup": args.warmup, "results": results}, indent=2))
-    lines = ["| variant | plan | tokens/s | peak GiB | × plain QLoRA speed | × plain QLoRA memory |", "|---|---|---:|---:|---:|---:|"]
+    args.out.write_text(
+        json.dumps({"seq": args.seq, "steps": args.steps, "warmup": args.warmup, "results": results}, indent=2)
+    )
+    lines = [
+        "| variant | plan | tokens/s | peak GiB | × plain QLoRA speed | × plain QLoRA memory |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: see JSON | | | | |")
             continue
         pl = r["plan"]
         desc = f"{pl['quantize']}, ckpt {'on' if pl['gradient_checkpointing'] else 'off'}, liger {'on' if pl['liger'] else 'off'}, batch {pl['batch_size']}x{pl['grad_accum']}"
-        lines.append(f"| {r['variant']} | {desc} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.1f} | {r.get('speed_vs_plain_qlora', float('nan')):.2f} | "
-                     f"{r.get('memory_vs_plain_qlora', float('nan')):.2f} |")
+        lines.append(
+            f"| {r['variant']} | {desc} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.1f} | {r.get('speed_vs_plain_qlora', float('nan')):.2f} | "
+            f"{r.get('memory_vs_plain_qlora', float('nan')):.2f} |"
+        )
     sys.stdout.write("\n".join(lines) + "\n")
 
 

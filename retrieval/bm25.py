@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class BM25Index:
     generation: int
 
     @classmethod
-    def build(cls, ids: Sequence[str], texts: Sequence[str], generation: int) -> "BM25Index":
+    def build(cls, ids: Sequence[str], texts: Sequence[str], generation: int) -> BM25Index:
         bm25s = _quiet_bm25s()
 
         retriever = bm25s.BM25()
@@ -75,7 +75,7 @@ class BM25Index:
         shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
-    def load(cls, folder: Path) -> "BM25Index | None":
+    def load(cls, folder: Path) -> BM25Index | None:
         meta_path = folder / "tether.json"
         if not meta_path.is_file():
             return None

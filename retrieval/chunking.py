@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def chunk_text(text: str, body_start: int, splitter) -> list[Chunk]:
             continue
         span = _find_span(body, piece, cursor)
         if span is None:  # should not happen; keep the chunk and its text, say so
-            log.warning("chunk %d could not be located in its source text; span set to the last known offset", len(chunks))
+            log.warning(
+                "chunk %d could not be located in its source text; span set to the last known offset", len(chunks)
+            )
             start, end = cursor, cursor
             chunk_str = piece
         else:

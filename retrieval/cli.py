@@ -1,9 +1,9 @@
 """The retrieval commands, mounted on ``tether`` by app/cli.py (each maps onto one stage function):
 
-    tether ingest PATH...  -> retrieval.ingest.ingest
-    tether search QUERY    -> retrieval.search.Searcher.search
-    tether docs            -> retrieval.ledger.Ledger.documents
-    tether doctor          -> retrieval.ingest.doctor
+tether ingest PATH...  -> retrieval.ingest.ingest
+tether search QUERY    -> retrieval.search.Searcher.search
+tether docs            -> retrieval.ledger.Ledger.documents
+tether doctor          -> retrieval.ingest.doctor
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,11 +29,11 @@ def register(app: typer.Typer) -> None:
 def ingest(
     ctx: typer.Context,
     paths: list[Path] = typer.Argument(..., help="files or folders to ingest"),
-    collection: Optional[str] = typer.Option(None, "--collection", "-c", help="collection name"),
+    collection: str | None = typer.Option(None, "--collection", "-c", help="collection name"),
     prune: bool = typer.Option(False, "--prune", help="remove documents whose files are gone from these folders"),
-    max_file_mb: Optional[float] = typer.Option(None, "--max-file-mb", help="skip files larger than this"),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="chunk size in embedder tokens"),
-    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="overlap in embedder tokens"),
+    max_file_mb: float | None = typer.Option(None, "--max-file-mb", help="skip files larger than this"),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", help="chunk size in embedder tokens"),
+    chunk_overlap: int | None = typer.Option(None, "--chunk-overlap", help="overlap in embedder tokens"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar on stderr"),
 ) -> None:
@@ -55,14 +54,14 @@ def search(
     ctx: typer.Context,
     query: str = typer.Argument(..., help="what to look for"),
     k: int = typer.Option(5, "-k", help="number of passages"),
-    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
-    source: Optional[str] = typer.Option(None, "--source", help="only sources matching this glob"),
-    date_from: Optional[str] = typer.Option(None, "--from", help="only documents dated on or after (YYYY-MM-DD)"),
-    date_to: Optional[str] = typer.Option(None, "--to", help="only documents dated on or before (YYYY-MM-DD)"),
+    collection: str | None = typer.Option(None, "--collection", "-c"),
+    source: str | None = typer.Option(None, "--source", help="only sources matching this glob"),
+    date_from: str | None = typer.Option(None, "--from", help="only documents dated on or after (YYYY-MM-DD)"),
+    date_to: str | None = typer.Option(None, "--to", help="only documents dated on or before (YYYY-MM-DD)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of passages"),
 ) -> None:
     """Hybrid (dense + BM25) search over a collection."""
-    from retrieval.search import SearchFilters, Searcher
+    from retrieval.search import Searcher, SearchFilters
 
     if k < 1:
         raise TetherError(f"-k ({k}) must be >= 1")
@@ -99,7 +98,7 @@ def search(
 
 def docs(
     ctx: typer.Context,
-    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
+    collection: str | None = typer.Option(None, "--collection", "-c"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the documents of a collection with chunk counts and metadata."""
@@ -114,12 +113,14 @@ def docs(
         typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
     for r in rows:
-        typer.echo(f"{r.source}\t{r.n_chunks} chunks\t{r.doc_date or '-'}\t{r.status or '-'}\t{r.authority or '-'}\t{r.title}")
+        typer.echo(
+            f"{r.source}\t{r.n_chunks} chunks\t{r.doc_date or '-'}\t{r.status or '-'}\t{r.authority or '-'}\t{r.title}"
+        )
 
 
 def doctor(
     ctx: typer.Context,
-    collection: Optional[str] = typer.Option(None, "--collection", "-c"),
+    collection: str | None = typer.Option(None, "--collection", "-c"),
     repair: bool = typer.Option(False, "--repair", help="fix what is wrong (re-embed, remove orphans, rebuild BM25)"),
     as_json: bool = typer.Option(False, "--json", help="print the checks as JSON"),
 ) -> None:

@@ -28,9 +28,10 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -113,7 +114,13 @@ class Conflict:
             missing.append("claims (a list of two)")
         if missing:
             raise ValueError(f"a conflict needs {', '.join(missing)}; it has {sorted(data)}")
-        return cls(data["kind"], data["value_type"], data["subject"], (Claim.from_json(claims[0]), Claim.from_json(claims[1])), float(confidence))
+        return cls(
+            data["kind"],
+            data["value_type"],
+            data["subject"],
+            (Claim.from_json(claims[0]), Claim.from_json(claims[1])),
+            float(confidence),
+        )
 
 
 class ConflictDetector(Protocol):
@@ -129,7 +136,9 @@ class ConflictDetector(Protocol):
 def _thresholds(config: ConflictsConfig | None, changes: dict[str, Any]) -> ConflictsConfig:
     """``config`` (the ``conflicts:`` section; None = defaults) with ``changes`` applied, validated."""
     known = {f.name for f in fields(ConflictsConfig)}
-    problems = [f"{k} is not a conflict threshold (known: {', '.join(sorted(known))})" for k in changes if k not in known]
+    problems = [
+        f"{k} is not a conflict threshold (known: {', '.join(sorted(known))})" for k in changes if k not in known
+    ]
     if problems:
         raise ConfigError(problems)
     t = replace(config or ConflictsConfig(), **changes)
@@ -195,11 +204,25 @@ _STOP_STEMS.update(_stem(w) for w in _STOP | _VALUE_WORDS if len(w) >= 3)
 
 # scope: contrast groups (members of one group are mutually exclusive scopes)
 _CONTRASTS: tuple[tuple[str, ...], ...] = (
-    (r"\b(?:within|inside|in)\s+(?:the\s+)?(?:EU|EEA|European\s+Union|Europe)\b", r"\b(?:outside|out\s+of|beyond)\s+(?:the\s+)?(?:EU|EEA|European\s+Union|Europe)\b"),
+    (
+        r"\b(?:within|inside|in)\s+(?:the\s+)?(?:EU|EEA|European\s+Union|Europe)\b",
+        r"\b(?:outside|out\s+of|beyond)\s+(?:the\s+)?(?:EU|EEA|European\s+Union|Europe)\b",
+    ),
     (r"\bweekdays?\b", r"\bweekends?(?:\s+days?)?\b|\bsaturdays?\b|\bsundays?\b|\bpublic\s+holidays?\b"),
-    (r"\bbusiness\s+(?:use|travel|trips?|mileage|kilometres?)\b", r"\bcommut\w*", r"\bprivate\s+use\b|\bpersonal\s+use\b"),
+    (
+        r"\bbusiness\s+(?:use|travel|trips?|mileage|kilometres?)\b",
+        r"\bcommut\w*",
+        r"\bprivate\s+use\b|\bpersonal\s+use\b",
+    ),
     (r"\bfull-time\b", r"\bpart-time\b"),
-    (r"\bemployees?\b|\bstaff\b", r"\bcontractors?\b|\bfreelancers?\b", r"\binterns?\b|\btrainees?\b", r"\bvisitors?\b|\bguests?\b", r"\bcustomers?\b", r"\bsuppliers?\b"),
+    (
+        r"\bemployees?\b|\bstaff\b",
+        r"\bcontractors?\b|\bfreelancers?\b",
+        r"\binterns?\b|\btrainees?\b",
+        r"\bvisitors?\b|\bguests?\b",
+        r"\bcustomers?\b",
+        r"\bsuppliers?\b",
+    ),
     (r"\bstandard\s+users?\b", r"\badministrators?\b|\badmin\s+accounts?\b"),
     (r"\brejected\s+candidates?\b", r"\bcandidate\s+consent\b"),
     (r"\b(?:first|1st)\s+class\b", r"\bsecond\s+class\b|\b2nd\s+class\b", r"\beconomy\s+class\b"),
@@ -231,17 +254,47 @@ _APPROVER = re.compile(
     r"(?:by|from)\s+(?:the\s+employee['’]s\s+|the\s+|their\s+|your\s+|his\s+or\s+her\s+|an?\s+)?(?P<who>[^,.;:()]+)",
     re.I,
 )
-_WHO_CUT = re.compile(r"\s+(?:and|or|within|in|before|for|on|at|if|unless|after|when|via|through|by|with|using|of\s+the)\b.*$", re.I)
-_ROLE_STOP = _STOP | {"inform", "contact", "ask", "tell", "call", "email", "report", "notify", "our", "your", "the", "based", "site", "office"}
+_WHO_CUT = re.compile(
+    r"\s+(?:and|or|within|in|before|for|on|at|if|unless|after|when|via|through|by|with|using|of\s+the)\b.*$", re.I
+)
+_ROLE_STOP = _STOP | {
+    "inform",
+    "contact",
+    "ask",
+    "tell",
+    "call",
+    "email",
+    "report",
+    "notify",
+    "our",
+    "your",
+    "the",
+    "based",
+    "site",
+    "office",
+}
 
 _POLARITY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("prohibited", re.compile(
-        r"\b(?:(?:is|are|be|was|were)\s+not\s+(?:permitted|allowed)|not\s+(?:permitted|allowed)|prohibited|forbidden|banned|not\s+tolerated|"
-        r"may\s+not|must\s+not|must\s+never|may\s+never|can\s*not|can['’]t|cannot|shall\s+not|never\s+(?:be\s+)?(?:allowed|permitted|accepted))\b", re.I)),
-    ("optional", re.compile(
-        r"\b(?:optional|voluntary|not\s+(?:required|mandatory|compulsory|obligatory|necessary)|need\s+not|needn['’]t|"
-        r"(?:do|does)\s+not\s+(?:have|need)\s+to|don['’]t\s+(?:have|need)\s+to|no\s+need\s+to|at\s+your\s+(?:own\s+)?discretion)\b", re.I)),
-    ("required", re.compile(r"\b(?:mandatory|compulsory|obligatory|required|must|have\s+to|has\s+to|needs?\s+to|shall)\b", re.I)),
+    (
+        "prohibited",
+        re.compile(
+            r"\b(?:(?:is|are|be|was|were)\s+not\s+(?:permitted|allowed)|not\s+(?:permitted|allowed)|prohibited|forbidden|banned|not\s+tolerated|"
+            r"may\s+not|must\s+not|must\s+never|may\s+never|can\s*not|can['’]t|cannot|shall\s+not|never\s+(?:be\s+)?(?:allowed|permitted|accepted))\b",
+            re.I,
+        ),
+    ),
+    (
+        "optional",
+        re.compile(
+            r"\b(?:optional|voluntary|not\s+(?:required|mandatory|compulsory|obligatory|necessary)|need\s+not|needn['’]t|"
+            r"(?:do|does)\s+not\s+(?:have|need)\s+to|don['’]t\s+(?:have|need)\s+to|no\s+need\s+to|at\s+your\s+(?:own\s+)?discretion)\b",
+            re.I,
+        ),
+    ),
+    (
+        "required",
+        re.compile(r"\b(?:mandatory|compulsory|obligatory|required|must|have\s+to|has\s+to|needs?\s+to|shall)\b", re.I),
+    ),
     ("allowed", re.compile(r"\b(?:allowed|permitted|may|can|is\s+possible|are\s+possible)\b", re.I)),
 )
 # "must do X" against "must not do Y" is mostly two different actions: required vs prohibited is not opposed
@@ -266,9 +319,11 @@ class ClaimFeatures:
     contrasts: tuple[frozenset[int], ...]  # per contrast group: the members mentioned
     polarity: frozenset[str]  # allowed | prohibited | required | optional
     polarity_terms: frozenset[str]  # key terms of the clauses that carry a polarity word
-    roles: tuple[tuple[str, str], ...]  # (slot, holder): ("data protection officer", "Marta Kowalski"), ("approver", "Finance Director")
+    roles: tuple[
+        tuple[str, str], ...
+    ]  # (slot, holder): ("data protection officer", "Marta Kowalski"), ("approver", "Finance Director")
     names: frozenset[str]  # proper names that are not roles
-    measured: tuple["_Measured", ...] = ()  # the quantities other than bare years, with what they measure
+    measured: tuple[_Measured, ...] = ()  # the quantities other than bare years, with what they measure
 
     @property
     def years(self) -> frozenset[str]:
@@ -345,8 +400,18 @@ def claim_features(text: str) -> ClaimFeatures:
     values = [q for q in quantities if not (q.kind == "date" and q.unit == "year")]
     if _ABOUT_DOCUMENT.search(text):
         values = [q for q in values if q.kind != "date"]
-    return ClaimFeatures(text, quantities, _terms(text), frozenset(places), contrasts, polarity, frozenset(polarity_terms),
-                         tuple(roles), frozenset(names), tuple(_measured(text, values)))
+    return ClaimFeatures(
+        text,
+        quantities,
+        _terms(text),
+        frozenset(places),
+        contrasts,
+        polarity,
+        frozenset(polarity_terms),
+        tuple(roles),
+        frozenset(names),
+        tuple(_measured(text, values)),
+    )
 
 
 # -- the rules --------------------------------------------------------------------------------
@@ -386,7 +451,10 @@ _IMPLIED_PER = (
 _OF_PHRASE = re.compile(r"^(?:\s*(?:per|a|an|each|every|for\s+each|for\s+every)\s+[\w-]+)?\s+of\s+([\w\s'’-]+)", re.I)
 _OF_STOP = _STOP | {"so", "which", "that"}
 # dates in a document's own metadata ("Effective date: 1 June 2024") are about that document only
-_ABOUT_DOCUMENT = re.compile(r"\b(?:effective\s+(?:date|from|as\s+of)|last\s+(?:updated|revised|reviewed)|version\s+\d|published\s+on|issued\s+on|approved\s+by\s+the\s+management\s+team\s+on)\b", re.I)
+_ABOUT_DOCUMENT = re.compile(
+    r"\b(?:effective\s+(?:date|from|as\s+of)|last\s+(?:updated|revised|reviewed)|version\s+\d|published\s+on|issued\s+on|approved\s+by\s+the\s+management\s+team\s+on)\b",
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -454,7 +522,12 @@ def _numeric_hit(fa: ClaimFeatures, fb: ClaimFeatures, max_value_ratio: float) -
             # a value that agrees with some comparable value on the other side is accounted for
             if any(x.q.agrees(z) for z in qb) or any(y.q.agrees(z) for z in qa):
                 continue
-            score = 1.0 + (0.5 if x.per else 0.0) + (0.2 if x.q.bound == y.q.bound else 0.0) + (0.3 if x.attribute & y.attribute else 0.0)
+            score = (
+                1.0
+                + (0.5 if x.per else 0.0)
+                + (0.2 if x.q.bound == y.q.bound else 0.0)
+                + (0.3 if x.attribute & y.attribute else 0.0)
+            )
             if best is None or score > best[0]:
                 best = (score, x, y)
     if best is None:
@@ -480,7 +553,9 @@ def _entity_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
             held_b = {w for s, w in fb.roles if s == slot_b}
             if any(_same_entity(p, q) for p in held_a for q in held_b):
                 continue
-            return RuleHit("entity", "entity", who_a, who_b, 0.85, slot=slot_a if len(slot_a) <= len(slot_b) else slot_b)
+            return RuleHit(
+                "entity", "entity", who_a, who_b, 0.85, slot=slot_a if len(slot_a) <= len(slot_b) else slot_b
+            )
     return None
 
 
@@ -501,7 +576,9 @@ def _name_swap_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
     if not union:
         return None
     name_terms = _terms(" ".join(only_a | only_b))
-    jacc = len((fa.terms & fb.terms) - name_terms) / max(1, len(union - name_terms))  # the names' own words are not shared context
+    jacc = len((fa.terms & fb.terms) - name_terms) / max(
+        1, len(union - name_terms)
+    )  # the names' own words are not shared context
     if jacc < 0.6:
         return None
     return RuleHit("entity", "entity", next(iter(only_a)), next(iter(only_b)), 0.65)
@@ -524,12 +601,16 @@ def _polarity_hit(fa: ClaimFeatures, fb: ClaimFeatures) -> RuleHit | None:
     return None
 
 
-def rule_hit(fa: ClaimFeatures, fb: ClaimFeatures, *, max_value_ratio: float = ConflictsConfig.max_value_ratio) -> RuleHit | None:
+def rule_hit(
+    fa: ClaimFeatures, fb: ClaimFeatures, *, max_value_ratio: float = ConflictsConfig.max_value_ratio
+) -> RuleHit | None:
     """The contradiction the rules see between two parsed claims, ignoring whether they share a subject
     (``max_value_ratio``: ``conflicts.max_value_ratio``)."""
     if scope_differs(fa, fb):
         return None
-    return _numeric_hit(fa, fb, max_value_ratio) or _entity_hit(fa, fb) or _name_swap_hit(fa, fb) or _polarity_hit(fa, fb)
+    return (
+        _numeric_hit(fa, fb, max_value_ratio) or _entity_hit(fa, fb) or _name_swap_hit(fa, fb) or _polarity_hit(fa, fb)
+    )
 
 
 def subject_of(a: str, b: str) -> str:
@@ -544,14 +625,19 @@ def subject_of(a: str, b: str) -> str:
     head = re.sub(r"^(?:the|a|an|all|every|each|any|our|your)\s+", "", head.strip(" -•*"), flags=re.I)
     head = re.sub(r"[,;:]\s*$", "", head)
     if 1 <= len(head.split()) <= 10 and _terms(head) & shared and not extract_quantities(head):
-        subject = head[0].lower() + head[1:] if head[:2].istitle() or (head[:1].isupper() and head[1:2].islower()) else head
+        subject = (
+            head[0].lower() + head[1:] if head[:2].istitle() or (head[:1].isupper() and head[1:2].islower()) else head
+        )
     else:
         words = []
         for tok in _WORD.findall(a):
             if _stem(tok) in shared and tok.lower() not in (w.lower() for w in words):
                 words.append(tok)
         subject = " ".join(words[:8]) or head
-    scope = re.search(r"\b(?:within|inside|outside)\s+(?:the\s+)?(?:EU|EEA|European Union)\b|\b(?:for|in|at)\s+the\s+[A-Z]\w+\s+(?:site|office)\b", a)
+    scope = re.search(
+        r"\b(?:within|inside|outside)\s+(?:the\s+)?(?:EU|EEA|European Union)\b|\b(?:for|in|at)\s+the\s+[A-Z]\w+\s+(?:site|office)\b",
+        a,
+    )
     if scope and scope.group(0).lower() not in subject.lower() and scope.group(0).lower() in b.lower():
         subject = f"{subject} {scope.group(0)}"
     return subject
@@ -648,7 +734,9 @@ class RuleConflictDetector:
             if one is not None:
                 vecs = np.stack([np.asarray(one(text), dtype=np.float32) for text in missing.values()])
             else:
-                vecs = np.concatenate([np.asarray(self.embedder.embed_batch([text]), dtype=np.float32) for text in missing.values()])
+                vecs = np.concatenate(
+                    [np.asarray(self.embedder.embed_batch([text]), dtype=np.float32) for text in missing.values()]
+                )
             with self._lock:
                 for key, vec in zip(missing, vecs):
                     out[key] = vec
@@ -705,7 +793,9 @@ class RuleConflictDetector:
             return None
         sim = self.similarity(a, b)
         if not self.same_subject(a, b, fa, fb, hit, sim):
-            log.debug("rule hit %s dropped by the subject gate (similarity %.2f): %r / %r", hit.kind, sim, a.text, b.text)
+            log.debug(
+                "rule hit %s dropped by the subject gate (similarity %.2f): %r / %r", hit.kind, sim, a.text, b.text
+            )
             return None
         return self._conflict(a, b, hit, sim)
 
@@ -780,8 +870,16 @@ class NLIConflictDetector:
     ``supersession``) and confidence equal to that probability.
     """
 
-    def __init__(self, embedder, nli_model: str, config: ConflictsConfig | None = None, *, contradiction_threshold: float | None = None,
-                 max_pairs: int | None = None, **thresholds: Any):
+    def __init__(
+        self,
+        embedder,
+        nli_model: str,
+        config: ConflictsConfig | None = None,
+        *,
+        contradiction_threshold: float | None = None,
+        max_pairs: int | None = None,
+        **thresholds: Any,
+    ):
         if contradiction_threshold is not None:
             thresholds["contradiction_threshold"] = contradiction_threshold
         if max_pairs is not None:
@@ -809,7 +907,9 @@ class NLIConflictDetector:
             return []
         import torch
 
-        logits = self.model.predict(list(pairs), show_progress_bar=False, activation_fn=torch.nn.Identity(), apply_softmax=False)
+        logits = self.model.predict(
+            list(pairs), show_progress_bar=False, activation_fn=torch.nn.Identity(), apply_softmax=False
+        )
         scores = np.asarray(logits, dtype=np.float64)
         scores = scores.reshape(len(pairs), -1)
         scores = scores - scores.max(axis=1, keepdims=True)
@@ -844,7 +944,10 @@ class NLIConflictDetector:
 
     def detect(self, passages: Sequence[Any]) -> list[Conflict]:
         found = self.rules.detect(passages)
-        done = {tuple(sorted(((c.claims[0].source, c.claims[0].text), (c.claims[1].source, c.claims[1].text)))) for c in found}
+        done = {
+            tuple(sorted(((c.claims[0].source, c.claims[0].text), (c.claims[1].source, c.claims[1].text))))
+            for c in found
+        }
         claims = [c for c in self.rules.claims(passages) if claim_features(c.text).terms]
         if len(claims) < 2 or self.max_pairs == 0:
             return found
@@ -877,11 +980,29 @@ def get_detector(embedder, nli_model: str | None = None, config: ConflictsConfig
 
 def claim_from_json(d: dict[str, Any]) -> Claim:
     """A Claim from a labelled-set side ({source, text, date, authority, status})."""
-    return Claim(text=_normalise_ws(d["text"]), source=d["source"], title=d.get("title"), date=d.get("date"),
-                 authority=d.get("authority"), status=d.get("status"), passage_id=d.get("passage_id"))
+    return Claim(
+        text=_normalise_ws(d["text"]),
+        source=d["source"],
+        title=d.get("title"),
+        date=d.get("date"),
+        authority=d.get("authority"),
+        status=d.get("status"),
+        passage_id=d.get("passage_id"),
+    )
 
 
 __all__ = [
-    "Claim", "Conflict", "ConflictDetector", "RuleConflictDetector", "NLIConflictDetector", "ClaimFeatures",
-    "claim_features", "rule_hit", "scope_differs", "split_claims", "subject_of", "get_detector", "claim_from_json",
+    "Claim",
+    "Conflict",
+    "ConflictDetector",
+    "RuleConflictDetector",
+    "NLIConflictDetector",
+    "ClaimFeatures",
+    "claim_features",
+    "rule_hit",
+    "scope_differs",
+    "split_claims",
+    "subject_of",
+    "get_detector",
+    "claim_from_json",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -35,7 +36,9 @@ class Embedder(Protocol):
 class SentenceTransformerEmbedder:
     """A sentence-transformers model on the CPU (or CUDA when present)."""
 
-    def __init__(self, model: str = DEFAULT_EMBED_MODEL, batch_size: int = 16, int8: bool = False, device: str | None = None):
+    def __init__(
+        self, model: str = DEFAULT_EMBED_MODEL, batch_size: int = 16, int8: bool = False, device: str | None = None
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -53,13 +56,14 @@ class SentenceTransformerEmbedder:
             import warnings
 
             import torch
-
             from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # per-channel scales: cosine to the fp32 vectors 0.98 on average (per-tensor: 0.93)
-                self.model = quantize_dynamic(self.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+                self.model = quantize_dynamic(
+                    self.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+                )
         self.name = model
         self.dim = int(self.model.get_embedding_dimension())
         self.batch_size = batch_size
@@ -113,7 +117,9 @@ _CACHE: dict[tuple[str, int, bool], SentenceTransformerEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_embedder(model: str = DEFAULT_EMBED_MODEL, batch_size: int = 16, int8: bool = False) -> SentenceTransformerEmbedder:
+def get_embedder(
+    model: str = DEFAULT_EMBED_MODEL, batch_size: int = 16, int8: bool = False
+) -> SentenceTransformerEmbedder:
     """One embedder per (model, batch size, int8) per process: loading costs about half a second."""
     key = (model, batch_size, int8)
     with _CACHE_LOCK:

@@ -15,16 +15,16 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from retrieval import ledger
 from retrieval.chunking import Chunk, chunk_text, make_splitter
+from retrieval.readers import ParsedDocument, is_sidecar, read_document, sidecar_for
 from tether.config import TetherConfig
 from tether.db import connect
 from tether.errors import FileRejected, TetherError
-from retrieval.readers import ParsedDocument, is_sidecar, read_document, sidecar_for
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,9 @@ def discover(paths: Sequence[Path]) -> Iterator[Candidate]:
                 if p.is_symlink():
                     target = p.resolve()
                     if not _inside(target, root):
-                        yield Candidate(p, p.relative_to(given).as_posix(), root, f"symlink points outside the folder ({target})")
+                        yield Candidate(
+                            p, p.relative_to(given).as_posix(), root, f"symlink points outside the folder ({target})"
+                        )
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
@@ -295,7 +297,9 @@ def _prepare(db, cfg: TetherConfig, name: str, cand: Candidate, splitter, outcom
     if ledger.committed_hash(db, name, cand.source) == digest:
         outcome.status = "unchanged"
         return None
-    doc = read_document(cand.path, max_unzipped_mb=cfg.retrieval.max_unzipped_mb, max_zip_ratio=cfg.retrieval.max_zip_ratio)
+    doc = read_document(
+        cand.path, max_unzipped_mb=cfg.retrieval.max_unzipped_mb, max_zip_ratio=cfg.retrieval.max_zip_ratio
+    )
     try:
         chunks = chunk_text(doc.text, doc.body_start, splitter)
     except ValueError as exc:  # SentenceSplitter: a single token longer than a chunk

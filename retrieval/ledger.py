@@ -13,9 +13,9 @@ else opens the ``Ledger`` store per use: ``with Ledger.open(cfg.db_path) as led:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from retrieval.chunking import Chunk
 from tether.clock import now_iso
@@ -87,7 +87,9 @@ def generation(db: sqlite3.Connection, collection: str) -> int:
 
 
 def committed_hash(db: sqlite3.Connection, collection: str, source: str) -> str | None:
-    row = db.execute("SELECT content_hash FROM documents WHERE collection = ? AND source = ?", (collection, source)).fetchone()
+    row = db.execute(
+        "SELECT content_hash FROM documents WHERE collection = ? AND source = ?", (collection, source)
+    ).fetchone()
     return row["content_hash"] if row else None
 
 
@@ -98,7 +100,9 @@ def journal_add(db: sqlite3.Connection, collection: str, chunk_ids: Iterable[str
 
 def journal_clear(db: sqlite3.Connection, collection: str, chunk_ids: Iterable[str]) -> None:
     with transaction(db):
-        db.executemany("DELETE FROM store_journal WHERE collection = ? AND chunk_id = ?", [(collection, cid) for cid in chunk_ids])
+        db.executemany(
+            "DELETE FROM store_journal WHERE collection = ? AND chunk_id = ?", [(collection, cid) for cid in chunk_ids]
+        )
 
 
 def commit_document(
@@ -135,14 +139,34 @@ def commit_document(
         cur = db.execute(
             "INSERT INTO documents (collection, source, path, content_hash, size, mtime, kind, title, doc_date, status,"
             " authority, text, n_chunks, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (collection, source, path, content_hash, size, mtime, kind, title, doc_date, status, authority, text, len(chunks), now_iso("seconds")),
+            (
+                collection,
+                source,
+                path,
+                content_hash,
+                size,
+                mtime,
+                kind,
+                title,
+                doc_date,
+                status,
+                authority,
+                text,
+                len(chunks),
+                now_iso("seconds"),
+            ),
         )
         doc_id = cur.lastrowid
         db.executemany(
             "INSERT INTO chunks (id, collection, document_id, seq, text, start_char, end_char, page) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(cid, collection, doc_id, c.seq, c.text, c.start, c.end, page) for cid, c, page in zip(chunk_ids, chunks, pages)],
+            [
+                (cid, collection, doc_id, c.seq, c.text, c.start, c.end, page)
+                for cid, c, page in zip(chunk_ids, chunks, pages)
+            ],
         )
-        db.executemany("DELETE FROM store_journal WHERE collection = ? AND chunk_id = ?", [(collection, cid) for cid in chunk_ids])
+        db.executemany(
+            "DELETE FROM store_journal WHERE collection = ? AND chunk_id = ?", [(collection, cid) for cid in chunk_ids]
+        )
         db.executemany("INSERT OR IGNORE INTO store_journal VALUES (?, ?)", [(cid, collection) for cid in old_ids])
         db.execute("UPDATE collections SET generation = generation + 1 WHERE name = ?", (collection,))
     return old_ids
@@ -175,8 +199,15 @@ def uncommitted_ids(db: sqlite3.Connection, collection: str) -> tuple[list[str],
     return [r["chunk_id"] for r in rows if not r["committed"]], [r["chunk_id"] for r in rows if r["committed"]]
 
 
-def set_metadata(db: sqlite3.Connection, collection: str, source: str, *, doc_date: str | None, status: str | None,
-                 authority: str | None) -> bool:
+def set_metadata(
+    db: sqlite3.Connection,
+    collection: str,
+    source: str,
+    *,
+    doc_date: str | None,
+    status: str | None,
+    authority: str | None,
+) -> bool:
     """Change a committed document's date, status and authority (search reads them from here);
     False when there is no such document. The caller owns the transaction."""
     cur = db.execute(
@@ -235,7 +266,8 @@ def chunk_ids_of(db: sqlite3.Connection, collection: str, sources: Iterable[str]
     return {
         r["id"]
         for r in db.execute(
-            "SELECT c.id, d.source FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.collection = ?", (collection,)
+            "SELECT c.id, d.source FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.collection = ?",
+            (collection,),
         )
         if r["source"] in wanted
     }
@@ -269,7 +301,10 @@ def store_entries(db: sqlite3.Connection, collection: str, ids: Sequence[str]) -
             f" JOIN documents d ON d.id = c.document_id WHERE c.collection = ? AND c.id IN ({','.join('?' * len(part))})",
             [collection, *part],
         )
-        found += [(r["r"], StoreEntry(r["id"], r["text"], r["source"], r["doc_date"], r["content_hash"], r["seq"])) for r in rows]
+        found += [
+            (r["r"], StoreEntry(r["id"], r["text"], r["source"], r["doc_date"], r["content_hash"], r["seq"]))
+            for r in rows
+        ]
     return [entry for _, entry in sorted(found, key=lambda x: x[0])]
 
 
@@ -285,7 +320,9 @@ def integrity_problems(db: sqlite3.Connection) -> list[str]:
     """What SQLite finds wrong with the whole database file (``PRAGMA integrity_check`` and
     ``foreign_key_check``), plus documents whose chunk count disagrees with their chunks; [] = sound."""
     out = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
-    out += [f"table {r[0]} row {r[1]} points to a missing row of {r[2]}" for r in db.execute("PRAGMA foreign_key_check")]
+    out += [
+        f"table {r[0]} row {r[1]} points to a missing row of {r[2]}" for r in db.execute("PRAGMA foreign_key_check")
+    ]
     out += [
         f"document {r['source']!r} of collection '{r['collection']}' records {r['n_chunks']} chunks but holds {r['held']}"
         for r in db.execute(
@@ -340,7 +377,9 @@ class Ledger:
     def uncommitted_ids(self, collection: str) -> tuple[list[str], list[str]]:
         return uncommitted_ids(self.db, collection)
 
-    def set_metadata(self, collection: str, source: str, *, doc_date: str | None, status: str | None, authority: str | None) -> bool:
+    def set_metadata(
+        self, collection: str, source: str, *, doc_date: str | None, status: str | None, authority: str | None
+    ) -> bool:
         """``set_metadata`` in its own transaction."""
         with transaction(self.db):
             return set_metadata(self.db, collection, source, doc_date=doc_date, status=status, authority=authority)

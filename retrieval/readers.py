@@ -25,7 +25,15 @@ from tether.errors import FileRejected
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html", ".htm": "html", ".pdf": "pdf", ".docx": "docx"}
+SUPPORTED = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
+}
 SIDECAR_SUFFIX = ".meta.yaml"
 META_KEYS = ("title", "date", "status", "authority")
 STATUSES = ("current", "superseded", "draft")
@@ -166,9 +174,40 @@ def _read_markdown(data: bytes, path: Path, kind: str) -> ParsedDocument:
 # --- HTML ----------------------------------------------------------------------------------
 
 _BLOCK_TAGS = {
-    "p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "li", "ul", "ol", "dl", "dt", "dd",
-    "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "table", "tr", "br", "hr", "figure", "figcaption",
-    "details", "summary", "form", "fieldset", "address",
+    "p",
+    "div",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "main",
+    "aside",
+    "nav",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "table",
+    "tr",
+    "br",
+    "hr",
+    "figure",
+    "figcaption",
+    "details",
+    "summary",
+    "form",
+    "fieldset",
+    "address",
 }
 _DROP_TAGS = ("script", "style", "noscript", "template", "head", "iframe", "object", "embed", "svg", "canvas")
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d])", re.I)
@@ -336,7 +375,11 @@ def _read_docx(path: Path) -> ParsedDocument:
     text = "\n\n".join(blocks)
     core_title = (document.core_properties.title or "").strip() or None
     heading = next(
-        (p.text.strip() for p in document.paragraphs if p.style is not None and (p.style.name or "").startswith(("Title", "Heading")) and p.text.strip()),
+        (
+            p.text.strip()
+            for p in document.paragraphs
+            if p.style is not None and (p.style.name or "").startswith(("Title", "Heading")) and p.text.strip()
+        ),
         None,
     )
     return _with_sidecar(path, "docx", text, core_title or heading)

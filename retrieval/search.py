@@ -11,8 +11,9 @@ import fnmatch
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,10 @@ class IndexHealth:
         if self.dense_vectors == 0:
             what = f"the vector store of collection '{self.collection}' is empty while the ledger holds {self.ledger_chunks} chunks: results come from BM25 alone"
         else:
-            what = (f"the vector store of collection '{self.collection}' is out of step with the ledger ({self.dense_vectors} vectors for "
-                    f"{self.ledger_chunks} chunks): dense results may be missing")
+            what = (
+                f"the vector store of collection '{self.collection}' is out of step with the ledger ({self.dense_vectors} vectors for "
+                f"{self.ledger_chunks} chunks): dense results may be missing"
+            )
         return what + "; run `tether doctor --repair` (or `tether ingest` again) to re-embed"
 
 
@@ -179,7 +182,9 @@ class Searcher:
         if self._reranker is None:
             from tether.crossencoder import load_cross_encoder
 
-            self._reranker = load_cross_encoder(self.cfg.retrieval.reranker, setting="retrieval.reranker", what="reranker")
+            self._reranker = load_cross_encoder(
+                self.cfg.retrieval.reranker, setting="retrieval.reranker", what="reranker"
+            )
         return self._reranker
 
     # -- search -----------------------------------------------------------------------------
@@ -279,7 +284,9 @@ class Searcher:
         return self.ledger.chunk_ids_of(self.collection, sources)
 
 
-def search(cfg: TetherConfig, query: str, k: int = 5, filters: SearchFilters | None = None, collection: str | None = None) -> list[SearchHit]:
+def search(
+    cfg: TetherConfig, query: str, k: int = 5, filters: SearchFilters | None = None, collection: str | None = None
+) -> list[SearchHit]:
     """One-shot search (builds a Searcher; reuse a Searcher for many queries)."""
     searcher = Searcher(cfg, collection)
     try:

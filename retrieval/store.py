@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
@@ -70,7 +71,7 @@ def _tether_embedding_function(model: str, int8: bool = False):
             return {"model": self.model, "int8": self.int8}
 
         @staticmethod
-        def build_from_config(config: dict[str, Any]) -> "TetherEmbeddingFunction":
+        def build_from_config(config: dict[str, Any]) -> TetherEmbeddingFunction:
             return TetherEmbeddingFunction(config.get("model", ""), bool(config.get("int8", False)))
 
     _EF_CLASSES["tether"] = TetherEmbeddingFunction
@@ -131,7 +132,9 @@ class ChromaStore:
         for lo in range(0, len(ids), MAX_BATCH):
             hi = lo + MAX_BATCH
             self.collection.upsert(
-                ids=list(ids[lo:hi]), embeddings=np.asarray(embeddings[lo:hi], dtype=np.float32), metadatas=list(metadatas[lo:hi])
+                ids=list(ids[lo:hi]),
+                embeddings=np.asarray(embeddings[lo:hi], dtype=np.float32),
+                metadatas=list(metadatas[lo:hi]),
             )
 
     def delete(self, ids: Sequence[str]) -> None:

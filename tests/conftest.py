@@ -40,8 +40,8 @@ def _isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def embedder(tmp_path_factory):
     """The embedder the default configuration uses."""
-    from tether.config import load_config
     from retrieval.embeddings import embedder_for
+    from tether.config import load_config
 
     return embedder_for(load_config(tmp_path_factory.mktemp("defaults")))
 

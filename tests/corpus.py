@@ -99,7 +99,9 @@ def make_corpus(folder: Path) -> Path:
     (folder / "security.html").write_text(SECURITY_HTML, encoding="utf-8")
     (folder / "security.html.meta.yaml").write_text("date: 2024-09-01\nstatus: current\nauthority: official\n")
     write_pdf(folder / "travel.pdf", TRAVEL_PAGES)
-    (folder / "travel.meta.yaml").write_text("title: Travel and Expenses\ndate: 2024-06-01\nstatus: current\nauthority: official\n")
+    (folder / "travel.meta.yaml").write_text(
+        "title: Travel and Expenses\ndate: 2024-06-01\nstatus: current\nauthority: official\n"
+    )
     sub = folder / "lab"
     sub.mkdir(exist_ok=True)
     write_docx(sub / "lab-safety.docx")

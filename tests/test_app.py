@@ -15,8 +15,8 @@ QUESTION = "How many days of annual leave do full-time employees get?"
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, embedder):
     """A data dir holding the handbook, answering extractively."""
-    from tether.config import load_config
     from retrieval.ingest import ingest
+    from tether.config import load_config
 
     root = tmp_path_factory.mktemp("app-home")
     (root / "tether.yaml").write_text("assistant:\n  generator: extractive\n", encoding="utf-8")
@@ -87,7 +87,9 @@ def test_chat_answers_with_a_cited_passage_highlighted(asked):
     labels = [e.label for e in at.expander]
     first = answer.citations[0]
     hit = answer.passages[first.n - 1]
-    assert any(label.startswith(f"[{first.n}] ") and hit.source in label and (hit.date or "") in label for label in labels), labels
+    assert any(
+        label.startswith(f"[{first.n}] ") and hit.source in label and (hit.date or "") in label for label in labels
+    ), labels
     marked = [h.value for h in at.html if "<mark>" in h.value]
     assert marked, "no passage with a highlighted span"
     support = " ".join(first.support.split())
@@ -195,8 +197,11 @@ def test_conflict_panel_follows_the_sidebar_policy(home):
     pairs = {frozenset(c.source for c in conflict.claims) for conflict in answer.conflicts}
     assert frozenset({"travel-expenses-2022.md", "travel-expenses-2024.pdf"}) in pairs
     assert any("travel-expenses-2022.md" in c for c in cards) and any("travel-expenses-2024.pdf" in c for c in cards)
-    c01 = next(i for i, c in enumerate(answer.conflicts)
-               if {cl.source for cl in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"})
+    c01 = next(
+        i
+        for i, c in enumerate(answer.conflicts)
+        if {cl.source for cl in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}
+    )
     decision = answer.decisions[c01]
     assert answer.conflicts[c01].claims[decision.winner].source == "travel-expenses-2024.pdf"  # the more recent one
     assert any("✔ followed" in c and "travel-expenses-2024.pdf" in c for c in cards)
@@ -218,20 +223,24 @@ Visitors park their zeppelins on mooring mast 7 behind the Brno office.
 
 
 def test_upload_ingest_ask_and_delete(home):
-    from tether.config import load_config
     from app.ui import library
+    from tether.config import load_config
 
     at = _page(_app().run(), "documents")
-    at.file_uploader(key="uploads").set_value([
-        ("../../zeppelin parking?.md", BAIT, "text/markdown"),
-        ("broken.pdf", b"%PDF-1.4 not really a pdf", "application/pdf"),
-        ("empty.txt", b"", "text/plain"),
-    ]).run()
+    at.file_uploader(key="uploads").set_value(
+        [
+            ("../../zeppelin parking?.md", BAIT, "text/markdown"),
+            ("broken.pdf", b"%PDF-1.4 not really a pdf", "application/pdf"),
+            ("empty.txt", b"", "text/plain"),
+        ]
+    ).run()
     at.button(key="ingest").click().run()
     _ok(at)
     saved = home / "uploads" / "zeppelin_parking.md"
     assert saved.read_bytes() == BAIT
-    assert sorted(p.name for p in (home / "uploads").iterdir()) == ["zeppelin_parking.md"]  # failed uploads are not kept
+    assert sorted(p.name for p in (home / "uploads").iterdir()) == [
+        "zeppelin_parking.md"
+    ]  # failed uploads are not kept
     assert not (home.parent / "zeppelin parking?.md").exists()
     assert [p.value for p in at.get("progress")] == [100]  # the bar ran to the end
     assert any("zeppelin_parking.md: ingested" in s.value for s in at.success)
@@ -245,7 +254,11 @@ def test_upload_ingest_ask_and_delete(home):
     _ok(at)
     answer = at.session_state.history[-1]["answer"]
     assert any(answer.passages[c.n - 1].source == "zeppelin_parking.md" for c in answer.citations), (
-        answer.text, answer.refused, [h.source for h in answer.passages], [(c.n, c.source) for c in answer.citations])
+        answer.text,
+        answer.refused,
+        [h.source for h in answer.passages],
+        [(c.n, c.source) for c in answer.citations],
+    )
     page = "".join(h.value for h in at.html)
     assert "<script>" not in page and "<img" not in page  # document HTML is shown as text, never run
     assert "&lt;script&gt;" in page or "zeppelin" in page.lower()
@@ -262,9 +275,9 @@ def test_upload_ingest_ask_and_delete(home):
 
 def test_metadata_edit_reaches_search(home, embedder):
     from app.ui import library
+    from retrieval.search import Searcher
     from tether.config import load_config
     from tether.errors import TetherError
-    from retrieval.search import Searcher
 
     cfg = load_config(home)
     before = {d.source: d for d in library.documents(cfg)}["company-faq.txt"]
@@ -276,7 +289,9 @@ def test_metadata_edit_reaches_search(home, embedder):
         with pytest.raises(TetherError, match="authority 'boss'"):
             library.set_metadata(cfg, library.MetadataEdit("company-faq.txt", None, None, "boss"))
     finally:
-        library.set_metadata(cfg, library.MetadataEdit("company-faq.txt", before.doc_date, before.status, before.authority))
+        library.set_metadata(
+            cfg, library.MetadataEdit("company-faq.txt", before.doc_date, before.status, before.authority)
+        )
 
 
 @pytest.mark.parametrize(
@@ -310,7 +325,10 @@ def test_upload_size_limit(tmp_path):
 
     with pytest.raises(UploadRejected, match="over the 0.001 MB limit"):
         save_upload(tmp_path, "big.txt", b"x" * 2000, max_mb=0.001)
-    assert save_upload(tmp_path, "small.txt", b"x" * 100, max_mb=0.001).path == (tmp_path / "uploads" / "small.txt").resolve()
+    assert (
+        save_upload(tmp_path, "small.txt", b"x" * 100, max_mb=0.001).path
+        == (tmp_path / "uploads" / "small.txt").resolve()
+    )
 
 
 # -- admin --------------------------------------------------------------------------------------
@@ -368,7 +386,9 @@ def test_admin_feedback_table_and_datasets(home):
     assert list(counts["kind"]) == ["sft", "dpo", "kto"]
     kto = counts.set_index("kind").loc["kto"]
     too_long = int(kto["dropped (dup/near/long)"].split("/")[2])
-    assert kto["train"] + kto["eval"] + too_long >= 1, counts.to_dict("records")  # the 👎 above, kept or measured too long
+    assert kto["train"] + kto["eval"] + too_long >= 1, counts.to_dict(
+        "records"
+    )  # the 👎 above, kept or measured too long
     for kind, path in at.session_state.last_datasets.items():
         assert (Path(path) / "train.jsonl").is_file(), kind
 
@@ -377,9 +397,9 @@ def test_promote_is_blocked_by_the_gate(home, tmp_path_factory):
     """A random tiny model answers worse than the configured (extractive) one: the gate refuses it."""
     import json
 
+    from tests.tiny_llm import make_tiny_llm
     from tether.config import load_config
     from tether.db import connect
-    from tests.tiny_llm import make_tiny_llm
     from training import registry
 
     tiny = make_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
@@ -429,7 +449,9 @@ def test_evaluation_runs_the_conflict_suite_and_charts_it(home):
     assert any(k.startswith("conflicts.") for k in run.metrics)
     charts = at.get("vega_lite_chart")
     assert len(charts) == 2  # per model version, per run
-    assert {m.label for m in at.metric} >= {k.removeprefix("conflicts.") for k in sorted(run.metrics) if k.startswith("conflicts.")}
+    assert {m.label for m in at.metric} >= {
+        k.removeprefix("conflicts.") for k in sorted(run.metrics) if k.startswith("conflicts.")
+    }
     mis = run.details["conflicts"].get("misclassified") or []
     assert any(m.value == f"**Misclassified cases: {len(mis)}**" for m in at.markdown)
 
@@ -441,8 +463,8 @@ def test_training_job_runs_in_the_background_and_survives_a_reload(home, tmp_pat
     import json
     import time
 
-    from tether.db import connect
     from tests.tiny_llm import make_tiny_llm
+    from tether.db import connect
     from training.jobs import list_jobs
 
     tiny = make_tiny_llm(tmp_path_factory.mktemp("tiny-base"))
@@ -450,7 +472,12 @@ def test_training_job_runs_in_the_background_and_survives_a_reload(home, tmp_pat
     conf["max_position_embeddings"] = 4096
     (tiny / "config.json").write_text(json.dumps(conf))
     dataset = tmp_path_factory.mktemp("sft-data")
-    row = {"messages": [{"role": "user", "content": "How many days of annual leave?"}, {"role": "assistant", "content": "25 working days [1]."}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "How many days of annual leave?"},
+            {"role": "assistant", "content": "25 working days [1]."},
+        ]
+    }
     (dataset / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for _ in range(4)), encoding="utf-8")
     (dataset / "eval.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
 

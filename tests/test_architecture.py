@@ -43,7 +43,9 @@ def violations(source: str, path: Path, layer: int) -> list[str]:
     def check_target(dotted: str, lineno: int, what: str) -> None:
         top = dotted.split(".")[0]
         if top in LAYERS and LAYERS[top] > layer:
-            out.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{lineno}: {what} imports the higher layer '{top}'")
+            out.append(
+                f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{lineno}: {what} imports the higher layer '{top}'"
+            )
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -69,7 +71,9 @@ def violations(source: str, path: Path, layer: int) -> list[str]:
             and node.attr.startswith("_")
             and not node.attr.startswith("__")
         ):
-            out.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.lineno}: uses the private name {node.value.id}.{node.attr}")
+            out.append(
+                f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.lineno}: uses the private name {node.value.id}.{node.attr}"
+            )
     return out
 
 

@@ -18,14 +18,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 QUESTION = "What is the daily meal allowance for a business trip inside the EU?"  # c01: EUR 45 (2022) vs 60 (2024)
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; CI installs it in .ci/run)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="needs playwright (pip install -e '.[dev]')"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; CI installs it in .ci/run)",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("playwright") is None, reason="needs playwright (pip install -e '.[dev]')"
+    ),
 ]
 
 
@@ -37,23 +49,43 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, embedder):
-    from tether.config import load_config
     from retrieval.ingest import ingest
+    from tether.config import load_config
 
     home = tmp_path_factory.mktemp("browser-home")
     (home / "tether.yaml").write_text("assistant:\n  generator: extractive\n", encoding="utf-8")
     handbook = ROOT / "examples" / "handbook"  # the part of the sample base the question needs: ingest stays short
-    files = [handbook / n for n in ("travel-expenses-2022.md", "travel-expenses-2024.pdf", "company-faq.txt", "annual-leave.md")]
+    files = [
+        handbook / n
+        for n in ("travel-expenses-2022.md", "travel-expenses-2024.pdf", "company-faq.txt", "annual-leave.md")
+    ]
     assert not ingest(load_config(home), files, embedder=embedder).failed
     port = _free_port()
     env = {**os.environ, "TETHER_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("TETHER_ADMIN_PASSWORD", None)
     log = (home / "streamlit.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "streamlit_app.py"),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -66,7 +98,9 @@ def app_url(tmp_path_factory, embedder):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (home / "streamlit.log").read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    "streamlit did not start:\n" + (home / "streamlit.log").read_text(errors="replace")[-3000:]
+                )
             time.sleep(0.3)
         yield url
     finally:
@@ -83,7 +117,10 @@ def test_ask_see_citation_and_conflict_in_chromium(app_url, tmp_path):
 
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "user-data"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            str(tmp_path / "user-data"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
             viewport={"width": 1280, "height": 1600},
         )
         try:
@@ -96,9 +133,11 @@ def test_ask_see_citation_and_conflict_in_chromium(app_url, tmp_path):
             box.press("Enter")
             # the answer with an inline [n] marker, then the cited passage below it
             expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text(re.compile(r"\[\d\]"))
-            cited = page.get_by_test_id("stExpander").filter(
-                has=page.locator("summary", has_text=re.compile(r"\[\d\] .*travel-expenses"))
-            ).first
+            cited = (
+                page.get_by_test_id("stExpander")
+                .filter(has=page.locator("summary", has_text=re.compile(r"\[\d\] .*travel-expenses")))
+                .first
+            )
             cited.locator("summary").click()
             mark = cited.locator("mark").first
             expect(mark).to_be_visible()

@@ -10,16 +10,22 @@ from __future__ import annotations
 import pytest
 
 from assistant.generators.base import GenParams, Message, generate
-from tether.errors import ConfigError
 from tests.tiny_llm import make_tiny_llm
+from tether.errors import ConfigError
 
 CONTEXT = [
     Message("system", "Answer from the context."),
-    Message("user", "Context: The Halden office canteen opens at 07:45 and closes at 14:30.\nQuestion: When does the canteen open?"),
+    Message(
+        "user",
+        "Context: The Halden office canteen opens at 07:45 and closes at 14:30.\nQuestion: When does the canteen open?",
+    ),
 ]
 FREE = [Message("system", "Answer the question."), Message("user", "Question: When does the canteen open?")]
 LONG_FREE = [
-    Message("system", "Answer the question. Remote work is allowed up to three days per week. Laptops are replaced every four years."),
+    Message(
+        "system",
+        "Answer the question. Remote work is allowed up to three days per week. Laptops are replaced every four years.",
+    ),
     Message("user", "Question: When does the canteen open? Travel must be approved by your manager before booking."),
 ]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -82,7 +88,9 @@ def test_batched_logits_equal_the_formula_from_two_separate_runs(gen, free_messa
     ctx_ids, free_ids = gen.prompt_ids(CONTEXT), gen.prompt_ids(free_messages)
     assert len(ctx_ids) != len(free_ids)
     # the tokens fed at each step: chosen by the combined logits themselves, plus fixed ones
-    rows = _Rows(gen.model, [ctx_ids, free_ids], device=gen.device, make_cache=lambda: DynamicCache(config=gen.model.config))
+    rows = _Rows(
+        gen.model, [ctx_ids, free_ids], device=gen.device, make_cache=lambda: DynamicCache(config=gen.model.config)
+    )
     fed, got = [], []
     with torch.inference_mode():
         logits = rows.prefill()

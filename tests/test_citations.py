@@ -5,7 +5,22 @@ from retrieval.search import SearchHit
 
 
 def hit(text, source="travel.pdf"):
-    return SearchHit("p1", text, source, "Travel", (100, 100 + len(text)), None, 1.0, 1, None, None, "2024-06-01", "current", "official", 1)
+    return SearchHit(
+        "p1",
+        text,
+        source,
+        "Travel",
+        (100, 100 + len(text)),
+        None,
+        1.0,
+        1,
+        None,
+        None,
+        "2024-06-01",
+        "current",
+        "official",
+        1,
+    )
 
 
 PASSAGE = hit("Within the EU the daily allowance is EUR 60. For trips outside the EU the daily allowance is €85.")
@@ -35,4 +50,6 @@ def test_uncited_sentences_count_against_groundedness_but_tethers_own_words_do_n
     from assistant.engine import uncited_sentences
 
     text = "The allowance is EUR 60 [1]. It is paid monthly by payroll. Yes. Source 1 is travel.pdf (dated 2024-06-01)."
-    assert uncited_sentences(text, own=["Source 1 is travel.pdf (dated 2024-06-01)."]) == ["It is paid monthly by payroll."]
+    assert uncited_sentences(text, own=["Source 1 is travel.pdf (dated 2024-06-01)."]) == [
+        "It is paid monthly by payroll."
+    ]

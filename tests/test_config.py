@@ -69,8 +69,18 @@ def test_hf_and_openai_sections_load_from_yaml(tmp_path, monkeypatch):
         "  prefix_cache: false\n  cad_batched: true\n"
     )
     cfg = load_config(data)
-    assert cfg.openai == OpenAIConfig(url="http://127.0.0.1:8000/v1", model="tiny", api_key="k1", timeout_s=5.0, max_retries=0)
-    assert cfg.hf == HFConfig(device="cpu", dtype="float32", quantize="int8", compile=False, cache="dynamic", prefix_cache=False, cad_batched=True)
+    assert cfg.openai == OpenAIConfig(
+        url="http://127.0.0.1:8000/v1", model="tiny", api_key="k1", timeout_s=5.0, max_retries=0
+    )
+    assert cfg.hf == HFConfig(
+        device="cpu",
+        dtype="float32",
+        quantize="int8",
+        compile=False,
+        cache="dynamic",
+        prefix_cache=False,
+        cad_batched=True,
+    )
     assert "k1" not in repr(cfg)  # the key stays out of logs
     (data / "tether.yaml").write_text("hf:\n  compile: auto\n  device: cuda:1\n")
     assert (load_config(data).hf.compile, load_config(data).hf.device) == ("auto", "cuda:1")
@@ -142,7 +152,9 @@ def test_openai_generator_needs_the_openai_url(tmp_path):
     (data / "tether.yaml").write_text("assistant:\n  generator: openai\n")
     with pytest.raises(ConfigError) as info:
         load_config(data)
-    assert info.value.problems == ["--generator / assistant.generator is 'openai' but openai.url is not set (e.g. http://127.0.0.1:8000/v1)"]
+    assert info.value.problems == [
+        "--generator / assistant.generator is 'openai' but openai.url is not set (e.g. http://127.0.0.1:8000/v1)"
+    ]
     (data / "tether.yaml").write_text("")
     with pytest.raises(ConfigError, match="openai.url is not set"):
         load_config(data).with_assistant(generator="openai")
@@ -170,6 +182,7 @@ def test_openai_api_key_from_the_environment(tmp_path, monkeypatch):
 
 # -- one coercer, every section ---------------------------------------------------------------------
 
+
 def test_the_coercer_checks_every_type_and_reports_every_problem():
     from dataclasses import dataclass, field
 
@@ -186,7 +199,12 @@ def test_the_coercer_checks_every_type_and_reports_every_problem():
         sizes: list[int] = field(default_factory=list)
 
     problems: list[str] = []
-    ok = coerce(Section, {"n": 3, "x": 2, "flag": True, "name": 7, "maybe": None, "tags": ["p", "q"], "sizes": [1, 2]}, problems, where="s.")
+    ok = coerce(
+        Section,
+        {"n": 3, "x": 2, "flag": True, "name": 7, "maybe": None, "tags": ["p", "q"], "sizes": [1, 2]},
+        problems,
+        where="s.",
+    )
     assert problems == []
     assert ok == {"n": 3, "x": 2.0, "flag": True, "name": "7", "maybe": None, "tags": ("p", "q"), "sizes": [1, 2]}
     assert isinstance(ok["x"], float)
@@ -195,9 +213,15 @@ def test_the_coercer_checks_every_type_and_reports_every_problem():
     assert kept == {}
     text = "\n".join(problems)
     assert len(problems) == 7, text
-    for needle in ("s.n must be an integer, got 2.5", "s.x must be a finite number, got nan", "s.flag must be true or false, got 'yes'",
-                   "s.name must be a string, got False (YAML reads unquoted on/off", "s.tags must be a list of strings, got 'p'",
-                   "s.sizes must be a list of integers", "s.extra is not a known setting"):
+    for needle in (
+        "s.n must be an integer, got 2.5",
+        "s.x must be a finite number, got nan",
+        "s.flag must be true or false, got 'yes'",
+        "s.name must be a string, got False (YAML reads unquoted on/off",
+        "s.tags must be a list of strings, got 'p'",
+        "s.sizes must be a list of integers",
+        "s.extra is not a known setting",
+    ):
         assert needle in text, needle
     problems.clear()
     coerce(Section, {"n": True, "x": float("inf"), "name": None}, problems)
@@ -226,10 +250,18 @@ def test_every_section_comes_from_tether_yaml_with_one_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(data)
     text = str(info.value)
-    for needle in ("retrieval.chunk_size must be an integer, got nan", "conflicts.pair_similarity (2.0) must be a cosine",
-                   "conflicts.cache_size (0) must be >= 1", "conflicts.max_value_ratio (1.0) must be > 1",
-                   "conflicts.sharpness is not a known setting", "extractive.keep_ratio (1.5)", "extractive.max_sentences must be an integer",
-                   "training.lora_r (0) must be >= 1", "training.liger must be a string, got False", "training.learning_rate must be a number, got '2e-4'"):
+    for needle in (
+        "retrieval.chunk_size must be an integer, got nan",
+        "conflicts.pair_similarity (2.0) must be a cosine",
+        "conflicts.cache_size (0) must be >= 1",
+        "conflicts.max_value_ratio (1.0) must be > 1",
+        "conflicts.sharpness is not a known setting",
+        "extractive.keep_ratio (1.5)",
+        "extractive.max_sentences must be an integer",
+        "training.lora_r (0) must be >= 1",
+        "training.liger must be a string, got False",
+        "training.learning_rate must be a number, got '2e-4'",
+    ):
         assert needle in text, needle
     assert len(info.value.problems) == 10, text
 
@@ -246,7 +278,10 @@ def test_the_detector_is_built_from_the_conflicts_section():
     with pytest.raises(ConfigError) as err:
         RuleConflictDetector(None, section, contradiction_threshold=0.0, nli_max_pairs=-1)
     assert len(err.value.problems) == 2
-    a, b = claim_features("The daily meal allowance is €40 per day."), claim_features("The daily meal allowance is €200 per day.")
+    a, b = (
+        claim_features("The daily meal allowance is €40 per day."),
+        claim_features("The daily meal allowance is €200 per day."),
+    )
     assert rule_hit(a, b) is None  # five times apart: different attributes at the default ratio (4)
     assert rule_hit(a, b, max_value_ratio=section.max_value_ratio) is not None
 
@@ -257,7 +292,9 @@ def test_the_extractive_answerer_takes_its_section(tmp_path):
     assert ExtractiveConfig.from_config(load_config(tmp_path / "empty")) == ExtractiveConfig()
     data = tmp_path / "d"
     data.mkdir()
-    (data / "tether.yaml").write_text("extractive: {max_sentences: 1, keep_ratio: 0.5, mmr_lambda: 1.0}\nassistant: {min_relevance: 0.3}\n")
+    (data / "tether.yaml").write_text(
+        "extractive: {max_sentences: 1, keep_ratio: 0.5, mmr_lambda: 1.0}\nassistant: {min_relevance: 0.3}\n"
+    )
     e = ExtractiveConfig.from_config(load_config(data))
     assert (e.max_sentences, e.keep_ratio, e.mmr_lambda, e.min_relevance) == (1, 0.5, 1.0, 0.3)
 
@@ -313,11 +350,32 @@ def test_every_train_config_field_is_a_flag_with_its_help(tmp_path):
     data = tmp_path / "d"
     data.mkdir()
     (data / "tether.yaml").write_text("training: {seed: 4, learning_rate: 0.5}\n")
-    res = CliRunner().invoke(app, ["train", "sft", "--dataset", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "o"), "--lora-r", "0",
-                                   "--learning-rate", "2.0", "--no-resume", "--liger", "sometimes"], obj=CliOptions(data_dir=data))
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "sft",
+            "--dataset",
+            str(tmp_path / "ds"),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--lora-r",
+            "0",
+            "--learning-rate",
+            "2.0",
+            "--no-resume",
+            "--liger",
+            "sometimes",
+        ],
+        obj=CliOptions(data_dir=data),
+    )
     assert isinstance(res.exception, ConfigError), res.output
     text = str(res.exception)
-    for needle in ("--lora-r / lora_r (0) must be >= 1", "--learning-rate / learning_rate (2.0) must be in (0, 1)", "--liger / liger ('sometimes')"):
+    for needle in (
+        "--lora-r / lora_r (0) must be >= 1",
+        "--learning-rate / learning_rate (2.0) must be in (0, 1)",
+        "--liger / liger ('sometimes')",
+    ):
         assert needle in text, needle
     assert len(res.exception.problems) == 3, text
 
@@ -325,8 +383,12 @@ def test_every_train_config_field_is_a_flag_with_its_help(tmp_path):
 def test_pipeline_kinds_must_build_the_stages_datasets(tmp_path):
     from training.pipeline import load_pipeline_config
 
-    (tmp_path / "p.yaml").write_text("data: {out_dir: ds, kinds: 'sft,kto'}\nsft: {output_dir: a}\npreference: {method: dpo, output_dir: b}\n")
-    with pytest.raises(ConfigError, match=r"preference trains dpo on ds/dpo, which data.kinds \('sft,kto'\) does not build"):
+    (tmp_path / "p.yaml").write_text(
+        "data: {out_dir: ds, kinds: 'sft,kto'}\nsft: {output_dir: a}\npreference: {method: dpo, output_dir: b}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"preference trains dpo on ds/dpo, which data.kinds \('sft,kto'\) does not build"
+    ):
         load_pipeline_config(tmp_path / "p.yaml")
 
 

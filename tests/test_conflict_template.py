@@ -24,8 +24,17 @@ from training.data import build_datasets, read_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 MEALS = "What is the daily meal allowance for a business trip inside the EU?"
-OLD = Claim("The daily allowance for meals is €45 per day.", "travel-2022.md", "p1", "Travel 2022", "2022-03-01", "official",
-            "superseded", (10, 55), "EUR 45 per day")
+OLD = Claim(
+    "The daily allowance for meals is €45 per day.",
+    "travel-2022.md",
+    "p1",
+    "Travel 2022",
+    "2022-03-01",
+    "official",
+    "superseded",
+    (10, 55),
+    "EUR 45 per day",
+)
 NEW = Claim("The daily allowance for meals is EUR 60 per day.", "travel-2024.pdf", date="2024-06-01")
 
 
@@ -44,10 +53,25 @@ def test_conflict_round_trips_through_json(confidence):
 @pytest.mark.parametrize(
     "data, needle",
     [
-        ({"kind": "numeric", "claims": [{"text": "a", "source": "x"}, {"text": "b", "source": "y"}]}, "value_type, subject, confidence"),
+        (
+            {"kind": "numeric", "claims": [{"text": "a", "source": "x"}, {"text": "b", "source": "y"}]},
+            "value_type, subject, confidence",
+        ),
         ({**Conflict("numeric", "amount", "s", (OLD, NEW), 0.5).to_json(), "claims": [OLD.to_json()]}, "a list of two"),
-        ({**Conflict("numeric", "amount", "s", (OLD, NEW), 0.5).to_json(), "claims": [{"sentence": "a"}, NEW.to_json()]}, "text and source"),
-        ({**Conflict("numeric", "amount", "s", (OLD, NEW), 0.5).to_json(), "claims": [{**OLD.to_json(), "span": [1]}, NEW.to_json()]}, "span"),
+        (
+            {
+                **Conflict("numeric", "amount", "s", (OLD, NEW), 0.5).to_json(),
+                "claims": [{"sentence": "a"}, NEW.to_json()],
+            },
+            "text and source",
+        ),
+        (
+            {
+                **Conflict("numeric", "amount", "s", (OLD, NEW), 0.5).to_json(),
+                "claims": [{**OLD.to_json(), "span": [1]}, NEW.to_json()],
+            },
+            "span",
+        ),
         ([OLD.to_json(), NEW.to_json()], "object"),
     ],
 )
@@ -71,9 +95,13 @@ def handbook_cfg(tmp_path_factory):
 def _meal_conflict(answer) -> int:
     for i in answer.relevant_conflicts:
         c = answer.conflicts[i]
-        if {x.source for x in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"} and "45" in " ".join(x.text for x in c.claims):
+        if {x.source for x in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"} and "45" in " ".join(
+            x.text for x in c.claims
+        ):
             return i
-    raise AssertionError(f"the €45 vs EUR 60 conflict is not among the relevant ones: {[c.to_json() for c in answer.conflicts]}")
+    raise AssertionError(
+        f"the €45 vs EUR 60 conflict is not among the relevant ones: {[c.to_json() for c in answer.conflicts]}"
+    )
 
 
 def _engine_answer(cfg, policy):
@@ -103,8 +131,11 @@ def test_the_dpo_chosen_row_carries_exactly_the_engines_statement_under_each_pol
         numbers = {h.id: n for n, h in enumerate(a.passages, start=1)}  # the passage numbering of the answer
         statement = conflict_statement(conflict, decision, numbers, answer=rejected)
         assert statement and statement in a.text and statement in chosen  # the one template, same string
-        assert chosen.startswith(rejected) and f" {statement}" in chosen[len(rejected):]
+        assert chosen.startswith(rejected) and f" {statement}" in chosen[len(rejected) :]
         assert "disagree" not in rejected  # the generator's reply, which ignored the conflict
         statements[policy] = statement
     assert statements["prefer-official"] != statements["present-both"]  # the decision is in the text
-    assert "applies and overrides source" in statements["prefer-official"] and "both are shown" in statements["present-both"]
+    assert (
+        "applies and overrides source" in statements["prefer-official"]
+        and "both are shown" in statements["present-both"]
+    )

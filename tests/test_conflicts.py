@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from assistant.evaluation.metrics import prf
 from retrieval.conflicts import (
     Claim,
     NLIConflictDetector,
@@ -15,7 +16,6 @@ from retrieval.conflicts import (
     get_detector,
     rule_hit,
 )
-from assistant.evaluation.metrics import prf
 from tether.errors import BackendUnavailable, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,20 +37,72 @@ def hit(a: str, b: str):
 @pytest.mark.parametrize(
     "a, b, kind, value_type, values",
     [
-        ("The meal allowance is €45 per day.", "The meal allowance is EUR 60 per day.", "numeric", "amount", ("EUR 45 per day", "EUR 60 per day")),
-        ("Book at least 3 weeks before departure.", "Book at least 14 days before departure.", "numeric", "duration", ("21 days", "14 days")),
-        ("Overtime is paid at 150% of the hourly rate.", "Overtime is paid at 125 percent of the hourly rate.", "numeric", "percent", ("150%", "125%")),
-        ("Passwords need at least 14 characters.", "Passwords need at least twelve characters.", "numeric", "count", ("14 characters", "12 characters")),
+        (
+            "The meal allowance is €45 per day.",
+            "The meal allowance is EUR 60 per day.",
+            "numeric",
+            "amount",
+            ("EUR 45 per day", "EUR 60 per day"),
+        ),
+        (
+            "Book at least 3 weeks before departure.",
+            "Book at least 14 days before departure.",
+            "numeric",
+            "duration",
+            ("21 days", "14 days"),
+        ),
+        (
+            "Overtime is paid at 150% of the hourly rate.",
+            "Overtime is paid at 125 percent of the hourly rate.",
+            "numeric",
+            "percent",
+            ("150%", "125%"),
+        ),
+        (
+            "Passwords need at least 14 characters.",
+            "Passwords need at least twelve characters.",
+            "numeric",
+            "count",
+            ("14 characters", "12 characters"),
+        ),
         ("The audit is on 3 May 2025.", "The audit is on 10 May 2025.", "date", "date", ("2025-05-03", "2025-05-10")),
-        ("The DPO is Marta Kowalski.", "The DPO is Pieter de Vries.", "entity", "entity", ("Marta Kowalski", "Pieter de Vries")),
-        ("Trips must be approved by the line manager.", "Trips must be approved by the Finance Director.", "entity", "entity", ("line manager", "Finance Director")),
-        ("Pets are allowed in the office.", "Pets are prohibited in the office.", "polarity", "polarity", ("allowed", "prohibited")),
-        ("The safety course is mandatory for engineers.", "The safety course is optional for engineers.", "polarity", "polarity", ("required", "optional")),
+        (
+            "The DPO is Marta Kowalski.",
+            "The DPO is Pieter de Vries.",
+            "entity",
+            "entity",
+            ("Marta Kowalski", "Pieter de Vries"),
+        ),
+        (
+            "Trips must be approved by the line manager.",
+            "Trips must be approved by the Finance Director.",
+            "entity",
+            "entity",
+            ("line manager", "Finance Director"),
+        ),
+        (
+            "Pets are allowed in the office.",
+            "Pets are prohibited in the office.",
+            "polarity",
+            "polarity",
+            ("allowed", "prohibited"),
+        ),
+        (
+            "The safety course is mandatory for engineers.",
+            "The safety course is optional for engineers.",
+            "polarity",
+            "polarity",
+            ("required", "optional"),
+        ),
     ],
 )
 def test_rules_find_each_kind(a, b, kind, value_type, values):
     found = hit(a, b)
-    assert found is not None and (found.kind, found.value_type, (found.value_a, found.value_b)) == (kind, value_type, values)
+    assert found is not None and (found.kind, found.value_type, (found.value_a, found.value_b)) == (
+        kind,
+        value_type,
+        values,
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,17 +110,35 @@ def test_rules_find_each_kind(a, b, kind, value_type, values):
     [
         ("The meal allowance is €45 per day.", "The meal allowance is 45 euros per day."),  # same value
         ("Book at least 3 weeks before departure.", "Book at least 21 days before departure."),  # same duration
-        ("Leave of more than ten working days needs four weeks' notice.", "Leave of more than 10 working days needs 4 weeks' notice."),
-        ("The allowance is EUR 60 per day for travel within the EU.", "For travel outside the EU the allowance is EUR 85 per day."),
+        (
+            "Leave of more than ten working days needs four weeks' notice.",
+            "Leave of more than 10 working days needs 4 weeks' notice.",
+        ),
+        (
+            "The allowance is EUR 60 per day for travel within the EU.",
+            "For travel outside the EU the allowance is EUR 85 per day.",
+        ),
         ("The Rotterdam office is open from 07:30 to 19:00.", "The Brno office is open from 08:00 to 18:00."),
         ("The training budget was €900 in 2023.", "The training budget is €1,200 for 2024."),
-        ("Employees must work from the office 2 days per week.", "Contractors must work from the office 3 days per week."),
+        (
+            "Employees must work from the office 2 days per week.",
+            "Contractors must work from the office 3 days per week.",
+        ),
         ("Delivery takes between 2 and 4 weeks.", "Delivery takes about 3 weeks."),
         ("Business use of a private car is paid at €0.23 per km.", "Commuting by private car is paid at €0.19 per km."),
         ("Overtime on weekdays is paid at 150%.", "Overtime on Sundays is paid at 200%."),
-        ("Employees get 2 additional leave days per year.", "Employees get 12 weeks of fully paid parental leave."),  # different attribute
-        ("You may only work alone after the induction.", "Working alone after 20:00 is prohibited."),  # a condition, not a permission
-        ("Policy owner: Lotte Hendriks, Finance Director.", "Policy owner: Femke Visser, Procurement Manager."),  # each document's own owner
+        (
+            "Employees get 2 additional leave days per year.",
+            "Employees get 12 weeks of fully paid parental leave.",
+        ),  # different attribute
+        (
+            "You may only work alone after the induction.",
+            "Working alone after 20:00 is prohibited.",
+        ),  # a condition, not a permission
+        (
+            "Policy owner: Lotte Hendriks, Finance Director.",
+            "Policy owner: Femke Visser, Procurement Manager.",
+        ),  # each document's own owner
         ("Effective date: 1 June 2024.", "Effective date: 1 February 2024."),  # document metadata
     ],
 )
@@ -101,15 +171,30 @@ def detector(embedder):
 
 
 def test_judge_types_supersession_and_fills_claim_values(detector):
-    old = Claim("The daily allowance for meals is €45 per day for travel within the EU.", "travel-2022.md", date="2022-03-01", authority="official", status="superseded")
-    new = Claim("The daily allowance for meals is EUR 60 per day for travel within the EU.", "travel-2024.pdf", date="2024-06-01", authority="official", status="current")
+    old = Claim(
+        "The daily allowance for meals is €45 per day for travel within the EU.",
+        "travel-2022.md",
+        date="2022-03-01",
+        authority="official",
+        status="superseded",
+    )
+    new = Claim(
+        "The daily allowance for meals is EUR 60 per day for travel within the EU.",
+        "travel-2024.pdf",
+        date="2024-06-01",
+        authority="official",
+        status="current",
+    )
     c = detector.judge(old, new)
     assert c is not None and (c.kind, c.value_type) == ("supersession", "amount")
     assert [x.value for x in c.claims] == ["EUR 45 per day", "EUR 60 per day"]
     assert c.claims[0].status == "superseded" and c.claims[1].date == "2024-06-01"
     assert "allowance" in c.subject and "within the EU" in c.subject and 0 < c.confidence <= 1
     out = c.to_json()
-    assert set(out) == {"kind", "value_type", "subject", "confidence", "claims"} and out["claims"][0]["value"] == "EUR 45 per day"
+    assert (
+        set(out) == {"kind", "value_type", "subject", "confidence", "claims"}
+        and out["claims"][0]["value"] == "EUR 45 per day"
+    )
     # both current: the plain kind
     c2 = detector.judge(Claim(old.text, "a.md", status="current"), new)
     assert c2 is not None and c2.kind == "numeric"
@@ -202,9 +287,9 @@ def test_judge_reaches_f1_085_on_the_labelled_set(detector):
 
 @pytest.fixture(scope="module")
 def handbook_searcher(embedder, tmp_path_factory):
-    from tether.config import load_config
     from retrieval.ingest import ingest
     from retrieval.search import Searcher
+    from tether.config import load_config
 
     cfg = load_config(tmp_path_factory.mktemp("handbook-data"))
     ingest(cfg, [HANDBOOK], embedder=embedder)
@@ -224,7 +309,12 @@ def test_detect_reports_the_meal_allowance_supersession(handbook_searcher, embed
     assert (c.kind, c.value_type) == ("supersession", "amount")
     by_source = {x.source: x for x in c.claims}
     old, new = by_source["travel-expenses-2022.md"], by_source["travel-expenses-2024.pdf"]
-    assert (old.date, old.status, old.authority, old.value) == ("2022-03-01", "superseded", "official", "EUR 45 per day")
+    assert (old.date, old.status, old.authority, old.value) == (
+        "2022-03-01",
+        "superseded",
+        "official",
+        "EUR 45 per day",
+    )
     assert (new.date, new.status, new.authority, new.value) == ("2024-06-01", "current", "official", "EUR 60 per day")
     assert "€45" in old.text and "EUR 60" in new.text and old.passage_id in {h.id for h in hits}
     # best first, no duplicate pairs
@@ -254,7 +344,9 @@ def test_detect_is_precise_over_every_question(handbook_searcher, embedder):
     for r in rows():
         if not r["id"].startswith("g"):
             labelled[(ws(r["a"]["text"]), ws(r["b"]["text"]))] = r["conflict"]
-    questions = [json.loads(x)["question"] for x in (ROOT / "examples/eval/qa.jsonl").read_text().splitlines() if x.strip()]
+    questions = [
+        json.loads(x)["question"] for x in (ROOT / "examples/eval/qa.jsonl").read_text().splitlines() if x.strip()
+    ]
     questions += [r["question"] for r in rows() if not r["id"].startswith("g")]
     detector = RuleConflictDetector(embedder)
     found: dict[frozenset, bool | None] = {}
@@ -291,8 +383,16 @@ def _tiny_nli(path: Path, labels: dict[int, str], favour: str | None):
 
     tok = AutoTokenizer.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")), local_files_only=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                     num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()})
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=len(labels),
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     model = BertForSequenceClassification(cfg)
     if favour is not None:  # make one label win whatever the input
         with torch.no_grad():
@@ -311,16 +411,22 @@ NLI_B = Claim("Visitors register at reception and walk around the building alone
 
 def test_nli_detector_reads_the_contradiction_label_from_the_config(embedder, tmp_path):
     labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
-    det = NLIConflictDetector(embedder, str(_tiny_nli(tmp_path / "c", labels, "contradiction")), contradiction_threshold=0.9)
+    det = NLIConflictDetector(
+        embedder, str(_tiny_nli(tmp_path / "c", labels, "contradiction")), contradiction_threshold=0.9
+    )
     assert det.contradiction_index == 2
     assert det.rules.judge(NLI_A, NLI_B) is None
     c = det.judge(NLI_A, NLI_B)
     assert c is not None and c.kind == "supersession" and c.value_type == "polarity" and c.confidence >= 0.9
     # the same weights favouring entailment: nothing
-    det = NLIConflictDetector(embedder, str(_tiny_nli(tmp_path / "e", labels, "entailment")), contradiction_threshold=0.5)
+    det = NLIConflictDetector(
+        embedder, str(_tiny_nli(tmp_path / "e", labels, "entailment")), contradiction_threshold=0.5
+    )
     assert det.judge(NLI_A, NLI_B) is None
     # rule conflicts still come from the rules
-    rule = det.judge(Claim("Pets are allowed in the office.", "a.md"), Claim("Pets are prohibited in the office.", "b.md"))
+    rule = det.judge(
+        Claim("Pets are allowed in the office.", "a.md"), Claim("Pets are prohibited in the office.", "b.md")
+    )
     assert rule is not None and rule.kind == "polarity" and rule.claims[0].value == "allowed"
 
 
@@ -338,7 +444,9 @@ def test_nli_threshold_and_probabilities(embedder, tmp_path):
     assert det.judge(NLI_A, NLI_B) is None  # p < 1.0
     low = NLIConflictDetector(embedder, str(path), contradiction_threshold=min(p, 0.999) * 0.99)
     c = low.judge(NLI_A, NLI_B)
-    assert c is not None and c.confidence == pytest.approx(max(low.contradiction_probs([(NLI_A.text, NLI_B.text), (NLI_B.text, NLI_A.text)])), abs=1e-4)
+    assert c is not None and c.confidence == pytest.approx(
+        max(low.contradiction_probs([(NLI_A.text, NLI_B.text), (NLI_B.text, NLI_A.text)])), abs=1e-4
+    )
 
 
 def test_nli_model_without_a_contradiction_label_is_refused(embedder, tmp_path):

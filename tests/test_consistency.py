@@ -31,12 +31,16 @@ def tiny_gen(tmp_path_factory):
 
 
 def test_check_consistency_asks_three_phrasings_without_sources(tiny_gen, embedder):
-    result = check_consistency(tiny_gen, "How many days of leave?", "You get 25 days [1].", embedder, GenParams(max_new_tokens=8))
+    result = check_consistency(
+        tiny_gen, "How many days of leave?", "You get 25 days [1].", embedder, GenParams(max_new_tokens=8)
+    )
     assert result["questions"][0] == "How many days of leave?" and len(result["answers"]) == 3
     assert [p[:2] for p in result["pairwise"]] == [[0, 1], [0, 2], [1, 2]]
     assert result["consistent"] == all(p[3] for p in result["pairwise"])
     # greedy decoding of the same prompt is deterministic, so the same question twice agrees with itself
-    again = check_consistency(tiny_gen, "How many days of leave?", "You get 25 days [1].", embedder, GenParams(max_new_tokens=8))
+    again = check_consistency(
+        tiny_gen, "How many days of leave?", "You get 25 days [1].", embedder, GenParams(max_new_tokens=8)
+    )
     assert again["answers"] == result["answers"]
     assert len(result["agrees_with_context"]) == 3
 

@@ -53,14 +53,23 @@ def test_swaps_are_deterministic_and_depend_on_the_seed(qa, made):
 
 def test_values_keep_their_format():
     case = {
-        "id": "x", "question": "What is the hotel limit?", "answers": ["EUR 5,000 per night", "€5,000"], "source": "t.md",
+        "id": "x",
+        "question": "What is the hotel limit?",
+        "answers": ["EUR 5,000 per night", "€5,000"],
+        "source": "t.md",
         "evidence": "The limit is EUR 5,000 per night. Above EUR 5,000 the Finance Director approves.",
     }
     (cf,) = make_counterfactuals([case], seed=3)
     new = cf["swap"]["to"]
     assert cf["swap"]["kind"] == "amount" and new.startswith("EUR ") and "," in new
     assert cf["context"].count(new) == 2 and "5,000" not in cf["context"]
-    words = {"id": "w", "question": "How long?", "answers": ["two months"], "evidence": "The probation period is two months.", "source": "o.md"}
+    words = {
+        "id": "w",
+        "question": "How long?",
+        "answers": ["two months"],
+        "evidence": "The probation period is two months.",
+        "source": "o.md",
+    }
     (cfw,) = make_counterfactuals([words], seed=0)
     assert cfw["swap"]["to"].split()[0].isalpha() and cfw["swap"]["to"].endswith("months")
 
@@ -97,8 +106,8 @@ def test_cli_writes_the_cases(tmp_path, made):
 
 
 def test_from_corpus_builds_questions_from_ingested_chunks(tmp_path):
-    from tether.config import load_config
     from retrieval.ingest import ingest
+    from tether.config import load_config
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -111,7 +120,11 @@ def test_from_corpus_builds_questions_from_ingested_chunks(tmp_path):
     cases = from_corpus(cfg, n=5, seed=0)
     assert cases and len(cases) <= 5
     for c in cases:
-        assert c["passage_id"] and c["source"].endswith("policy.md") and c["generated_from"] == f"corpus:{cfg.retrieval.collection}"
+        assert (
+            c["passage_id"]
+            and c["source"].endswith("policy.md")
+            and c["generated_from"] == f"corpus:{cfg.retrieval.collection}"
+        )
         assert c["swap"]["from"] in c["original_answer"] and c["swap"]["to"] in c["context"]
         assert c["question"].endswith("?") and c["swap"]["from"] not in c["question"]
     assert from_corpus(cfg, n=5, seed=0) == cases

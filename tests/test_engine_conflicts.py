@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from assistant.engine import ChatEngine
 from assistant.logstore import LogStore
-from tether.config import load_config
 from retrieval.ingest import ingest
+from tether.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 MEALS = "What is the daily meal allowance for a business trip inside the EU?"
@@ -36,7 +36,9 @@ def _answer(cfg, question, **changes):
 def _meal_conflict(answer):
     for i, c in enumerate(answer.conflicts):
         sources = {x.source for x in c.claims}
-        if sources == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"} and "45" in " ".join(x.text for x in c.claims):
+        if sources == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"} and "45" in " ".join(
+            x.text for x in c.claims
+        ):
             return i, c
     raise AssertionError(f"the €45 vs EUR 60 conflict was not found: {[c.to_json() for c in answer.conflicts]}")
 
@@ -73,7 +75,8 @@ def test_a_question_without_conflicting_sources_gets_no_conflict_statement(handb
     a = _answer(handbook_cfg, "How much is reimbursed per kilometre when I drive my own car on a business trip?")
     assert "disagree" not in a.text
     assert not any(
-        {x.source for x in a.conflicts[i].claims} >= {"travel-expenses-2024.pdf"} and "0.23" in a.conflicts[i].claims[0].text
+        {x.source for x in a.conflicts[i].claims} >= {"travel-expenses-2024.pdf"}
+        and "0.23" in a.conflicts[i].claims[0].text
         for i in a.relevant_conflicts
     )
 
@@ -93,11 +96,28 @@ def test_ask_json_carries_kind_claims_decision_and_policy(handbook_cfg):
     from app.cli import app as tether
 
     result = CliRunner().invoke(
-        tether, ["--data-dir", str(handbook_cfg.data_dir), "ask", MEALS, "--generator", "extractive", "-k", "8", "--json", "--policy", "prefer-recent"]
+        tether,
+        [
+            "--data-dir",
+            str(handbook_cfg.data_dir),
+            "ask",
+            MEALS,
+            "--generator",
+            "extractive",
+            "-k",
+            "8",
+            "--json",
+            "--policy",
+            "prefer-recent",
+        ],
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    conflicts = [c for c in out["conflicts"] if {x["source"] for x in c["claims"]} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}]
+    conflicts = [
+        c
+        for c in out["conflicts"]
+        if {x["source"] for x in c["claims"]} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}
+    ]
     assert conflicts, out["conflicts"]
     c = conflicts[0]
     assert c["kind"] in ("numeric", "supersession") and c["policy"] == "prefer-recent"
@@ -144,8 +164,12 @@ def test_detect_conflicts_keeps_the_ones_the_question_is_about(handbook_cfg):
     try:
         found = engine.detect_conflicts(MEALS, hits)
         assert found.conflicts and len(found.decisions) == len(found.conflicts)
-        meal = next(i for i, c in enumerate(found.conflicts) if {x.source for x in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}
-                    and "45" in " ".join(x.text for x in c.claims))
+        meal = next(
+            i
+            for i, c in enumerate(found.conflicts)
+            if {x.source for x in c.claims} == {"travel-expenses-2022.md", "travel-expenses-2024.pdf"}
+            and "45" in " ".join(x.text for x in c.claims)
+        )
         assert meal in found.relevant
         claims = found.claims_by_passage()
         assert {x.passage_id for x in found.conflicts[meal].claims} <= set(claims)
@@ -177,7 +201,7 @@ def test_resolve_appends_a_statement_or_replaces_the_text(handbook_cfg):
         draft = Draft("Receipts must be kept for every meal [1].", refused=False, checked=Verification())
         events, resolved = run_stage(engine.resolve(draft, ctx, only))
         assert resolved.text.startswith(draft.text) and resolved.statements and "disagree" in resolved.text
-        assert events == [Token(resolved.text[len(draft.text):])] and resolved.checked is None
+        assert events == [Token(resolved.text[len(draft.text) :])] and resolved.checked is None
         # an answer stating the overridden claim as fact: that sentence goes, the text is replaced
         loser = conflict.claims[1 - decision.winner]
         n = next(k for k, h in enumerate(hits, start=1) if h.id == loser.passage_id)
@@ -185,7 +209,10 @@ def test_resolve_appends_a_statement_or_replaces_the_text(handbook_cfg):
         events, resolved = run_stage(engine.resolve(stated, ctx, only))
         assert events == [Replace(resolved.text, CONFLICT_REWRITE)] and not resolved.text.startswith(stated.text)
         # nothing relevant, or a refusal: the draft passes through with its check
-        assert run_stage(engine.resolve(draft, ctx, Findings(found.conflicts, found.decisions, ()))) == ([], type(resolved)(draft.text, False, (), draft.checked))
+        assert run_stage(engine.resolve(draft, ctx, Findings(found.conflicts, found.decisions, ()))) == (
+            [],
+            type(resolved)(draft.text, False, (), draft.checked),
+        )
         refusal = Draft("I don't know: the documents do not say.", refused=True)
         assert run_stage(engine.resolve(refusal, ctx, only))[0] == []
     finally:

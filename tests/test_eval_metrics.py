@@ -59,8 +59,14 @@ def test_retrieval_metrics_on_gold_sources():
 
 
 def test_retrieval_metrics_on_passage_ids_and_evidence():
-    ranked = [M.Retrieved("p1", "a", "one"), M.Retrieved("p2", "a", "two"), M.Retrieved("p3", "b", "The limit is\nEUR 240  per night.")]
-    assert M.reciprocal_rank(ranked, M.Gold(passage_ids=("p3",), sources=("a",))) == pytest.approx(1 / 3)  # ids win over sources
+    ranked = [
+        M.Retrieved("p1", "a", "one"),
+        M.Retrieved("p2", "a", "two"),
+        M.Retrieved("p3", "b", "The limit is\nEUR 240  per night."),
+    ]
+    assert M.reciprocal_rank(ranked, M.Gold(passage_ids=("p3",), sources=("a",))) == pytest.approx(
+        1 / 3
+    )  # ids win over sources
     assert M.recall_at_k(ranked, M.Gold(passage_ids=("p3",)), 2) == 0.0
     assert M.reciprocal_rank(ranked, M.Gold(evidence="the limit is EUR 240 per night.")) == pytest.approx(1 / 3)
     assert not M.Gold()
@@ -87,8 +93,12 @@ def test_percentile_and_prf():
 
 def test_conflict_metrics_by_hand():
     outcomes = [
-        ConflictOutcome("c1", True, True, "numeric", "numeric", {"prefer-recent": "b"}, {"prefer-recent": "b"}),  # TP, all right
-        ConflictOutcome("c2", True, True, "entity", "numeric", {"prefer-recent": "a"}, {"prefer-recent": "b"}),  # TP, kind and resolution wrong
+        ConflictOutcome(
+            "c1", True, True, "numeric", "numeric", {"prefer-recent": "b"}, {"prefer-recent": "b"}
+        ),  # TP, all right
+        ConflictOutcome(
+            "c2", True, True, "entity", "numeric", {"prefer-recent": "a"}, {"prefer-recent": "b"}
+        ),  # TP, kind and resolution wrong
         ConflictOutcome("n1", False, True),  # FP
         ConflictOutcome("c3", True, False, "date"),  # FN
         ConflictOutcome("n2", False, False),  # TN
@@ -97,26 +107,52 @@ def test_conflict_metrics_by_hand():
     assert (m["conflicts.precision"], m["conflicts.recall"], m["conflicts.f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
     assert m["conflicts.kind_accuracy"] == 0.5 and m["conflicts.resolution.prefer-recent"] == 0.5
     assert "conflicts.resolution.prefer-official" not in m
-    assert follow_context_rate([True, None, False, True]) == pytest.approx(2 / 3) and follow_context_rate([None]) is None
+    assert (
+        follow_context_rate([True, None, False, True]) == pytest.approx(2 / 3) and follow_context_rate([None]) is None
+    )
 
 
 def _run(run_id, **metrics):
-    return RunSummary(run_id, "2025-01-01T00:00:00", "s.jsonl", None, {"backend": "extractive"}, metrics, "h", None, {}, 1)
+    return RunSummary(
+        run_id, "2025-01-01T00:00:00", "s.jsonl", None, {"backend": "extractive"}, metrics, "h", None, {}, 1
+    )
 
 
 def test_compare_directions_and_tolerances():
-    assert higher_is_better("answers.f1") and not higher_is_better("latency.total.p95") and not higher_is_better("answers.false_refusal_rate")
-    a = _run("a" * 32, **{"answers.f1": 0.50, "retrieval.mrr": 0.80, "latency.total.p95": 100.0, "answers.false_refusal_rate": 0.0, "only.a": 1.0})
-    b = _run("b" * 32, **{"answers.f1": 0.49, "retrieval.mrr": 0.70, "latency.total.p95": 160.0, "answers.false_refusal_rate": 0.1})
+    assert (
+        higher_is_better("answers.f1")
+        and not higher_is_better("latency.total.p95")
+        and not higher_is_better("answers.false_refusal_rate")
+    )
+    a = _run(
+        "a" * 32,
+        **{
+            "answers.f1": 0.50,
+            "retrieval.mrr": 0.80,
+            "latency.total.p95": 100.0,
+            "answers.false_refusal_rate": 0.0,
+            "only.a": 1.0,
+        },
+    )
+    b = _run(
+        "b" * 32,
+        **{"answers.f1": 0.49, "retrieval.mrr": 0.70, "latency.total.p95": 160.0, "answers.false_refusal_rate": 0.1},
+    )
     rows = {r.metric: r for r in compare(a, b, tolerance=0.02, latency_tolerance=0.5).rows}
     assert not rows["answers.f1"].regressed and rows["answers.f1"].delta == pytest.approx(-0.01)  # within tolerance
-    assert rows["retrieval.mrr"].regressed and rows["latency.total.p95"].regressed and rows["answers.false_refusal_rate"].regressed
+    assert (
+        rows["retrieval.mrr"].regressed
+        and rows["latency.total.p95"].regressed
+        and rows["answers.false_refusal_rate"].regressed
+    )
     assert rows["only.a"].delta is None and not rows["only.a"].regressed
     back = {r.metric: r for r in compare(b, a).rows}
     assert back["retrieval.mrr"].improved and back["latency.total.p95"].improved and not back["retrieval.mrr"].regressed
     assert not {r.metric: r for r in compare(a, b, latency_tolerance=0.7).rows}["latency.total.p95"].regressed
     # a near-zero stage (0.01 -> 0.04 ms) is four times slower and still not a regression: 1 ms floor
-    tiny = compare(_run("c" * 32, **{"latency.condense.p50": 0.01}), _run("d" * 32, **{"latency.condense.p50": 0.04})).rows
+    tiny = compare(
+        _run("c" * 32, **{"latency.condense.p50": 0.01}), _run("d" * 32, **{"latency.condense.p50": 0.04})
+    ).rows
     assert not tiny[0].regressed
 
 
@@ -128,20 +164,38 @@ def test_gate_rules():
     bad = _run("bad", **{"answers.f1": 0.40, "retrieval.recall@5": 0.95})
     res = gate(bad, base)
     regressed = {r.metric for r in res.rows if r.regressed}
-    assert not res.passed and regressed == {"answers.f1", "grounding.groundedness"}  # a missing metric counts against the candidate
+    assert not res.passed and regressed == {
+        "answers.f1",
+        "grounding.groundedness",
+    }  # a missing metric counts against the candidate
     assert gate(bad, base, tolerance=0.2, metrics=("answers.f1",)).passed
     assert not gate(ok, _run("empty")).passed  # nothing to compare against
-    slow = gate(_run("c", **{"latency.total.p95": 300.0}), _run("d", **{"latency.total.p95": 100.0}), metrics=("latency.total.p95",))
+    slow = gate(
+        _run("c", **{"latency.total.p95": 300.0}),
+        _run("d", **{"latency.total.p95": 100.0}),
+        metrics=("latency.total.p95",),
+    )
     assert not slow.passed
 
 
 def test_load_cases_normalises_shapes(tmp_path):
     rows = [
         {"id": "1", "question": "Q one?", "answer": "A", "source": "a.md"},
-        {"question": "Q two?", "answers": {"text": ["x", "y"], "answer_start": [0, 3]}, "contexts": ["ctx"], "extra": 1},
+        {
+            "question": "Q two?",
+            "answers": {"text": ["x", "y"], "answer_start": [0, 3]},
+            "contexts": ["ctx"],
+            "extra": 1,
+        },
         {"id": "3", "query": "Q three?", "is_impossible": True},
-        {"id": "c1", "conflict": True, "kind": "numeric", "a": {"source": "a", "text": "ta"}, "b": {"source": "b", "text": "tb"},
-         "resolution": {"prefer-recent": "b", "prefer-official": None}},
+        {
+            "id": "c1",
+            "conflict": True,
+            "kind": "numeric",
+            "a": {"source": "a", "text": "ta"},
+            "b": {"source": "b", "text": "tb"},
+            "resolution": {"prefer-recent": "b", "prefer-official": None},
+        },
         {"id": "cf", "question": "q", "context": "c", "answer": "x", "original_answer": "y"},
     ]
     path = tmp_path / "cases.jsonl"
@@ -152,7 +206,9 @@ def test_load_cases_normalises_shapes(tmp_path):
     assert one.answers == ("A",) and one.sources == ("a.md",) and not one.unanswerable
     assert two.answers == ("x", "y") and two.contexts == ("ctx",) and two.meta == {"extra": 1}
     assert three.unanswerable and three.question == "Q three?"
-    assert cs.conflicts[0].resolution == {"prefer-recent": "b", "prefer-official": None} and cs.conflicts[0].b.text == "tb"
+    assert (
+        cs.conflicts[0].resolution == {"prefer-recent": "b", "prefer-official": None} and cs.conflicts[0].b.text == "tb"
+    )
     assert cs.counterfactual[0]["id"] == "cf" and len(cs.digest) == 64
     folder = tmp_path / "dir"
     folder.mkdir()
@@ -163,13 +219,21 @@ def test_load_cases_normalises_shapes(tmp_path):
 
 def test_load_cases_lists_every_problem(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"id": "1", "question": "ok?"}\nnot json\n{"id": "1", "question": "dup?"}\n{"answers": ["x"]}\n'
-                    '{"question": "q?", "unanswerable": true, "answers": ["x"]}\n[1]\n')
+    path.write_text(
+        '{"id": "1", "question": "ok?"}\nnot json\n{"id": "1", "question": "dup?"}\n{"answers": ["x"]}\n'
+        '{"question": "q?", "unanswerable": true, "answers": ["x"]}\n[1]\n'
+    )
     with pytest.raises(ConfigError) as err:
         load_cases(path)
     text = "\n".join(err.value.problems)
     assert len(err.value.problems) == 5
-    for where in (":2: not valid JSON", ":3: duplicate id '1'", ":4: 'question'", ":5: an unanswerable", ":6: each line"):
+    for where in (
+        ":2: not valid JSON",
+        ":3: duplicate id '1'",
+        ":4: 'question'",
+        ":5: an unanswerable",
+        ":6: each line",
+    ):
         assert where in text
     with pytest.raises(ConfigError, match="does not exist"):
         load_cases(tmp_path / "missing.jsonl")
@@ -177,12 +241,21 @@ def test_load_cases_lists_every_problem(tmp_path):
 
 def test_template_question_and_llm_reply_check():
     q, a = template_question("Claims submitted more than 90 days after the trip are not reimbursed.", "Travel Policy")
-    assert (q, a) == ("According to Travel Policy, claims submitted more than how long or how many after the trip are not reimbursed?", "90 days")
+    assert (q, a) == (
+        "According to Travel Policy, claims submitted more than how long or how many after the trip are not reimbursed?",
+        "90 days",
+    )
     q, a = template_question("Gifts from suppliers with a value up to EUR 50 may be accepted.")
     assert a == "EUR 50" and q == "Gifts from suppliers with a value up to what amount may be accepted?"
-    assert template_question("## Scope") is None and template_question("Policy owner: Ingrid Vermeulen, Head of People.") is None
+    assert (
+        template_question("## Scope") is None
+        and template_question("Policy owner: Ingrid Vermeulen, Head of People.") is None
+    )
     passage = "The monthly limit on a corporate card is EUR 5,000."
-    assert parse_llm_qa("Question: What is the card limit?\nAnswer: EUR 5,000.", passage) == ("What is the card limit?", "EUR 5,000")
+    assert parse_llm_qa("Question: What is the card limit?\nAnswer: EUR 5,000.", passage) == (
+        "What is the card limit?",
+        "EUR 5,000",
+    )
     assert parse_llm_qa("Question: What is the card limit?\nAnswer: EUR 6,000", passage) is None  # not a span
     assert parse_llm_qa("the limit is high", passage) is None
 
@@ -192,7 +265,19 @@ def test_m003_schema():
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"eval_runs", "eval_items", "eval_metrics"} <= tables
     cols = {r[1]: r[2] for r in db.execute("PRAGMA table_info(eval_runs)")}
-    for c in ("id", "suite", "label", "generator", "model", "adapter", "adapter_hash", "config_json", "corpus_hash", "git_commit", "metrics_json"):
+    for c in (
+        "id",
+        "suite",
+        "label",
+        "generator",
+        "model",
+        "adapter",
+        "adapter_hash",
+        "config_json",
+        "corpus_hash",
+        "git_commit",
+        "metrics_json",
+    ):
         assert c in cols
     fks = {(r[2], r[3], r[4]) for r in db.execute("PRAGMA foreign_key_list(eval_items)")}
     assert fks == {("eval_runs", "run_id", "id")}

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import typer
-
-from tether.cli import CliOptions
 from typer.testing import CliRunner
 
 from assistant.evaluation import cli as eval_cli
@@ -20,10 +18,11 @@ from assistant.evaluation.gate import DEFAULT_GATE_METRICS, gate
 from assistant.evaluation.make_qa import make_qa, write_jsonl
 from assistant.evaluation.runs import corpus_hash, list_runs, load_items, load_run
 from assistant.evaluation.suites import run_suite
+from retrieval.ingest import ingest
+from tether.cli import CliOptions
 from tether.config import load_config
 from tether.db import connect
 from tether.errors import ConfigError, TetherError
-from retrieval.ingest import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDBOOK = ROOT / "examples" / "handbook"
@@ -82,12 +81,28 @@ def test_run_is_stored_with_provenance_and_metrics(two_runs, handbook_cfg, suite
     assert stored == a
     assert load_run(handbook_cfg.db_path, a.run_id[:8]) == a and load_run(handbook_cfg.db_path, "k5") == a
     assert a.n_items == len(SUBSET) and a.suite == str(suite_file) and a.label == "k5"
-    assert a.generator["backend"] == "extractive" and a.config["assistant"]["top_k"] == 5 and b.config["assistant"]["top_k"] == 1
+    assert (
+        a.generator["backend"] == "extractive"
+        and a.config["assistant"]["top_k"] == 5
+        and b.config["assistant"]["top_k"] == 1
+    )
     assert a.corpus_hash == corpus_hash(handbook_cfg.db_path, "tether") == b.corpus_hash and len(a.corpus_hash) == 16
     assert a.git_commit is None or len(a.git_commit.split("+")[0]) == 40
-    for name in ("retrieval.recall@5", "retrieval.mrr", "retrieval.ndcg@10", "answers.f1", "answers.em", "answers.refusal_accuracy",
-                 "grounding.groundedness", "grounding.citation_precision", "grounding.citation_recall", "latency.total.p50", "latency.total.p95",
-                 "latency.retrieve.p95", "latency.generate.p50"):
+    for name in (
+        "retrieval.recall@5",
+        "retrieval.mrr",
+        "retrieval.ndcg@10",
+        "answers.f1",
+        "answers.em",
+        "answers.refusal_accuracy",
+        "grounding.groundedness",
+        "grounding.citation_precision",
+        "grounding.citation_recall",
+        "latency.total.p50",
+        "latency.total.p95",
+        "latency.retrieve.p95",
+        "latency.generate.p50",
+    ):
         assert name in a.metrics, name
     assert all(0.0 <= v <= 1.0 for k, v in a.metrics.items() if not k.startswith("latency."))
     assert a.metrics["latency.total.p95"] >= a.metrics["latency.total.p50"] > 0
@@ -104,9 +119,17 @@ def test_run_metrics_agree_with_the_stored_items(two_runs, handbook_cfg):
     assert a.metrics["answers.refusal_accuracy"] == sum(it.refused for it in unanswerable) / 2
     assert a.metrics["answers.false_refusal_rate"] == sum(it.refused for it in answerable) / 6
     # recompute recall@5 and F1 from what was stored: the ranked sources and the prediction
-    recalls = [M.recall_at_k([M.Retrieved(r["id"], r["source"]) for r in it.retrieved], M.Gold(sources=tuple(it.gold["sources"])), 5) for it in answerable]
+    recalls = [
+        M.recall_at_k(
+            [M.Retrieved(r["id"], r["source"]) for r in it.retrieved], M.Gold(sources=tuple(it.gold["sources"])), 5
+        )
+        for it in answerable
+    ]
     assert a.metrics["retrieval.recall@5"] == pytest.approx(sum(recalls) / 6)
-    f1 = [0.0 if it.refused else M.token_f1(M.strip_citation_marks(it.prediction), it.gold["answers"]) for it in answerable]
+    f1 = [
+        0.0 if it.refused else M.token_f1(M.strip_citation_marks(it.prediction), it.gold["answers"])
+        for it in answerable
+    ]
     assert a.metrics["answers.f1"] == pytest.approx(sum(f1) / 6)
     hits = [any(c["source"] in it.gold["sources"] for c in it.citations) for it in answerable]
     assert a.metrics["grounding.citation_recall"] == pytest.approx(sum(hits) / 6)
@@ -121,7 +144,9 @@ def test_top_k_1_regresses_recall_at_5(two_runs):
     assert a.metrics["retrieval.recall@5"] - b.metrics["retrieval.recall@5"] >= 3 / 6 - 1e-9
     cmp = compare(a, b)
     row = next(r for r in cmp.rows if r.metric == "retrieval.recall@5")
-    assert row.regressed and row.delta == pytest.approx(b.metrics["retrieval.recall@5"] - a.metrics["retrieval.recall@5"])
+    assert row.regressed and row.delta == pytest.approx(
+        b.metrics["retrieval.recall@5"] - a.metrics["retrieval.recall@5"]
+    )
     assert not cmp.warnings  # same cases, same corpus
 
 
@@ -143,7 +168,11 @@ def test_cli_compare_gate_list_show(two_runs, cli):
     res = cli("compare", "k5", "k1")
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("| retrieval.recall@5 "))
-    assert "REGRESSION" in line and f"{a.metrics['retrieval.recall@5']:.3f}" in line and f"{b.metrics['retrieval.recall@5']:.3f}" in line
+    assert (
+        "REGRESSION" in line
+        and f"{a.metrics['retrieval.recall@5']:.3f}" in line
+        and f"{b.metrics['retrieval.recall@5']:.3f}" in line
+    )
     assert a.run_id[:8] in res.output and b.run_id[:8] in res.output
     res = cli("gate", "--candidate", "k1", "--baseline", "k5")
     assert res.exit_code == 1 and "FAILED" in res.output
@@ -156,7 +185,12 @@ def test_cli_compare_gate_list_show(two_runs, cli):
     res = cli("list")
     assert res.exit_code == 0 and a.run_id[:12] in res.output and b.run_id[:12] in res.output
     res = cli("show", "k5")
-    assert res.exit_code == 0 and "## Retrieval" in res.output and "## Latency (ms)" in res.output and a.corpus_hash in res.output
+    assert (
+        res.exit_code == 0
+        and "## Retrieval" in res.output
+        and "## Latency (ms)" in res.output
+        and a.corpus_hash in res.output
+    )
 
 
 def test_make_qa_templates_ask_about_spans_of_the_gold_passage(handbook_cfg, tmp_path):
@@ -166,7 +200,8 @@ def test_make_qa_templates_ask_about_spans_of_the_gold_passage(handbook_cfg, tmp
     try:
         for c in cases:
             text, source = db.execute(
-                "SELECT c.text, d.source FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?", (c.passage_id,)
+                "SELECT c.text, d.source FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?",
+                (c.passage_id,),
             ).fetchone()
             flat = " ".join(text.split())
             assert c.source == source and c.maker == "template"
@@ -174,7 +209,9 @@ def test_make_qa_templates_ask_about_spans_of_the_gold_passage(handbook_cfg, tmp
             assert c.question.endswith("?") and c.answers[0] not in c.question
     finally:
         db.close()
-    assert [c.question for c in make_qa(handbook_cfg, 8, seed=1, maker="template")] == [c.question for c in cases]  # seeded
+    assert [c.question for c in make_qa(handbook_cfg, 8, seed=1, maker="template")] == [
+        c.question for c in cases
+    ]  # seeded
     path = write_jsonl(cases, tmp_path / "gen.jsonl")
     from assistant.evaluation.cases import load_cases
 
@@ -199,12 +236,24 @@ def test_cases_with_contexts_get_their_own_collection(tmp_path):
 
     cfg = load_config(tmp_path / "data").with_assistant(generator="extractive")
     rows = [
-        {"id": "r1", "question": "What colour is the Brno office door?", "answer": "green",
-         "contexts": ["The Brno office has a green front door that was painted in spring."]},
-        {"id": "r2", "query": "How many parking spaces does the Rotterdam office have?", "answers": {"text": ["forty"], "answer_start": [0]},
-         "context": "The Rotterdam office has forty parking spaces for employees and visitors."},
-        {"id": "r3", "question": "Which day is the canteen closed?", "ground_truth": "Friday",
-         "contexts": ["The staff canteen is closed on Friday afternoons for cleaning."]},
+        {
+            "id": "r1",
+            "question": "What colour is the Brno office door?",
+            "answer": "green",
+            "contexts": ["The Brno office has a green front door that was painted in spring."],
+        },
+        {
+            "id": "r2",
+            "query": "How many parking spaces does the Rotterdam office have?",
+            "answers": {"text": ["forty"], "answer_start": [0]},
+            "context": "The Rotterdam office has forty parking spaces for employees and visitors.",
+        },
+        {
+            "id": "r3",
+            "question": "Which day is the canteen closed?",
+            "ground_truth": "Friday",
+            "contexts": ["The staff canteen is closed on Friday afternoons for cleaning."],
+        },
     ]
     path = tmp_path / "ctx.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -213,7 +262,9 @@ def test_cases_with_contexts_get_their_own_collection(tmp_path):
     assert run.metrics["retrieval.recall@1"] == 1.0 and run.metrics["retrieval.mrr"] == 1.0
     assert "latency.total.p50" not in run.metrics and "grounding.groundedness" not in run.metrics
     items = load_items(cfg.db_path, run.run_id)
-    assert all(it.gold["sources"][0].startswith("ctx-") and it.retrieved[0]["source"] == it.gold["sources"][0] for it in items)
+    assert all(
+        it.gold["sources"][0].startswith("ctx-") and it.retrieved[0]["source"] == it.gold["sources"][0] for it in items
+    )
     del embedder_for
 
 
@@ -230,6 +281,10 @@ def test_conflict_suite_scores_the_detector(handbook_cfg, tmp_path):
     tp = sum(p and g for p, g in zip(predicted, gold))
     fp = sum(p and not g for p, g in zip(predicted, gold))
     fn = sum(g and not p for p, g in zip(predicted, gold))
-    assert (run.metrics["conflicts.precision"], run.metrics["conflicts.recall"], run.metrics["conflicts.f1"]) == pytest.approx(M.precision_recall_f1(tp, fp, fn))
+    assert (
+        run.metrics["conflicts.precision"],
+        run.metrics["conflicts.recall"],
+        run.metrics["conflicts.f1"],
+    ) == pytest.approx(M.precision_recall_f1(tp, fp, fn))
     assert len(run.details["conflicts"]["misclassified"]) == sum(not it.correct for it in items)
     assert not any(k.startswith("conflicts.follow_context") for k in run.metrics)  # no counterfactual rows here

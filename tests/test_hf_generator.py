@@ -10,8 +10,8 @@ import time
 import pytest
 
 from assistant.generators.base import GenParams, Message, generate
-from tether.errors import BackendUnavailable, ConfigError
 from tests.tiny_llm import make_lora_adapter, make_tiny_llm
+from tether.errors import BackendUnavailable, ConfigError
 
 MESSAGES = [
     Message("system", "Answer from the context."),
@@ -40,7 +40,9 @@ def _generate_ids(gen, prompt_ids, **kwargs):
     import torch
 
     with torch.inference_mode():
-        out = gen.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs)
+        out = gen.model.generate(
+            torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs
+        )
     ids = out[0, len(prompt_ids) :].tolist()
     return [i for i in ids if i not in gen.eos_ids]  # generate appends the EOS (and pads after it); we do not
 
@@ -173,7 +175,11 @@ def test_prefix_reuse_gives_identical_output(tiny_dir):
     assert reuse.last_stats["reused_prefix_tokens"] == 0
     for messages in (OTHER, MESSAGES, MESSAGES):
         ids = reuse.prompt_ids(messages)
-        shared = next(i for i, (a, b) in enumerate(zip(ids, reuse._kept[0])) if a != b) if ids != reuse._kept[0] else len(ids) - 1
+        shared = (
+            next(i for i, (a, b) in enumerate(zip(ids, reuse._kept[0])) if a != b)
+            if ids != reuse._kept[0]
+            else len(ids) - 1
+        )
         ours = list(reuse.tokens(ids, params))
         assert reuse.last_stats["reused_prefix_tokens"] == shared > 5
         assert ours == list(fresh.tokens(ids, params)) == _generate_ids(fresh, ids, do_sample=False, max_new_tokens=24)
@@ -190,7 +196,9 @@ def test_int8_quantizes_the_linear_layers_and_still_decodes(tiny_dir, gen):
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
     assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
-    assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 2 * 7 + 1  # q k v o gate up down per layer + head
+    assert (
+        sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 2 * 7 + 1
+    )  # q k v o gate up down per layer + head
     ids = gen.prompt_ids(MESSAGES)
     with torch.inference_mode():
         ref = gen.model(torch.tensor([ids])).logits[0, -1]
@@ -292,9 +300,6 @@ def test_install_names_the_missing_package(absent, advice, monkeypatch, tmp_path
 # -- the real default model -----------------------------------------------------------------------
 
 
-
-
-
 @pytest.mark.slow
 def test_smollm2_answers_from_the_context(smollm2_dir):
     from assistant.generators.hf import HFGenerator
@@ -310,7 +315,9 @@ def test_smollm2_answers_from_the_context(smollm2_dir):
     t0 = time.perf_counter()
     smol = HFGenerator(smollm2_dir, device="cpu")
     assert time.perf_counter() - t0 < 5.0
-    messages = [Message("user", "Context: The Halden office canteen opens at 07:45.\nQuestion: When does the canteen open?")]
+    messages = [
+        Message("user", "Context: The Halden office canteen opens at 07:45.\nQuestion: When does the canteen open?")
+    ]
     answer = generate(smol, messages, GenParams(max_new_tokens=32))
     assert "7:45" in answer, answer
     assert smol.last_stats["new_tokens"] < 32  # stopped at <|im_end|>

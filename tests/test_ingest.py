@@ -2,15 +2,14 @@
 
 import json
 import os
-import shutil
 
 import pytest
 
 from retrieval import ledger
-from tether.db import connect
 from retrieval.ingest import ingest
 from retrieval.store import ChromaStore
 from tests.corpus import make_corpus, write_zip_bomb
+from tether.db import connect
 
 
 def _state(cfg):
@@ -32,7 +31,13 @@ def test_ingest_folder_of_every_format(cfg, embedder, tmp_path):
     folder = make_corpus(tmp_path / "kb")
     summary = ingest(cfg, [folder], embedder=embedder)
     assert summary.exit_code == 0
-    assert sorted(f.source for f in summary.ingested) == ["faq.txt", "lab/lab-safety.docx", "leave.md", "security.html", "travel.pdf"]
+    assert sorted(f.source for f in summary.ingested) == [
+        "faq.txt",
+        "lab/lab-safety.docx",
+        "leave.md",
+        "security.html",
+        "travel.pdf",
+    ]
     docs, rows, store_ids, journal = _state(cfg)
     assert journal == 0
     assert store_ids == {r["id"] for r in rows}
@@ -64,7 +69,10 @@ def test_token_counts_are_never_truncated(embedder):
 def test_default_chunks_stay_within_the_embedder_window(cfg, embedder, tmp_path):
     folder = tmp_path / "long"
     folder.mkdir()
-    paragraphs = [" ".join(f"Clause {p}.{i} sets the limit for item {i} to {i * 7} units per week." for i in range(12)) for p in range(30)]
+    paragraphs = [
+        " ".join(f"Clause {p}.{i} sets the limit for item {i} to {i * 7} units per week." for i in range(12))
+        for p in range(30)
+    ]
     (folder / "long.md").write_text("\n\n".join(paragraphs), encoding="utf-8")
     ingest(cfg, [folder], embedder=embedder)
     _, rows, _, _ = _state(cfg)
@@ -76,7 +84,10 @@ def test_default_chunks_stay_within_the_embedder_window(cfg, embedder, tmp_path)
 def test_chunks_are_token_bounded_with_overlap(cfg, embedder, tmp_path):
     folder = tmp_path / "long"
     folder.mkdir()
-    sentences = [f"Rule {i}: the committee reviews item number {i} every {i % 7 + 1} weeks in room {100 + i}." for i in range(120)]
+    sentences = [
+        f"Rule {i}: the committee reviews item number {i} every {i % 7 + 1} weeks in room {100 + i}."
+        for i in range(120)
+    ]
     (folder / "rules.md").write_text("# Rules\n\n" + " ".join(sentences), encoding="utf-8")
     cfg = cfg.with_retrieval(chunk_size=64, chunk_overlap=16)
     ingest(cfg, [folder], embedder=embedder)
@@ -196,7 +207,9 @@ def test_bad_inputs_get_one_line_each_and_the_rest_proceeds(cfg, embedder, tmp_p
     (folder / "corrupt.pdf").write_bytes(b"%PDF-1.7\n" + os.urandom(2000))
     (folder / "corrupt.docx").write_bytes(b"PK\x03\x04garbage")
     (folder / "binary.txt").write_bytes(os.urandom(4096) + b"\x00" * 16)
-    (folder / "latin1.txt").write_bytes("Le café de l'hôtel ouvre à 7h; le thé est servi à côté du théâtre.\n".encode("cp1252") * 4)
+    (folder / "latin1.txt").write_bytes(
+        "Le café de l'hôtel ouvre à 7h; le thé est servi à côté du théâtre.\n".encode("cp1252") * 4
+    )
     (folder / "huge.md").write_text("x " * 700_000)
     write_zip_bomb(folder / "bomb.docx", inflated_mb=30)
     (folder / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(100))

@@ -106,7 +106,9 @@ def client(server, **kwargs) -> OpenAIGenerator:
 def http(url: str, body=None, *, method=None, headers=None) -> tuple[int, dict | bytes, dict]:
     """(status, parsed JSON or raw bytes, headers) of one request, errors included."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             status, raw, hdrs = resp.status, resp.read(), dict(resp.headers)
@@ -152,14 +154,23 @@ def test_non_streaming_round_trip_equals_direct_output():
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert reply["id"].startswith("chatcmpl-") and isinstance(reply["created"], int)
     assert reply["object"] == "chat.completion" and reply["model"] == "tether"
-    assert reply["choices"] == [{"index": 0, "message": {"role": "assistant", "content": direct}, "finish_reason": "stop"}]
+    assert reply["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": direct}, "finish_reason": "stop"}
+    ]
     n = len(direct.split())
-    assert reply["usage"] == {"prompt_tokens": echo.last_stats["prompt_tokens"], "completion_tokens": n, "total_tokens": reply["usage"]["prompt_tokens"] + n}
+    assert reply["usage"] == {
+        "prompt_tokens": echo.last_stats["prompt_tokens"],
+        "completion_tokens": n,
+        "total_tokens": reply["usage"]["prompt_tokens"] + n,
+    }
 
 
 def test_stream_wire_format():
     with served(EchoGenerator()) as server:
-        status, raw, headers = http(server.url + "/chat/completions", chat_body(stream=True, stream_options={"include_usage": True}, max_tokens=3))
+        status, raw, headers = http(
+            server.url + "/chat/completions",
+            chat_body(stream=True, stream_options={"include_usage": True}, max_tokens=3),
+        )
     assert status == 200 and headers["Content-Type"] == "text/event-stream"
     events = sse_events(raw)
     assert events[-1] == "[DONE]"
@@ -174,7 +185,9 @@ def test_stream_wire_format():
 
 def test_params_cross_the_wire_unchanged():
     echo = EchoGenerator()
-    params = GenParams(max_new_tokens=4, temperature=0.5, top_p=0.9, top_k=5, repetition_penalty=1.2, seed=7, stop=("opens",))
+    params = GenParams(
+        max_new_tokens=4, temperature=0.5, top_p=0.9, top_k=5, repetition_penalty=1.2, seed=7, stop=("opens",)
+    )
     with served(echo) as server:
         gen = client(server)
         text = "".join(gen.stream(MESSAGES, params))
@@ -210,7 +223,10 @@ def test_models_and_health():
         (b"[1, 2]", "must be a JSON object"),
         ({"model": "tether"}, "messages is required"),
         ({"messages": []}, "messages is required"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, r"messages\[0\].role \('robot'\) must be one of system, user, assistant"),
+        (
+            {"messages": [{"role": "robot", "content": "hi"}]},
+            r"messages\[0\].role \('robot'\) must be one of system, user, assistant",
+        ),
         ({"messages": [{"role": "tool", "content": "hi"}]}, r"messages\[0\].role \('tool'\)"),
         ({"messages": [{"role": "user"}]}, r"messages\[0\].content is required"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "only text parts"),
@@ -247,7 +263,9 @@ def test_every_problem_is_reported_at_once_and_routes_are_checked():
         status, reply, _ = http(server.url + "/chat/completions")
         assert status == 405 and "POST" in reply["error"]["message"]
         # text parts are accepted (the OpenAI SDK may send them); the connection stays usable
-        parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}]}
+        parts = {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}]
+        }
         status, reply, _ = http(server.url + "/chat/completions", parts)
         assert status == 200 and reply["choices"][0]["message"]["content"] == "a b"
 
@@ -356,7 +374,9 @@ def delta(text=None, finish=None) -> dict:
     return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
 
 
-OK_STREAM = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}, delta("Hello"), delta(" world"), delta(finish="stop"))
+OK_STREAM = sse(
+    {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}, delta("Hello"), delta(" world"), delta(finish="stop")
+)
 
 
 class StubServer(ThreadingHTTPServer):
@@ -401,7 +421,12 @@ def reply(status: int, body: bytes, content_type="text/event-stream", headers=()
 
 def error(status: int, message: str, headers=(("retry-after-ms", "10"),)):
     """An error reply; by default it asks for a 10 ms wait, so the client's retries are quick."""
-    return reply(status, json.dumps({"error": {"message": message, "type": "server_error"}}).encode(), "application/json", headers)
+    return reply(
+        status,
+        json.dumps({"error": {"message": message, "type": "server_error"}}).encode(),
+        "application/json",
+        headers,
+    )
 
 
 def hang(seconds: float):
@@ -457,7 +482,9 @@ def test_a_server_that_is_down_fails_fast_and_names_the_url():
 
 
 def test_5xx_and_429_are_retried_then_succeed():
-    with stub(error(500, "boom"), error(429, "slow down", headers=[("Retry-After", "0")]), reply(200, OK_STREAM)) as server:
+    with stub(
+        error(500, "boom"), error(429, "slow down", headers=[("Retry-After", "0")]), reply(200, OK_STREAM)
+    ) as server:
         gen = OpenAIGenerator(server.url, "tether", timeout=5, max_retries=2)
         t0 = time.perf_counter()
         assert list(gen.stream(MESSAGES, GenParams())) == ["Hello", " world"]
@@ -485,7 +512,9 @@ def test_no_retries_when_max_retries_is_0():
 
 
 def test_500_twice_then_success_with_complete():
-    ok = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]}).encode()
+    ok = json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]}
+    ).encode()
     with stub(error(500, "boom"), error(502, "bad gateway"), reply(200, ok, "application/json")) as server:
         gen = OpenAIGenerator(server.url, "tether", timeout=5)
         assert gen.complete(MESSAGES, GenParams()) == "Hi"
@@ -503,7 +532,10 @@ def test_5xx_until_retries_run_out():
 def test_4xx_is_not_retried_and_carries_the_server_message():
     with stub(error(400, "This model's maximum context length is 2048 tokens")) as server:
         gen = OpenAIGenerator(server.url, "tether", timeout=5)
-        with pytest.raises(BackendUnavailable, match=r"refused the request \(HTTP 400: This model's maximum context length is 2048 tokens\)"):
+        with pytest.raises(
+            BackendUnavailable,
+            match=r"refused the request \(HTTP 400: This model's maximum context length is 2048 tokens\)",
+        ):
             list(gen.stream(MESSAGES, GenParams()))
     assert len(server.bodies) == 1
 
@@ -520,7 +552,9 @@ def test_a_stream_cut_after_text_is_not_retried():
 
 def test_a_stream_cut_after_its_headers_is_not_retried():
     # the openai package retries requests, not streams it has started to read
-    with stub(reply(200, sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}, done=False)), reply(200, OK_STREAM)) as server:
+    with stub(
+        reply(200, sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}, done=False)), reply(200, OK_STREAM)
+    ) as server:
         gen = OpenAIGenerator(server.url, "tether", timeout=5)
         with pytest.raises(BackendUnavailable, match=r"is not answering \(the stream ended before the reply finished"):
             list(gen.stream(MESSAGES, GenParams()))
@@ -545,7 +579,9 @@ def test_silence_times_out_and_is_retried_by_the_client():
 
 
 def test_a_json_reply_to_a_stream_request_and_a_malformed_event():
-    ok = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]}).encode()
+    ok = json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}]}
+    ).encode()
     with stub(reply(200, ok, "application/json")) as server:  # a server that ignores "stream": true
         gen = OpenAIGenerator(server.url, "tether", timeout=5)
         assert list(gen.stream(MESSAGES, GenParams())) == ["Hi"] and gen.last_stats["finish_reason"] == "stop"
@@ -579,11 +615,20 @@ def test_sse_variants_and_the_request_body():
         gen = OpenAIGenerator(server.url, "my-model", api_key="k", timeout=5)
         params = GenParams(max_new_tokens=2, temperature=0.7, top_p=0.8, seed=3, stop=("\n\n", "END"))
         assert list(gen.stream(MESSAGES, params)) == ["café ✓"]
-    assert gen.last_stats | {"ttft_ms": 0, "total_ms": 0} == {"finish_reason": "length", "prompt_tokens": 11, "new_tokens": 2, "ttft_ms": 0, "total_ms": 0}
+    assert gen.last_stats | {"ttft_ms": 0, "total_ms": 0} == {
+        "finish_reason": "length",
+        "prompt_tokens": 11,
+        "new_tokens": 2,
+        "ttft_ms": 0,
+        "total_ms": 0,
+    }
     assert server.bodies == [
         {
             "model": "my-model",
-            "messages": [{"role": "system", "content": MESSAGES[0].content}, {"role": "user", "content": MESSAGES[1].content}],
+            "messages": [
+                {"role": "system", "content": MESSAGES[0].content},
+                {"role": "user", "content": MESSAGES[1].content},
+            ],
             "stream": True,
             "max_tokens": 2,
             "temperature": 0.7,
@@ -653,4 +698,8 @@ def test_hf_generator_served_equals_direct_greedy(tiny_hf):
         assert gen.complete(MESSAGES, params) == direct
         stop = direct[len(direct) // 2 : len(direct) // 2 + 3]
         stopped = GenParams(max_new_tokens=24, stop=(stop,))
-        assert "".join(gen.stream(MESSAGES, stopped)) == generate(tiny_hf, MESSAGES, stopped) == direct[: direct.index(stop)]
+        assert (
+            "".join(gen.stream(MESSAGES, stopped))
+            == generate(tiny_hf, MESSAGES, stopped)
+            == direct[: direct.index(stop)]
+        )

@@ -41,7 +41,10 @@ def test_sources_cannot_speak_as_system_or_close_the_fence():
 
 def test_condense_follow_up():
     history = [("How many days of annual leave do I get?", "25 days [1].")]
-    assert condense_query("And can I carry them over?", history) == "How many days of annual leave do I get? And can I carry them over?"
+    assert (
+        condense_query("And can I carry them over?", history)
+        == "How many days of annual leave do I get? And can I carry them over?"
+    )
     assert condense_query("Who approves business trips?", history) == "Who approves business trips?"
     assert condense_query("What about Brno?", []) == "What about Brno?"
 
@@ -49,7 +52,12 @@ def test_condense_follow_up():
 def test_sentences_and_citations():
     text = "Leave is 25 days, e.g. for full-time staff [1]. The rate is EUR 0.23 per km [2, 3].\n\n- Bullet one\n- Bullet two"
     parts = [text[s:e] for s, e in split_sentences(text)]
-    assert parts == ["Leave is 25 days, e.g. for full-time staff [1].", "The rate is EUR 0.23 per km [2, 3].", "- Bullet one", "- Bullet two"]
+    assert parts == [
+        "Leave is 25 days, e.g. for full-time staff [1].",
+        "The rate is EUR 0.23 per km [2, 3].",
+        "- Bullet one",
+        "- Bullet two",
+    ]
     assert citation_numbers(parts[1]) == [2, 3]
     assert strip_citations(parts[0]) == "Leave is 25 days, e.g. for full-time staff."
 
@@ -76,8 +84,16 @@ def test_nli_judge_decides_support_when_configured(tmp_path, embedder):
 
     tok = AutoTokenizer.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")), local_files_only=True)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        num_labels=3, id2label={0: "contradiction", 1: "entailment", 2: "neutral"}, label2id={"contradiction": 0, "entailment": 1, "neutral": 2})
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+        id2label={0: "contradiction", 1: "entailment", 2: "neutral"},
+        label2id={"contradiction": 0, "entailment": 1, "neutral": 2},
+    )
     model = BertForSequenceClassification(config)
     with torch.no_grad():  # make "entailment" win for every input: bias the classifier
         model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
@@ -85,9 +101,25 @@ def test_nli_judge_decides_support_when_configured(tmp_path, embedder):
     tok.save_pretrained(tmp_path / "nli")
     judge = NLIJudge(str(tmp_path / "nli"))
     assert judge.entailment == 1
-    hit = SearchHit(id="p1", text="The probation period is two months.", source="a.md", title="A", span=(10, 45), page=None,
-                    score=1.0, rank=1, dense_score=1.0, bm25_score=None, date=None, status=None, authority=None, document_id=1)
-    cits, g = verify_citations("Probation lasts two months [1]. Probation lasts 3 years [1].", [hit], embedder, nli=judge)
+    hit = SearchHit(
+        id="p1",
+        text="The probation period is two months.",
+        source="a.md",
+        title="A",
+        span=(10, 45),
+        page=None,
+        score=1.0,
+        rank=1,
+        dense_score=1.0,
+        bm25_score=None,
+        date=None,
+        status=None,
+        authority=None,
+        document_id=1,
+    )
+    cits, g = verify_citations(
+        "Probation lasts two months [1]. Probation lasts 3 years [1].", [hit], embedder, nli=judge
+    )
     assert [c.supported for c in cits] == [True, False]  # entailed; the second states a quantity the passage lacks
     assert cits[0].score > 0.9 and g == 0.5
     with torch.no_grad():

@@ -13,8 +13,16 @@ def one(text: str) -> Quantity:
 
 @pytest.mark.parametrize(
     "text, value",
-    [("1,000", 1000), ("2.5", 2.5), ("ten", 10), ("twenty-five", 25), ("one hundred and fifty", 150),
-     ("five thousand", 5000), ("a dozen", 12), ("thirty", 30)],
+    [
+        ("1,000", 1000),
+        ("2.5", 2.5),
+        ("ten", 10),
+        ("twenty-five", 25),
+        ("one hundred and fifty", 150),
+        ("five thousand", 5000),
+        ("a dozen", 12),
+        ("thirty", 30),
+    ],
 )
 def test_parse_number(text, value):
     assert parse_number(text) == value
@@ -27,9 +35,17 @@ def test_parse_number_rejects_non_numbers(text):
 
 @pytest.mark.parametrize(
     "text, norm",
-    [("€45 per day", "EUR 45 per day"), ("EUR 45 per day", "EUR 45 per day"), ("45 euros per day", "EUR 45 per day"),
-     ("up to EUR 1,000", "EUR 1,000"), ("EUR 2.4 million", "EUR 2,400,000"), ("€0.19 per km", "EUR 0.19 per km"),
-     ("CZK 500 per month", "CZK 500 per month"), ("five thousand euros", "EUR 5,000"), ("$20", "USD 20")],
+    [
+        ("€45 per day", "EUR 45 per day"),
+        ("EUR 45 per day", "EUR 45 per day"),
+        ("45 euros per day", "EUR 45 per day"),
+        ("up to EUR 1,000", "EUR 1,000"),
+        ("EUR 2.4 million", "EUR 2,400,000"),
+        ("€0.19 per km", "EUR 0.19 per km"),
+        ("CZK 500 per month", "CZK 500 per month"),
+        ("five thousand euros", "EUR 5,000"),
+        ("$20", "USD 20"),
+    ],
 )
 def test_amounts_normalise_currency_and_scale(text, norm):
     q = one(text)
@@ -45,10 +61,18 @@ def test_same_amount_in_different_notation_agrees_and_other_values_do_not():
 
 @pytest.mark.parametrize(
     "a, b, same",
-    [("3 weeks", "21 days", True), ("3 weeks", "14 days", False), ("twenty working days", "20 working days", True),
-     ("four weeks", "28 days", True), ("4 years", "48 months", True), ("two months", "60 days", None),
-     ("20 working days", "20 days", None), ("one working week", "5 working days", True), ("2 hours", "120 minutes", True),
-     ("ten consecutive working days", "10 working days", True)],
+    [
+        ("3 weeks", "21 days", True),
+        ("3 weeks", "14 days", False),
+        ("twenty working days", "20 working days", True),
+        ("four weeks", "28 days", True),
+        ("4 years", "48 months", True),
+        ("two months", "60 days", None),
+        ("20 working days", "20 days", None),
+        ("one working week", "5 working days", True),
+        ("2 hours", "120 minutes", True),
+        ("ten consecutive working days", "10 working days", True),
+    ],
 )
 def test_durations_convert_within_a_unit_family_only(a, b, same):
     qa, qb = one(a), one(b)
@@ -68,8 +92,15 @@ def test_duration_norms():
 
 @pytest.mark.parametrize(
     "text, bound",
-    [("at least 14 days", "min"), ("more than 10 working days", "min"), ("up to 5 days", "max"),
-     ("under €2,500", "max"), ("no later than 21 days", "max"), ("about 3 weeks", "approx"), ("16 weeks", "exact")],
+    [
+        ("at least 14 days", "min"),
+        ("more than 10 working days", "min"),
+        ("up to 5 days", "max"),
+        ("under €2,500", "max"),
+        ("no later than 21 days", "max"),
+        ("about 3 weeks", "approx"),
+        ("16 weeks", "exact"),
+    ],
 )
 def test_bounds(text, bound):
     assert one(text).bound == bound
@@ -92,11 +123,17 @@ def test_approximate_values_allow_a_tolerance():
 
 @pytest.mark.parametrize(
     "text, iso, unit",
-    [("on 14 October 2025", "2025-10-14", "date"), ("2024-06-01", "2024-06-01", "date"), ("March 2024", "2024-03", "month"),
-     ("October 14, 2025", "2025-10-14", "date"), ("by 31 March", "--03-31", "day-of-year"),
-     ("on the 25th of each month", "day 25 of the month", "day-of-month"),
-     ("on the last working day of each month", "last working day of the month", "day-of-month"),
-     ("at 09:45", "09:45", "time"), ("the 2024 budget", "2024", "year")],
+    [
+        ("on 14 October 2025", "2025-10-14", "date"),
+        ("2024-06-01", "2024-06-01", "date"),
+        ("March 2024", "2024-03", "month"),
+        ("October 14, 2025", "2025-10-14", "date"),
+        ("by 31 March", "--03-31", "day-of-year"),
+        ("on the 25th of each month", "day 25 of the month", "day-of-month"),
+        ("on the last working day of each month", "last working day of the month", "day-of-month"),
+        ("at 09:45", "09:45", "time"),
+        ("the 2024 budget", "2024", "year"),
+    ],
 )
 def test_dates(text, iso, unit):
     q = one(text)
@@ -122,8 +159,14 @@ def test_percentages_and_counts():
 
 @pytest.mark.parametrize(
     "text",
-    ["Firmware goes through the rig in Lab 3 before signing.", "Call +31 10 555 0142 now.", "The HS-400 sensor family.",
-     "A one-off allowance.", "Each employee receives one-twelfth of the entitlement.", "Use a one-way ticket."],
+    [
+        "Firmware goes through the rig in Lab 3 before signing.",
+        "Call +31 10 555 0142 now.",
+        "The HS-400 sensor family.",
+        "A one-off allowance.",
+        "Each employee receives one-twelfth of the entitlement.",
+        "Use a one-way ticket.",
+    ],
 )
 def test_names_codes_and_phone_numbers_are_not_quantities(text):
     assert extract_quantities(text) == []
@@ -131,4 +174,7 @@ def test_names_codes_and_phone_numbers_are_not_quantities(text):
 
 def test_normalise_lists_every_quantity_in_order():
     assert normalise("€40 for each weekday and €80 for each weekend day, within 3 weeks") == [
-        "EUR 40 per weekday", "EUR 80 per weekend day", "21 days"]
+        "EUR 40 per weekday",
+        "EUR 80 per weekend day",
+        "21 days",
+    ]

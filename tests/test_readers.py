@@ -1,8 +1,8 @@
 import pytest
 
-from tether.errors import FileRejected
 from retrieval.readers import decode_text, html_visible_text, read_document
 from tests.corpus import LEAVE_MD, SECURITY_HTML, TRAVEL_PAGES, make_corpus, write_pdf, write_zip_bomb
+from tether.errors import FileRejected
 
 
 def test_html_keeps_visible_text_only():
@@ -19,7 +19,12 @@ def test_markdown_front_matter_is_metadata_and_spans_index_the_file(tmp_path):
     path = tmp_path / "leave.md"
     path.write_text(LEAVE_MD, encoding="utf-8")
     doc = read_document(path)
-    assert (doc.title, doc.date, doc.status, doc.authority) == ("Annual Leave Policy", "2024-01-15", "current", "official")
+    assert (doc.title, doc.date, doc.status, doc.authority) == (
+        "Annual Leave Policy",
+        "2024-01-15",
+        "current",
+        "official",
+    )
     assert doc.text == LEAVE_MD
     assert doc.text[doc.body_start :].startswith("# Annual Leave Policy")
 
@@ -56,7 +61,7 @@ def test_docx_paragraphs_lists_and_tables(tmp_path):
 
 
 def test_decoding():
-    assert decode_text("café".encode("utf-8")) == ("café", None)
+    assert decode_text("café".encode()) == ("café", None)
     assert decode_text("\ufeffhello".encode("utf-8")) == ("hello", None)
     assert decode_text("naïve".encode("utf-16")) == ("naïve", None)
     text, warning = decode_text(("Le café est très bon, déjà réservé à côté de l'hôtel. " * 5).encode("cp1252"))

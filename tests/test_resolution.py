@@ -61,12 +61,21 @@ def test_present_both_never_picks_and_unknown_policy_is_refused():
 
 
 def test_policies_agree_with_the_hand_labelled_resolutions():
-    rows = [json.loads(line) for line in (ROOT / "examples/eval/handbook_conflicts.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "examples/eval/handbook_conflicts.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     labelled = [r for r in rows if r.get("conflict") and r.get("resolution")]
     assert len(labelled) >= 30
     wrong = []
     for r in labelled:
-        c = conflict(*(claim(r[k]["source"], r[k]["text"], r[k].get("date"), r[k].get("authority"), r[k].get("status")) for k in ("a", "b")))
+        c = conflict(
+            *(
+                claim(r[k]["source"], r[k]["text"], r[k].get("date"), r[k].get("authority"), r[k].get("status"))
+                for k in ("a", "b")
+            )
+        )
         for policy, expected in r["resolution"].items():
             got = resolve(c, policy).winner
             if got != {"a": 0, "b": 1, None: None}[expected]:
@@ -101,7 +110,9 @@ def test_conflict_statement_quotes_and_cites_both_claims_winner_first():
         "Source 4 is travel-2024.pdf (dated 2024-06-01, official); source 2 is travel-2022.md (dated 2022-03-01, official, superseded). "
         "Following the prefer-official policy, source 4 applies and overrides source 2: travel-2022.md is marked superseded."
     )
-    already = conflict_statement(c, resolve(c, "prefer-official"), NUMBERS, answer="The allowance is EUR 60 per day [4].")
+    already = conflict_statement(
+        c, resolve(c, "prefer-official"), NUMBERS, answer="The allowance is EUR 60 per day [4]."
+    )
     assert '"The allowance is EUR 60 per day" [4]' not in already and '"The allowance is €45 per day" [2].' in already
     both = conflict_statement(c, resolve(c, "present-both"), NUMBERS)
     assert both.index("[2]") < both.index("[4]") and "both are shown" in both

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tether.errors import IndexEmpty
 from retrieval.ingest import ingest
-from retrieval.search import SearchFilters, Searcher, rrf_fuse
+from retrieval.search import Searcher, SearchFilters, rrf_fuse
 from tests.corpus import make_corpus
+from tether.errors import IndexEmpty
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,13 @@ def test_paraphrase_query_ranks_the_known_passage_first(searcher):
 
 def test_hits_carry_metadata_and_spans(searcher, cfg):
     hit = searcher.search("canteen opening hours", k=1)[0]
-    assert hit.source == "faq.txt" and hit.title == "Company FAQ" and hit.authority == "informal" and hit.date == "2023-06-01" or hit.date == "2023-05-01"
+    assert (
+        hit.source == "faq.txt"
+        and hit.title == "Company FAQ"
+        and hit.authority == "informal"
+        and hit.date == "2023-06-01"
+        or hit.date == "2023-05-01"
+    )
     raw = (Path(cfg.data_dir).parent / "kb" / "faq.txt").read_text()
     assert raw[hit.span[0] : hit.span[1]] == hit.text
     assert hit.rank == 1 and hit.score > 0 and hit.dense_score is not None
@@ -144,7 +150,7 @@ def chroma_server(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError("chroma run exited")
+                    raise RuntimeError("chroma run exited") from None
                 time.sleep(0.3)
         else:
             raise RuntimeError("chroma server did not start in 60 s")
@@ -156,8 +162,8 @@ def chroma_server(tmp_path):
 
 @pytest.mark.slow
 def test_server_path_against_a_real_chroma_server(chroma_server, tmp_path, embedder, monkeypatch):
-    from tether.config import load_config
     from retrieval.store import ChromaStore
+    from tether.config import load_config
 
     monkeypatch.setenv("TETHER_CHROMA_URL", chroma_server)
     cfg = load_config(tmp_path / "data")
@@ -174,9 +180,9 @@ def test_server_path_against_a_real_chroma_server(chroma_server, tmp_path, embed
 
 
 def test_server_down_is_a_clear_error(tmp_path, monkeypatch):
+    from retrieval.store import ChromaStore
     from tether.config import load_config
     from tether.errors import BackendUnavailable
-    from retrieval.store import ChromaStore
 
     monkeypatch.setenv("TETHER_CHROMA_URL", f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(BackendUnavailable, match="not answering"):
@@ -194,7 +200,14 @@ def test_cross_encoder_rerank_reorders_the_fused_candidates(cfg, embedder, tmp_p
     tok = AutoTokenizer.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")), local_files_only=True)
     torch.manual_seed(0)
     model = BertForSequenceClassification(
-        BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=1)
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+        )
     )
     rdir = tmp_path / "reranker"
     model.save_pretrained(rdir)

@@ -26,7 +26,9 @@ def _kind(path: Path) -> str:
         return "pipeline"
     if isinstance(raw, dict) and raw and set(raw) <= TETHER_SECTIONS:
         return "tether"
-    raise AssertionError(f"{path}: not a training config (sft/dpo/kto.yaml), a pipeline or a tether.yaml; teach this test its loader")
+    raise AssertionError(
+        f"{path}: not a training config (sft/dpo/kto.yaml), a pipeline or a tether.yaml; teach this test its loader"
+    )
 
 
 @pytest.fixture
@@ -50,7 +52,9 @@ def test_configs_ship():
 def test_shipped_config_loads_and_validates(path, workdir):
     rel = str(path.relative_to(ROOT))
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first.startswith("# ") and rel in first and "tether" in first, f"{rel} must start with the command that uses it"
+    assert first.startswith("# ") and rel in first and "tether" in first, (
+        f"{rel} must start with the command that uses it"
+    )
     kind = _kind(path)
     if kind in METHODS:
         tc = load_train_config(path, kind)  # full validation: dataset and init_adapter exist in workdir
@@ -64,7 +68,9 @@ def test_shipped_config_loads_and_validates(path, workdir):
         assert set(raw) == TETHER_SECTIONS, f"{rel} shows every section of tether.yaml"
         defaults = load_config(workdir / "empty")
         for section in TETHER_SECTIONS:
-            assert getattr(cfg, section) == getattr(defaults, section), f"{rel}: {section} is documented with its defaults"
+            assert getattr(cfg, section) == getattr(defaults, section), (
+                f"{rel}: {section} is documented with its defaults"
+            )
 
 
 def test_docs_cite_only_configs_that_exist():

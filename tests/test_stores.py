@@ -63,9 +63,21 @@ def _commit(ledger: Ledger, source: str, texts: list[str], **meta) -> list[str]:
         at += len(t) + 1
     ids = [f"{source}#{i}" for i in range(len(texts))]
     ledger.commit_document(
-        collection="c1", source=source, path=f"/docs/{source}", content_hash=f"h-{source}", size=len(text), mtime=0.0, kind="md",
-        title=meta.get("title", source), doc_date=meta.get("doc_date"), status=meta.get("status"), authority=meta.get("authority"),
-        text=text, chunks=chunks, chunk_ids=ids, pages=[None] * len(texts),
+        collection="c1",
+        source=source,
+        path=f"/docs/{source}",
+        content_hash=f"h-{source}",
+        size=len(text),
+        mtime=0.0,
+        kind="md",
+        title=meta.get("title", source),
+        doc_date=meta.get("doc_date"),
+        status=meta.get("status"),
+        authority=meta.get("authority"),
+        text=text,
+        chunks=chunks,
+        chunk_ids=ids,
+        pages=[None] * len(texts),
     )
     return ids
 
@@ -76,8 +88,15 @@ def test_the_ledger_writes_and_reads_its_tables(db_path):
         with pytest.raises(ConfigError, match="was embedded with 'minilm'"):
             ledger.ensure_collection("c1", "other")
         ledger.journal_add("c1", ["leave.md#0", "stray"])
-        ids = _commit(ledger, "leave.md", ["Twenty-five days of leave.", "Ask your manager."], title="Leave", doc_date="2024-01-10",
-                      status="current", authority="official")
+        ids = _commit(
+            ledger,
+            "leave.md",
+            ["Twenty-five days of leave.", "Ask your manager."],
+            title="Leave",
+            doc_date="2024-01-10",
+            status="current",
+            authority="official",
+        )
         _commit(ledger, "canteen.md", ["The canteen opens at 07:45."], title="Canteen")
         assert ledger.generation("c1") == 2 and ledger.chunk_count("c1") == 3
         assert ledger.committed_hash("c1", "leave.md") == "h-leave.md"
@@ -87,8 +106,15 @@ def test_the_ledger_writes_and_reads_its_tables(db_path):
         rows = ledger.chunks_by_id([*ids, "gone"])
         assert set(rows) == set(ids)
         first = rows["leave.md#0"]
-        assert (first.text, first.start_char, first.end_char, first.source, first.title, first.doc_date, first.authority) == (
-            "Twenty-five days of leave.", 0, 26, "leave.md", "Leave", "2024-01-10", "official")
+        assert (
+            first.text,
+            first.start_char,
+            first.end_char,
+            first.source,
+            first.title,
+            first.doc_date,
+            first.authority,
+        ) == ("Twenty-five days of leave.", 0, 26, "leave.md", "Leave", "2024-01-10", "official")
         assert [c.id for c in ledger.collection_chunks("c1")] == ["canteen.md#0", "leave.md#0", "leave.md#1"]
         assert ledger.chunk_ids_of("c1", {"leave.md"}) == set(ids)
         assert ledger.all_chunks("c1")[0] == ["leave.md#0", "leave.md#1", "canteen.md#0"]  # written order
@@ -109,34 +135,71 @@ def test_the_ledger_writes_and_reads_its_tables(db_path):
 
 
 CONFLICT = Conflict(
-    "numeric", "amount", "annual leave days",
-    (Claim("Employees get twenty-five days of leave.", "leave.md", "leave.md#0", "Leave", "2024-01-10", "official", "current"),
-     Claim("Employees get thirty days of leave.", "gone.md", "gone.md#0", "Old", "2020-01-01", "team", "superseded")),
+    "numeric",
+    "amount",
+    "annual leave days",
+    (
+        Claim(
+            "Employees get twenty-five days of leave.",
+            "leave.md",
+            "leave.md#0",
+            "Leave",
+            "2024-01-10",
+            "official",
+            "current",
+        ),
+        Claim("Employees get thirty days of leave.", "gone.md", "gone.md#0", "Old", "2020-01-01", "team", "superseded"),
+    ),
     0.9,
 )
 
 
 def _hit(cid: str, text: str, rank: int) -> SearchHit:
-    return SearchHit(cid, text, cid.split("#")[0], "T", (0, len(text)), None, 1.0 / rank, rank, None, None, None, None, None, 1)
+    return SearchHit(
+        cid, text, cid.split("#")[0], "T", (0, len(text)), None, 1.0 / rank, rank, None, None, None, None, None, 1
+    )
 
 
 def _answer(question: str, text: str, hits, conflicts=()) -> Answer:
-    return Answer(text=text, refused=False, question=question, query=question, passages=tuple(hits), citations=(), groundedness=None,
-                  generator=GeneratorIdentity(backend="hf", model="tiny"), latency_ms={"total": 1.0}, conflicts=tuple(conflicts))
+    return Answer(
+        text=text,
+        refused=False,
+        question=question,
+        query=question,
+        passages=tuple(hits),
+        citations=(),
+        groundedness=None,
+        generator=GeneratorIdentity(backend="hf", model="tiny"),
+        latency_ms={"total": 1.0},
+        conflicts=tuple(conflicts),
+    )
 
 
 def test_the_log_store_writes_and_reads_its_tables(db_path):
     with Ledger.open(db_path) as ledger:
         ledger.ensure_collection("c1", "minilm")
-        _commit(ledger, "leave.md", ["Twenty-five days of leave."], title="Leave", doc_date="2024-01-10", status="current",
-                authority="official")
+        _commit(
+            ledger,
+            "leave.md",
+            ["Twenty-five days of leave."],
+            title="Leave",
+            doc_date="2024-01-10",
+            status="current",
+            authority="official",
+        )
     hits = [_hit("leave.md#0", "Twenty-five days of leave.", 1), _hit("gone.md#0", "Removed since.", 2)]
     prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
     with LogStore.open(db_path) as store:
         conv = store.new_conversation(user="ann")
-        _, logged = store.log_turn(_answer("How much leave?", "25 days [1].", hits), collection="c1", conversation_id=conv, prompt=prompt)
-        _, bare = store.log_turn(_answer("Who approves?", "Your manager.", hits[:1], conflicts=[CONFLICT]),
-                                 collection="c1", conversation_id=conv, prompt=None)
+        _, logged = store.log_turn(
+            _answer("How much leave?", "25 days [1].", hits), collection="c1", conversation_id=conv, prompt=prompt
+        )
+        _, bare = store.log_turn(
+            _answer("Who approves?", "Your manager.", hits[:1], conflicts=[CONFLICT]),
+            collection="c1",
+            conversation_id=conv,
+            prompt=None,
+        )
         store.add_feedback(logged, "down")
         store.add_feedback(logged, "edit", edited_answer="Twenty-five days [1].")
         store.add_feedback(bare, "up")
@@ -149,15 +212,25 @@ def test_the_log_store_writes_and_reads_its_tables(db_path):
         assert turns[0].feedback == (("down", None), ("edit", "Twenty-five days [1]."))
         assert turns[0].prompt == (Message("system", "s"), Message("user", "q")) and turns[1].prompt is None
         assert (turns[1].question, turns[1].answer, turns[1].refused, turns[1].collection, turns[1].feedback) == (
-            "Who approves?", "Your manager.", False, "c1", (("up", None),))
+            "Who approves?",
+            "Your manager.",
+            False,
+            "c1",
+            (("up", None),),
+        )
         assert store.turn_row(bare).feedback == () and store.turn_row(bare).prompt is None
         with pytest.raises(TetherError, match="no turn"):
             store.turn_row("nope")
 
-        assert [(r.rank, r.passage_id, r.cited) for r in store.retrievals(logged)] == [(1, "leave.md#0", False), (2, "gone.md#0", False)]
+        assert [(r.rank, r.passage_id, r.cited) for r in store.retrievals(logged)] == [
+            (1, "leave.md#0", False),
+            (2, "gone.md#0", False),
+        ]
         passages = store.retrieved_passages(logged)
         assert [(p.rank, p.text, p.title, p.doc_date, p.authority, p.status) for p in passages] == [
-            (1, "Twenty-five days of leave.", "Leave", "2024-01-10", "official", "current"), (2, None, None, None, None, None)]
+            (1, "Twenty-five days of leave.", "Leave", "2024-01-10", "official", "current"),
+            (2, None, None, None, None, None),
+        ]
         conflicts = store.answered_conflicts()
         assert [(c.turn_id, c.idx, c.kind, c.decision) for c in conflicts] == [(bare, 0, "numeric", None)]
         assert Conflict.from_json(json.loads(conflicts[0].claims_json)) == CONFLICT
@@ -169,15 +242,40 @@ def test_the_log_store_writes_and_reads_its_tables(db_path):
 
 
 def test_the_run_store_writes_and_reads_its_tables(db_path):
-    items = [EvalItem("q1", "qa", {"answers": ["25"]}, {"f1": 1.0}, question="How much?", prediction="25", refused=False, correct=True,
-                      retrieved=["leave.md#0"], latency_ms={"total": 2.0}),
-             EvalItem("c1", "conflict", {"conflict": True}, {}, error="boom")]
+    items = [
+        EvalItem(
+            "q1",
+            "qa",
+            {"answers": ["25"]},
+            {"f1": 1.0},
+            question="How much?",
+            prediction="25",
+            refused=False,
+            correct=True,
+            retrieved=["leave.md#0"],
+            latency_ms={"total": 2.0},
+        ),
+        EvalItem("c1", "conflict", {"conflict": True}, {}, error="boom"),
+    ]
     with RunStore.open(db_path) as runs:
-        run = runs.store_run(suite="suite.jsonl", suite_hash="h", label="base", suites=["qa"], collection="c1",
-                             generator={"backend": "extractive", "model": "-"}, config={"k": 5}, corpus_hash="c", git_commit=None,
-                             metrics={"answers.f1": 1, "skipped": None}, details={"n": 2}, items=items)
+        run = runs.store_run(
+            suite="suite.jsonl",
+            suite_hash="h",
+            label="base",
+            suites=["qa"],
+            collection="c1",
+            generator={"backend": "extractive", "model": "-"},
+            config={"k": 5},
+            corpus_hash="c",
+            git_commit=None,
+            metrics={"answers.f1": 1, "skipped": None},
+            details={"n": 2},
+            items=items,
+        )
         assert run.metrics == {"answers.f1": 1.0}
-        assert runs.load_run(run.run_id) == run and runs.load_run(run.run_id[:6]) == run and runs.load_run("base") == run
+        assert (
+            runs.load_run(run.run_id) == run and runs.load_run(run.run_id[:6]) == run and runs.load_run("base") == run
+        )
         with pytest.raises(TetherError, match="tether eval list"):
             runs.load_run("missing")
         assert [r.run_id for r in runs.list_runs(label="base")] == [run.run_id] and runs.list_runs(suite="other") == []
@@ -188,16 +286,31 @@ def test_the_run_store_writes_and_reads_its_tables(db_path):
 def test_the_training_store_writes_and_reads_its_tables(db_path, tmp_path):
     from training.data import DatasetManifest
 
-    manifest = DatasetManifest(kind="sft", path=str(tmp_path / "sft"), n_train=3, n_eval=1, hash="ab" * 32, created_at="2026-01-01")
+    manifest = DatasetManifest(
+        kind="sft", path=str(tmp_path / "sft"), n_train=3, n_eval=1, hash="ab" * 32, created_at="2026-01-01"
+    )
     with TrainingStore.open(db_path) as store:
         assert store.record_dataset(manifest) == manifest.id == store.record_dataset(manifest)  # idempotent
         job = store.start_job("sft", {"lr": 1e-4}, str(tmp_path / "run"), str(tmp_path / "run" / "train.log"), 10)
         store.update_job(job, step=4, loss=1.5)
         store.update_job(job, step=5, loss=None)  # keeps the last loss
-        parent = store.register(kind="adapter", path=str(tmp_path / "a1"), base="base", adapter=str(tmp_path / "a1"), method="sft",
-                                manifest=manifest.to_json())
-        child = store.register_adapter(tmp_path / "a2", base="base", method="dpo", config={}, manifest=None,
-                                       parent_adapter=str(tmp_path / "a1"), job_id=job)
+        parent = store.register(
+            kind="adapter",
+            path=str(tmp_path / "a1"),
+            base="base",
+            adapter=str(tmp_path / "a1"),
+            method="sft",
+            manifest=manifest.to_json(),
+        )
+        child = store.register_adapter(
+            tmp_path / "a2",
+            base="base",
+            method="dpo",
+            config={},
+            manifest=None,
+            parent_adapter=str(tmp_path / "a1"),
+            job_id=job,
+        )
         store.finish_job(job, "done", model_id=child)
         [row] = store.list_jobs()
         assert (row["status"], row["step"], row["loss"], row["model_id"]) == ("done", 5, 1.5, child)
@@ -240,10 +353,19 @@ def sql_outside_stores(source: str, rel: str) -> list[str]:
     out = []
     tree = ast.parse(source, filename=rel)
     for node in ast.walk(tree):
-        if rel not in SQL_FILES and isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
+        if (
+            rel not in SQL_FILES
+            and isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and SQL.search(node.value)
+        ):
             out.append(f"{rel}:{node.lineno}: SQL outside the store modules: {node.value.strip()[:60]!r}")
-        if (rel not in CONNECT_FILES and isinstance(node, ast.ImportFrom) and node.module == "tether.db"
-                and any(a.name == "connect" for a in node.names)):
+        if (
+            rel not in CONNECT_FILES
+            and isinstance(node, ast.ImportFrom)
+            and node.module == "tether.db"
+            and any(a.name == "connect" for a in node.names)
+        ):
             out.append(f"{rel}:{node.lineno}: opens the database itself (use the package's store)")
     return out
 
@@ -253,7 +375,9 @@ def test_sql_lives_only_in_the_store_modules():
     for path in _shipped():
         rel = path.relative_to(ROOT).as_posix()
         problems += sql_outside_stores(path.read_text(encoding="utf-8"), rel)
-    assert not problems, "SQL belongs to the owning package's store (tests/test_stores.py lists them):\n" + "\n".join(problems)
+    assert not problems, "SQL belongs to the owning package's store (tests/test_stores.py lists them):\n" + "\n".join(
+        problems
+    )
 
 
 @pytest.mark.parametrize(

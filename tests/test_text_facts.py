@@ -22,7 +22,20 @@ OTHER = "Flights must be booked through the travel desk at least 14 days before 
 
 def hit(text: str) -> SearchHit:
     return SearchHit(
-        "p1", text, "travel.md", "Travel", (0, len(text)), None, 1.0, 1, None, None, "2024-06-01", "current", "official", 1
+        "p1",
+        text,
+        "travel.md",
+        "Travel",
+        (0, len(text)),
+        None,
+        1.0,
+        1,
+        None,
+        None,
+        "2024-06-01",
+        "current",
+        "official",
+        1,
     )
 
 
@@ -74,7 +87,11 @@ def test_missing_values(claim, evidence, missing):
 
 def test_find_numbers_times_and_number_words():
     assert [(n.text, n.value) for n in find_numbers("3 weeks, twenty-five days, EUR 1,000, a dozen, 2.5%")] == [
-        ("3", 3.0), ("twenty-five", 25.0), ("1,000", 1000.0), ("a dozen", 12.0), ("2.5", 2.5)
+        ("3", 3.0),
+        ("twenty-five", 25.0),
+        ("1,000", 1000.0),
+        ("a dozen", 12.0),
+        ("2.5", 2.5),
     ]
     assert find_numbers("a one-off payment for the HS400 sensor") == []  # words glued to words, digits in codes
     assert [n.text for n in find_numbers("the HS400 sensor", in_codes=True)] == ["400"]
@@ -105,7 +122,9 @@ def test_cross_encoder_loader_names_the_folder_and_the_setting(tmp_path):
     from tether.crossencoder import load_cross_encoder
     from tether.errors import BackendUnavailable
 
-    with pytest.raises(BackendUnavailable, match=r"reranker '.*missing' is not a local folder; set retrieval\.reranker"):
+    with pytest.raises(
+        BackendUnavailable, match=r"reranker '.*missing' is not a local folder; set retrieval\.reranker"
+    ):
         load_cross_encoder(tmp_path / "missing", setting="retrieval.reranker", what="reranker")
     (tmp_path / "empty").mkdir()
     with pytest.raises(BackendUnavailable, match=r"cannot load the NLI model from .*empty.*set assistant\.nli_model"):

@@ -11,15 +11,34 @@ from assistant.prompts import PromptSource, build_messages
 from assistant.resolution import Decision, resolve
 from retrieval.conflicts import Claim, Conflict
 from tests.training_fixtures import COUNTERFACTUALS, TURNS, read_jsonl, seed_ledger, seed_log_db
+from tether.errors import ConfigError
 from training.config import DataConfig, load_train_config
 from training.data import Row, build_datasets, dedupe, rebuild_prompt, split
-from tether.errors import ConfigError
-
 
 LEAVE_CONFLICT = Conflict(
-    "numeric", "amount", "annual leave days",
-    (Claim("Employees get twenty-five days of annual leave each year.", "leave.md", "leave.md#0", "Leave policy", "2024-01-10", "official", "current"),
-     Claim("Employees get thirty days of annual leave.", "canteen.md", "canteen.md#1", "Canteen", "2023-05-02", "team", "current")),
+    "numeric",
+    "amount",
+    "annual leave days",
+    (
+        Claim(
+            "Employees get twenty-five days of annual leave each year.",
+            "leave.md",
+            "leave.md#0",
+            "Leave policy",
+            "2024-01-10",
+            "official",
+            "current",
+        ),
+        Claim(
+            "Employees get thirty days of annual leave.",
+            "canteen.md",
+            "canteen.md#1",
+            "Canteen",
+            "2023-05-02",
+            "team",
+            "current",
+        ),
+    ),
     0.9,
 )
 LEAVE_QUESTION = "How many leave days do employees get?"
@@ -34,14 +53,43 @@ def log_conflict_turn(db_path, policy: str, answer: str = "Employees get thirty 
     from retrieval.search import SearchHit
 
     def hit(cid, text, source, title, date, authority, rank):
-        return SearchHit(cid, text, source, title, (0, len(text)), None, 1.0 / rank, rank, None, None, date, "current", authority, rank)
+        return SearchHit(
+            cid,
+            text,
+            source,
+            title,
+            (0, len(text)),
+            None,
+            1.0 / rank,
+            rank,
+            None,
+            None,
+            date,
+            "current",
+            authority,
+            rank,
+        )
 
-    passages = (hit("leave.md#0", LEAVE_CONFLICT.claims[0].text, "leave.md", "Leave policy", "2024-01-10", "official", 1),
-                hit("canteen.md#1", LEAVE_CONFLICT.claims[1].text, "canteen.md", "Canteen", "2023-05-02", "team", 2))
+    passages = (
+        hit("leave.md#0", LEAVE_CONFLICT.claims[0].text, "leave.md", "Leave policy", "2024-01-10", "official", 1),
+        hit("canteen.md#1", LEAVE_CONFLICT.claims[1].text, "canteen.md", "Canteen", "2023-05-02", "team", 2),
+    )
     decision = resolve(LEAVE_CONFLICT, policy)
-    logged = Answer(text=answer, refused=False, question=LEAVE_QUESTION, query=LEAVE_QUESTION, passages=passages, citations=(),
-                    groundedness=None, generator=GeneratorIdentity(backend="hf", model="tiny"), latency_ms={"total": 1.0},
-                    conflicts=(LEAVE_CONFLICT,), decisions=(decision,), policy=policy, relevant_conflicts=(0,))
+    logged = Answer(
+        text=answer,
+        refused=False,
+        question=LEAVE_QUESTION,
+        query=LEAVE_QUESTION,
+        passages=passages,
+        citations=(),
+        groundedness=None,
+        generator=GeneratorIdentity(backend="hf", model="tiny"),
+        latency_ms={"total": 1.0},
+        conflicts=(LEAVE_CONFLICT,),
+        decisions=(decision,),
+        policy=policy,
+        relevant_conflicts=(0,),
+    )
     prompt = [m.__dict__ for m in build_messages(LEAVE_QUESTION, [PromptSource(h.title, h.text) for h in passages])]
     _, turn_id = LogStore(db_path).log_turn(logged, collection="tether", conversation_id=None, prompt=prompt)
     return turn_id, decision
@@ -87,7 +135,9 @@ def test_extractive_turn_prompt_is_rebuilt_from_retrievals_with_the_same_builder
     from tests.training_fixtures import DOCS
 
     title, date, authority, chunks = DOCS["canteen.md"]
-    expected = build_messages("What are the canteen hours?", [PromptSource(title, c, date, authority, "current") for c in chunks])
+    expected = build_messages(
+        "What are the canteen hours?", [PromptSource(title, c, date, authority, "current") for c in chunks]
+    )
     assert ext[0]["messages"][:-1] == [{"role": m.role, "content": m.content} for m in expected]
     with LogStore.open(cfg.db_path) as store:
         assert rebuild_prompt(store, seeded["extractive"], "What are the canteen hours?") == expected
@@ -123,7 +173,10 @@ def test_conflict_chosen_is_the_engines_statement_for_the_logged_decision(cfg, t
     assert len(rows) == 1 and rows[0].source == "conflict"
     chosen = rows[0].data["chosen"][0]["content"]
     assert chosen == conflict_statement(LEAVE_CONFLICT, decision, NUMBERS)  # the same template, the logged decision
-    assert f"Following the {policy} policy" in chosen and rows[0].data["rejected"][0]["content"] == "Employees get thirty days [2]."
+    assert (
+        f"Following the {policy} policy" in chosen
+        and rows[0].data["rejected"][0]["content"] == "Employees get thirty days [2]."
+    )
 
 
 def test_each_policy_gives_its_own_chosen_text(cfg):
@@ -147,7 +200,9 @@ def test_an_answer_that_already_carries_the_statement_is_chosen_over_the_bare_re
     statement = conflict_statement(LEAVE_CONFLICT, resolve(LEAVE_CONFLICT, "prefer-official"), NUMBERS, answer=reply)
     log_conflict_turn(cfg.db_path, "prefer-official", answer=f"{reply} {statement}")
     rows = dpo_from_conflicts(LogStore.open(cfg.db_path), [])
-    assert [(r.data["chosen"][0]["content"], r.data["rejected"][0]["content"]) for r in rows] == [(f"{reply} {statement}", reply)]
+    assert [(r.data["chosen"][0]["content"], r.data["rejected"][0]["content"]) for r in rows] == [
+        (f"{reply} {statement}", reply)
+    ]
 
 
 def test_untyped_conflict_rows_are_skipped_with_a_warning(cfg, caplog):
@@ -174,7 +229,10 @@ def test_kto_rows_from_single_thumbs(built):
     labels = {(r["completion"][0]["content"], r["label"]) for r in rows}
     assert ("Coffee costs two euros.", False) in labels
     assert ("The canteen opens at 07:45 [1].", True) in labels
-    assert ("Your manager approves leave in the HR portal [1].", True) in labels and ("HR approves leave.", False) in labels
+    assert ("Your manager approves leave in the HR portal [1].", True) in labels and (
+        "HR approves leave.",
+        False,
+    ) in labels
 
 
 def test_manifest_counts_hashes_and_dedup(built):
@@ -196,7 +254,9 @@ def test_near_duplicates_dropped_and_split_keeps_prompts_together():
         return Row("sft", "up", {"messages": []}, text, group)
 
     base = "the canteen opens at seven forty five every weekday morning and closes at half past two in the afternoon"
-    kept, exact, near = dedupe([row(base, "a"), row(base.upper(), "b"), row(base + " today", "c"), row("coffee is free on floor two", "d")])
+    kept, exact, near = dedupe(
+        [row(base, "a"), row(base.upper(), "b"), row(base + " today", "c"), row("coffee is free on floor two", "d")]
+    )
     assert (exact, near, len(kept)) == (1, 1, 2)
     rows = [row(f"q{i} text", f"g{i % 5}") for i in range(20)]
     train, ev = split(rows, 0.2, seed=0)
@@ -207,8 +267,12 @@ def test_length_filter_with_a_tokenizer(cfg, tmp_path):
     from tests.tiny_llm import make_tokenizer
 
     seed_log_db(cfg.db_path)
-    m = build_datasets(cfg, DataConfig(out_dir=str(tmp_path / "ds"), kinds="kto", max_tokens=100), tokenizer=make_tokenizer(),
-                       counterfactual_rows=[])
+    m = build_datasets(
+        cfg,
+        DataConfig(out_dir=str(tmp_path / "ds"), kinds="kto", max_tokens=100),
+        tokenizer=make_tokenizer(),
+        counterfactual_rows=[],
+    )
     assert m["kto"].counts["too_long"] > 0 and m["kto"].counts["length_unit"] == "tokens"
 
 
@@ -220,7 +284,13 @@ def test_configs_collect_every_problem(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_train_config(tmp_path / "c.yaml", "sft")
     text = str(err.value)
-    for needle in ("lora_r", "learning_rate must be a number", "bogus is not a known setting", "`tether train sft`", "dataset"):
+    for needle in (
+        "lora_r",
+        "learning_rate must be a number",
+        "bogus is not a known setting",
+        "`tether train sft`",
+        "dataset",
+    ):
         assert needle in text
 
 
@@ -241,11 +311,14 @@ class QueuedGenerator:
 
 def test_backtranslated_rows_use_the_chunk_sentence_as_the_answer(cfg):
     from retrieval.ledger import Ledger
-    from training.data import sft_from_documents
     from tests.training_fixtures import seed_ledger
+    from training.data import sft_from_documents
 
     seed_ledger(cfg.db_path)
-    gen = QueuedGenerator(["When does the canteen open on weekdays?\nextra line", "not a question", "Question: How much leave is there?"] + ["x"] * 5)
+    gen = QueuedGenerator(
+        ["When does the canteen open on weekdays?\nextra line", "not a question", "Question: How much leave is there?"]
+        + ["x"] * 5
+    )
     with Ledger.open(cfg.db_path) as ledger:
         rows = sft_from_documents(ledger, "tether", gen, 2, seed=0)
     assert len(rows) == 2 and len(gen.prompts) == 3  # the reply without '?' was dropped

@@ -30,7 +30,9 @@ def exported(tmp_path_factory):
     db = connect(cfg.db_path)
     parent = register(db, kind="adapter", path=str(adapter), base=str(model), adapter=str(adapter), method="sft")
     db.close()
-    res = export(model, adapter, root / "out", formats=("merged", "onnx", "onnx-int8"), db_path=cfg.db_path, parent_id=parent)
+    res = export(
+        model, adapter, root / "out", formats=("merged", "onnx", "onnx-int8"), db_path=cfg.db_path, parent_id=parent
+    )
     yield {"res": res, "model": model, "adapter": adapter, "cfg": cfg, "parent": parent, "root": root}
     torch.set_num_threads(threads)
 

@@ -15,10 +15,20 @@ from tests.training_fixtures import seed_log_db
 pytestmark = pytest.mark.slow
 
 SUITE = [
-    {"id": "q1", "question": "When does the Halden canteen open?", "answers": ["07:45"],
-     "contexts": ["The Halden office canteen opens at 07:45 and closes at 14:30 on weekdays."]},
-    {"id": "q2", "question": "How many days of annual leave do employees get?", "answers": ["twenty-five days"],
-     "contexts": ["Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March."]},
+    {
+        "id": "q1",
+        "question": "When does the Halden canteen open?",
+        "answers": ["07:45"],
+        "contexts": ["The Halden office canteen opens at 07:45 and closes at 14:30 on weekdays."],
+    },
+    {
+        "id": "q2",
+        "question": "How many days of annual leave do employees get?",
+        "answers": ["twenty-five days"],
+        "contexts": [
+            "Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March."
+        ],
+    },
 ]
 
 
@@ -63,10 +73,16 @@ def test_one_command_trains_exports_and_the_gate_refuses(cli, tmp_path):
     res = runner.invoke(app, ["train", "pipeline", "--config", str(tmp_path / "pipeline.yaml")])
     assert res.exit_code == 1, res.output  # the tiny random model regresses: refused
     out = res.stdout
-    summary = json.loads(out[out.index("{\n"):])
+    summary = json.loads(out[out.index("{\n") :])
     assert summary["sft"]["steps"] == 3 and summary["kto"]["steps"] == 3
-    assert summary["export"]["parity"] == {"merged": True, "onnx": True, "onnx-int8": True}  # onnx: the int8 step's input
-    assert summary["promotion"]["promoted"] is False and "refused by the evaluation gate" in summary["promotion"]["reason"]
+    assert summary["export"]["parity"] == {
+        "merged": True,
+        "onnx": True,
+        "onnx-int8": True,
+    }  # onnx: the int8 step's input
+    assert (
+        summary["promotion"]["promoted"] is False and "refused by the evaluation gate" in summary["promotion"]["reason"]
+    )
     listed = runner.invoke(app, ["models", "list", "--json"])
     rows = json.loads(listed.output)
     kto_id = summary["kto"]["model_id"]
@@ -84,13 +100,17 @@ def test_pipeline_config_reports_every_problem(tmp_path):
     from tether.errors import ConfigError
     from training.pipeline import load_pipeline_config
 
-    (tmp_path / "p.yaml").write_text("data: {kinds: 'sft,xyz'}\nsft: {lora_r: 0}\npreference: {method: ppo}\npromote: {force: true}\nextra: {}\n")
+    (tmp_path / "p.yaml").write_text(
+        "data: {kinds: 'sft,xyz'}\nsft: {lora_r: 0}\npreference: {method: ppo}\npromote: {force: true}\nextra: {}\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_pipeline_config(tmp_path / "p.yaml")
     text = str(err.value)
     for needle in ("unknown section 'extra'",):
         assert needle in text
-    (tmp_path / "p.yaml").write_text("data: {kinds: 'sft,xyz'}\nsft: {lora_r: 0}\npreference: {method: ppo}\npromote: {force: true}\n")
+    (tmp_path / "p.yaml").write_text(
+        "data: {kinds: 'sft,xyz'}\nsft: {lora_r: 0}\npreference: {method: ppo}\npromote: {force: true}\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_pipeline_config(tmp_path / "p.yaml")
     text = str(err.value)
@@ -116,8 +136,12 @@ def test_export_command_on_an_adapter_folder(cli, tmp_path):
     app, cfg = cli
     model = make_tiny_llm(tmp_path / "tiny")
     adapter = make_lora_adapter(model, tmp_path / "lora")
-    res = CliRunner().invoke(app, ["export", str(adapter), "--out", str(tmp_path / "exp"), "--formats", "merged", "--base", str(model)])
+    res = CliRunner().invoke(
+        app, ["export", str(adapter), "--out", str(tmp_path / "exp"), "--formats", "merged", "--base", str(model)]
+    )
     assert res.exit_code == 0, res.output
     assert "parity ok (exact; exact 4/4" in res.stdout and (tmp_path / "exp" / "merged" / "model.safetensors").is_file()
     listed = json.loads(CliRunner().invoke(app, ["models", "list", "--json"]).stdout)
-    assert [r["kind"] for r in listed] == ["merged"] and listed[0]["path"] == str((tmp_path / "exp" / "merged").resolve())
+    assert [r["kind"] for r in listed] == ["merged"] and listed[0]["path"] == str(
+        (tmp_path / "exp" / "merged").resolve()
+    )

@@ -12,12 +12,28 @@ from tests.tiny_llm import make_lora_adapter, make_tiny_llm
 pytestmark = pytest.mark.slow
 
 SUITE = [
-    {"id": "q1", "question": "When does the Halden canteen open?", "answers": ["07:45"],
-     "contexts": ["The Halden office canteen opens at 07:45 and closes at 14:30 on weekdays."]},
-    {"id": "q2", "question": "How many days of annual leave do employees get?", "answers": ["twenty-five days"],
-     "contexts": ["Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March."]},
-    {"id": "q3", "question": "Who approves business travel?", "answers": ["your manager"],
-     "contexts": ["Business travel must be approved by your manager before booking. Receipts are submitted within 30 days."]},
+    {
+        "id": "q1",
+        "question": "When does the Halden canteen open?",
+        "answers": ["07:45"],
+        "contexts": ["The Halden office canteen opens at 07:45 and closes at 14:30 on weekdays."],
+    },
+    {
+        "id": "q2",
+        "question": "How many days of annual leave do employees get?",
+        "answers": ["twenty-five days"],
+        "contexts": [
+            "Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March."
+        ],
+    },
+    {
+        "id": "q3",
+        "question": "Who approves business travel?",
+        "answers": ["your manager"],
+        "contexts": [
+            "Business travel must be approved by your manager before booking. Receipts are submitted within 30 days."
+        ],
+    },
 ]
 
 
@@ -39,7 +55,10 @@ def world(tmp_path_factory):
     model = make_tiny_llm(root / "tiny")
     adapter = make_lora_adapter(model, root / "lora")
     db = connect(cfg.db_path)
-    ids = [register(db, kind="adapter", path=str(adapter), base=str(model), adapter=str(adapter), method="sft") for _ in range(2)]
+    ids = [
+        register(db, kind="adapter", path=str(adapter), base=str(model), adapter=str(adapter), method="sft")
+        for _ in range(2)
+    ]
     onnx = register(db, kind="onnx", path=str(root / "onnx"), base=str(model), adapter=str(adapter))
     db.close()
     yield {"cfg": cfg, "suite": suite, "ids": ids, "onnx": onnx, "model": model, "adapter": adapter}
@@ -57,10 +76,17 @@ def test_promote_refused_by_a_failing_gate_then_forced_then_rolled_back(world):
     assert not err.value.gate.passed and any(r.regressed for r in err.value.gate.rows)
     assert promoted_model(cfg) is None  # nothing changed
     db = connect(cfg.db_path)
-    assert db.execute("SELECT COUNT(*) FROM model_eval_runs WHERE model_id = ? AND role = 'candidate'", (first,)).fetchone()[0] == 1
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM model_eval_runs WHERE model_id = ? AND role = 'candidate'", (first,)
+        ).fetchone()[0]
+        == 1
+    )
     # the candidate run is a real stored eval run of the tiny model
     run_id = db.execute("SELECT run_id FROM model_eval_runs WHERE model_id = ?", (first,)).fetchone()[0]
-    assert db.execute("SELECT model, adapter FROM eval_runs WHERE id = ?", (run_id,)).fetchone()[1] == str(world["adapter"])
+    assert db.execute("SELECT model, adapter FROM eval_runs WHERE id = ?", (run_id,)).fetchone()[1] == str(
+        world["adapter"]
+    )
 
     forced = promote(cfg, first, world["suite"], force=True)
     assert forced["forced"] and forced["previous_id"] is None and not forced["gate"]["passed"]
@@ -125,10 +151,17 @@ def test_m004_training_schema():
 
     db = connect(":memory:")
     assert db.execute("SELECT 1 FROM _migrations WHERE name = 'm004_training'").fetchone()
-    cols = {t: {r[1]: r[2] for r in db.execute(f"PRAGMA table_info({t})")} for t in ("datasets", "training_jobs", "models", "model_eval_runs", "promotions")}
+    cols = {
+        t: {r[1]: r[2] for r in db.execute(f"PRAGMA table_info({t})")}
+        for t in ("datasets", "training_jobs", "models", "model_eval_runs", "promotions")
+    }
     assert {"id", "kind", "hash", "n_train", "n_eval", "manifest_json"} <= set(cols["datasets"])
-    assert {"status", "step", "total_steps", "loss", "log_path", "pid", "output_dir", "updated_at"} <= set(cols["training_jobs"])
-    assert {"kind", "path", "base", "adapter", "parent_id", "dataset_id", "config_json", "manifest_json"} <= set(cols["models"])
+    assert {"status", "step", "total_steps", "loss", "log_path", "pid", "output_dir", "updated_at"} <= set(
+        cols["training_jobs"]
+    )
+    assert {"kind", "path", "base", "adapter", "parent_id", "dataset_id", "config_json", "manifest_json"} <= set(
+        cols["models"]
+    )
     assert {"model_id", "previous_id", "forced", "gate_json", "rolled_back_at"} <= set(cols["promotions"])
     fks = {(r["table"], r["from"]) for r in db.execute("PRAGMA foreign_key_list(models)")}
     assert {("models", "parent_id"), ("datasets", "dataset_id"), ("training_jobs", "job_id")} <= fks
@@ -137,5 +170,7 @@ def test_m004_training_schema():
     import pytest
 
     with pytest.raises(sqlite3.IntegrityError):
-        db.execute("INSERT INTO training_jobs (id, method, status, config_json, output_dir, log_path, created_at, updated_at)"
-                   " VALUES ('j', 'sft', 'exploded', '{}', 'o', 'l', 'now', 'now')")
+        db.execute(
+            "INSERT INTO training_jobs (id, method, status, config_json, output_dir, log_path, created_at, updated_at)"
+            " VALUES ('j', 'sft', 'exploded', '{}', 'o', 'l', 'now', 'now')"
+        )

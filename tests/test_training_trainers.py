@@ -19,10 +19,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny model, a seeded log database and the datasets built from it (shared by the module)."""
+    import torch
+
     from tether.config import load_config
     from training.data import build_datasets
-
-    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is ~10x faster than two on a shared 2-core machine
@@ -34,17 +34,32 @@ def world(tmp_path_factory):
     from training.registry import record_dataset
 
     db = connect(cfg.db_path)
-    build_datasets(cfg, DataConfig(out_dir=str(root / "ds"), eval_fraction=0.1), counterfactual_rows=COUNTERFACTUALS,
-                   record=lambda m: record_dataset(db, m))
+    build_datasets(
+        cfg,
+        DataConfig(out_dir=str(root / "ds"), eval_fraction=0.1),
+        counterfactual_rows=COUNTERFACTUALS,
+        record=lambda m: record_dataset(db, m),
+    )
     db.close()
     yield {"cfg": cfg, "model": model, "root": root, "ds": root / "ds"}
     torch.set_num_threads(threads)
 
 
 def _tc(world, method, out, **kw):
-    base = dict(base_model=str(world["model"]), dataset=str(world["ds"] / method), output_dir=str(world["root"] / out), max_steps=6,
-                lora_r=4, lora_alpha=8, learning_rate=5e-3, max_length=512, save_steps=3, device="cpu",
-                batch_size=2, grad_accum=1)
+    base = dict(
+        base_model=str(world["model"]),
+        dataset=str(world["ds"] / method),
+        output_dir=str(world["root"] / out),
+        max_steps=6,
+        lora_r=4,
+        lora_alpha=8,
+        learning_rate=5e-3,
+        max_length=512,
+        save_steps=3,
+        device="cpu",
+        batch_size=2,
+        grad_accum=1,
+    )
     base.update(kw)
     return load_train_config(None, method, **base)
 
@@ -113,9 +128,13 @@ def test_dpo_on_top_of_sft_uses_the_adapter_disabled_reference_and_stacks_exactl
     assert cfg["r"] == 8  # SFT r=4 + DPO r=4, one adapter
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     with torch.no_grad():
-        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(world["model"]), str(sft.adapter_dir)).merge_and_unload()
+        merged = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(world["model"]), str(sft.adapter_dir)
+        ).merge_and_unload()
         two_step = PeftModel.from_pretrained(merged, str(res.output_dir / "adapter-stage"))(ids).logits
-        stacked = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(world["model"]), str(res.adapter_dir))(ids).logits
+        stacked = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(world["model"]), str(res.adapter_dir))(
+            ids
+        ).logits
     assert torch.allclose(two_step, stacked, atol=1e-5)
 
 
@@ -137,7 +156,9 @@ def test_resume_after_an_interruption(world):
     out = Path(tc.output_dir)
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "adapter").exists()
     db = connect(world["cfg"].db_path)
-    assert db.execute("SELECT status FROM training_jobs ORDER BY created_at DESC LIMIT 1").fetchone()[0] == "interrupted"
+    assert (
+        db.execute("SELECT status FROM training_jobs ORDER BY created_at DESC LIMIT 1").fetchone()[0] == "interrupted"
+    )
     res = run(tc, world["cfg"])
     assert res.resumed_from and res.resumed_from.endswith("checkpoint-2") and res.steps == 6
     steps = [r["step"] for r in json.loads(res.loss_curve.read_text())["records"] if "loss" in r]
@@ -165,7 +186,10 @@ def test_qlora_4bit_path_runs_on_the_cpu(world):
     pytest.importorskip("bitsandbytes")
     from training.trainers import run
 
-    res = run(_tc(world, "sft", "sft-4bit", quantize="4bit", max_steps=3, save_steps=10, target_modules="q_proj,v_proj"), world["cfg"])
+    res = run(
+        _tc(world, "sft", "sft-4bit", quantize="4bit", max_steps=3, save_steps=10, target_modules="q_proj,v_proj"),
+        world["cfg"],
+    )
     _finite_losses(res.loss_curve)
     assert res.plan["quantize"] == "4bit"
     assert any(float(v.abs().max()) > 0 for k, v in _weights(res.adapter_dir).items() if "lora_B" in k)

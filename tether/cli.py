@@ -87,8 +87,11 @@ def config_flags(cls: type, *, exclude: Iterable[str] = ()) -> Callable[[Callabl
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         hints = typing.get_type_hints(func, include_extras=True)
-        own = [p.replace(annotation=hints.get(p.name, p.annotation))
-               for p in inspect.signature(func).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         generated = field_flags(cls, exclude={*exclude, *(p.name for p in own)})
 
         @functools.wraps(func)
@@ -96,8 +99,12 @@ def config_flags(cls: type, *, exclude: Iterable[str] = ()) -> Callable[[Callabl
             return func(*args, **kwargs)
 
         params = own + generated
-        command.__signature__ = inspect.Signature(params, return_annotation=hints.get("return", inspect.Signature.empty))  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params} | ({"return": hints["return"]} if "return" in hints else {})
+        command.__signature__ = inspect.Signature(
+            params, return_annotation=hints.get("return", inspect.Signature.empty)
+        )  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | (
+            {"return": hints["return"]} if "return" in hints else {}
+        )
         return command
 
     return decorate

@@ -33,9 +33,10 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tether.errors import ConfigError
 
@@ -47,7 +48,9 @@ _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 class RetrievalConfig:
     """Ingestion, embedding, storage and search."""
 
-    collection: str = field(default="tether", metadata={"help": "Chroma collection name (3-63 chars: letters, digits, . _ -)"})
+    collection: str = field(
+        default="tether", metadata={"help": "Chroma collection name (3-63 chars: letters, digits, . _ -)"}
+    )
     embed_model: str = field(
         default=DEFAULT_EMBED_MODEL,
         metadata={"help": "sentence-transformers model: 'all-MiniLM-L6-v2' (shipped offline) or a local path"},
@@ -55,22 +58,32 @@ class RetrievalConfig:
     embed_batch_size: int = field(default=16, metadata={"help": "texts per embedding forward pass"})
     embed_int8: bool = field(
         default=True,
-        metadata={"help": "int8 (per-channel) dynamic quantization of the embedder on the CPU: 2x faster, same recall (docs/BENCHMARKS.md)"},
+        metadata={
+            "help": "int8 (per-channel) dynamic quantization of the embedder on the CPU: 2x faster, same recall (docs/BENCHMARKS.md)"
+        },
     )
     chunk_size: int = field(default=200, metadata={"help": "chunk size in tokens of the embedder's tokenizer"})
     chunk_overlap: int = field(default=30, metadata={"help": "tokens shared by neighbouring chunks"})
     max_file_mb: float = field(default=50.0, metadata={"help": "files larger than this are skipped"})
     max_unzipped_mb: float = field(default=200.0, metadata={"help": "DOCX files that inflate beyond this are rejected"})
-    max_zip_ratio: float = field(default=100.0, metadata={"help": "DOCX compression ratio above which a zip bomb is assumed"})
+    max_zip_ratio: float = field(
+        default=100.0, metadata={"help": "DOCX compression ratio above which a zip bomb is assumed"}
+    )
     max_chunks_per_file: int = field(
         default=5000,
-        metadata={"help": "a file that gives more chunks than this is skipped whole, with the reason (5000 chunks = about a 2,000-page book)"},
+        metadata={
+            "help": "a file that gives more chunks than this is skipped whole, with the reason (5000 chunks = about a 2,000-page book)"
+        },
     )
     ingest_lock_timeout: float = field(
         default=600.0,
-        metadata={"help": "seconds an ingest waits for another one on the same data dir to finish before refusing (0 = refuse at once)"},
+        metadata={
+            "help": "seconds an ingest waits for another one on the same data dir to finish before refusing (0 = refuse at once)"
+        },
     )
-    chroma_url: str | None = field(default=None, metadata={"help": "http://host:port of a Chroma server; none = embedded"})
+    chroma_url: str | None = field(
+        default=None, metadata={"help": "http://host:port of a Chroma server; none = embedded"}
+    )
     reranker: str | None = field(default=None, metadata={"help": "local path of a sentence-transformers CrossEncoder"})
     rerank_top: int = field(default=20, metadata={"help": "fused candidates the reranker re-scores"})
     rrf_k: int = field(default=60, metadata={"help": "reciprocal rank fusion constant"})
@@ -91,7 +104,9 @@ class RetrievalConfig:
         if self.chunk_size < 16:
             out.append(f"retrieval.chunk_size ({self.chunk_size}) must be >= 16 tokens")
         if not 0 <= self.chunk_overlap < self.chunk_size:
-            out.append(f"retrieval.chunk_overlap ({self.chunk_overlap}) must be >= 0 and < chunk_size ({self.chunk_size})")
+            out.append(
+                f"retrieval.chunk_overlap ({self.chunk_overlap}) must be >= 0 and < chunk_size ({self.chunk_size})"
+            )
         if self.max_file_mb <= 0:
             out.append(f"--max-file-mb / retrieval.max_file_mb ({self.max_file_mb}) must be > 0")
         if self.embed_batch_size < 1:
@@ -99,12 +114,16 @@ class RetrievalConfig:
         if not 1 <= self.max_chunks_per_file <= 1_000_000:
             out.append(f"retrieval.max_chunks_per_file ({self.max_chunks_per_file}) must be between 1 and 1000000")
         if not 0 <= self.ingest_lock_timeout <= 86_400:
-            out.append(f"retrieval.ingest_lock_timeout ({self.ingest_lock_timeout}) must be between 0 and 86400 seconds")
+            out.append(
+                f"retrieval.ingest_lock_timeout ({self.ingest_lock_timeout}) must be between 0 and 86400 seconds"
+            )
         for name in ("rrf_k", "candidates", "rerank_top"):
             if getattr(self, name) < 1:
                 out.append(f"retrieval.{name} ({getattr(self, name)}) must be >= 1")
         if self.chroma_url and not re.match(r"^https?://[^/:]+(:\d+)?/?$", self.chroma_url):
-            out.append(f"retrieval.chroma_url / TETHER_CHROMA_URL ({self.chroma_url!r}) must look like http://host:port")
+            out.append(
+                f"retrieval.chroma_url / TETHER_CHROMA_URL ({self.chroma_url!r}) must look like http://host:port"
+            )
         return out
 
 
@@ -125,40 +144,67 @@ class AssistantConfig:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     llm_context: str = field(
         default="sentences",
-        metadata={"help": "what the LLM sees: focused (the 3 best sentences overall) | sentences (3 per passage) | passages"},
+        metadata={
+            "help": "what the LLM sees: focused (the 3 best sentences overall) | sentences (3 per passage) | passages"
+        },
     )
     faithful_prompt: bool = field(default=False, metadata={"help": "opinion-based framing that favours the context"})
     nli_model: str | None = field(default=None, metadata={"help": "local NLI cross-encoder for citation verification"})
-    fallback_to_extractive: bool = field(default=True, metadata={"help": "answer extractively when the LLM cannot load"})
+    fallback_to_extractive: bool = field(
+        default=True, metadata={"help": "answer extractively when the LLM cannot load"}
+    )
     min_relevance: float = field(
         default=0.58,
-        metadata={"help": "refuse without generating when no retrieved sentence scores this close to the question (cosine + 0.25 x shared words)"},
+        metadata={
+            "help": "refuse without generating when no retrieved sentence scores this close to the question (cosine + 0.25 x shared words)"
+        },
     )
     conflicts: bool = field(default=True, metadata={"help": "detect contradicting claims among the retrieved passages"})
     conflict_policy: str = field(
         default="prefer-official",
-        metadata={"help": "prefer-official (superseded loses, then authority, then date) | prefer-recent | present-both"},
+        metadata={
+            "help": "prefer-official (superseded loses, then authority, then date) | prefer-recent | present-both"
+        },
     )
     cad: str = field(
         default="off",
-        metadata={"help": "context-aware decoding (hf only): off | on | auto (on when sources conflict or the answer is poorly grounded)"},
+        metadata={
+            "help": "context-aware decoding (hf only): off | on | auto (on when sources conflict or the answer is poorly grounded)"
+        },
     )
     cad_alpha: float = field(default=0.5, metadata={"help": "CAD strength: logits (1+a)*with context - a*without"})
-    cad_min_groundedness: float = field(default=0.5, metadata={"help": "cad=auto: regenerate with CAD below this groundedness"})
+    cad_min_groundedness: float = field(
+        default=0.5, metadata={"help": "cad=auto: regenerate with CAD below this groundedness"}
+    )
     consistency: bool = field(
         default=False,
-        metadata={"help": "intra-memory check: also answer the question and two paraphrases without sources and compare"},
+        metadata={
+            "help": "intra-memory check: also answer the question and two paraphrases without sources and compare"
+        },
     )
     relevant_conflict: float = field(
         default=0.55,
-        metadata={"help": "a conflict enters the answer when one of its claims scores this close to the question (cosine + 0.25 x shared words)"},
+        metadata={
+            "help": "a conflict enters the answer when one of its claims scores this close to the question (cosine + 0.25 x shared words)"
+        },
     )
     focus_margin: float = field(
         default=0.15,
-        metadata={"help": "llm_context sentences: show the LLM the passages whose best sentence scores within this of the best one"},
+        metadata={
+            "help": "llm_context sentences: show the LLM the passages whose best sentence scores within this of the best one"
+        },
     )
     refusal_markers: tuple[str, ...] = field(
-        default=("i don't know", "i do not know", "do not say", "don't say", "not contain", "no information", "cannot find", "could not find"),
+        default=(
+            "i don't know",
+            "i do not know",
+            "do not say",
+            "don't say",
+            "not contain",
+            "no information",
+            "cannot find",
+            "could not find",
+        ),
         metadata={"help": "an LLM reply containing one of these phrases (case-insensitive) counts as a refusal"},
     )
 
@@ -175,19 +221,29 @@ class AssistantConfig:
         if self.llm_context not in ("focused", "sentences", "passages"):
             out.append(f"assistant.llm_context ({self.llm_context!r}) must be 'focused', 'sentences' or 'passages'")
         if not 0 <= self.min_relevance <= 2:
-            out.append(f"assistant.min_relevance ({self.min_relevance}) must be between 0 and 2 (0 = never refuse for low relevance)")
+            out.append(
+                f"assistant.min_relevance ({self.min_relevance}) must be between 0 and 2 (0 = never refuse for low relevance)"
+            )
         if self.conflict_policy not in CONFLICT_POLICIES:
-            out.append(f"--policy / assistant.conflict_policy ({self.conflict_policy!r}) must be one of {', '.join(CONFLICT_POLICIES)}")
+            out.append(
+                f"--policy / assistant.conflict_policy ({self.conflict_policy!r}) must be one of {', '.join(CONFLICT_POLICIES)}"
+            )
         if self.cad not in CAD_MODES:
             out.append(f"--cad / assistant.cad ({self.cad!r}) must be one of {', '.join(CAD_MODES)}")
         if not 0 < self.cad_alpha <= 5:
-            out.append(f"assistant.cad_alpha ({self.cad_alpha}) must be in (0, 5]; turn CAD off with assistant.cad: off")
+            out.append(
+                f"assistant.cad_alpha ({self.cad_alpha}) must be in (0, 5]; turn CAD off with assistant.cad: off"
+            )
         if not 0 <= self.cad_min_groundedness <= 1:
             out.append(f"assistant.cad_min_groundedness ({self.cad_min_groundedness}) must be between 0 and 1")
         if not 0 <= self.relevant_conflict <= 2:
-            out.append(f"assistant.relevant_conflict ({self.relevant_conflict}) must be between 0 and 2 (0 = every conflict enters the answer)")
+            out.append(
+                f"assistant.relevant_conflict ({self.relevant_conflict}) must be between 0 and 2 (0 = every conflict enters the answer)"
+            )
         if not 0 <= self.focus_margin <= 2:
-            out.append(f"assistant.focus_margin ({self.focus_margin}) must be between 0 and 2 (2 = show the LLM every passage)")
+            out.append(
+                f"assistant.focus_margin ({self.focus_margin}) must be between 0 and 2 (2 = show the LLM every passage)"
+            )
         if not all(isinstance(m, str) and m.strip() for m in self.refusal_markers):
             out.append(f"assistant.refusal_markers ({list(self.refusal_markers)!r}) must be non-empty phrases")
         return out
@@ -205,21 +261,31 @@ class HFConfig:
 
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"})
     dtype: str = field(
-        default="auto", metadata={"help": "auto (bfloat16 on a CUDA GPU that supports it, else float32) | float32 | bfloat16 | float16"}
+        default="auto",
+        metadata={
+            "help": "auto (bfloat16 on a CUDA GPU that supports it, else float32) | float32 | bfloat16 | float16"
+        },
     )
-    quantize: str = field(default="none", metadata={"help": "none | int8 (dynamic int8 Linear layers; CPU only, no adapter)"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "NF4 weights via bitsandbytes, bf16 compute (CUDA only)"})
+    quantize: str = field(
+        default="none", metadata={"help": "none | int8 (dynamic int8 Linear layers; CPU only, no adapter)"}
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "NF4 weights via bitsandbytes, bf16 compute (CUDA only)"}
+    )
     compile: bool | str = field(
-        default="auto", metadata={"help": "compile the decode step (torch.compile, CUDA graphs): auto (on CUDA only) | true | false"}
+        default="auto",
+        metadata={"help": "compile the decode step (torch.compile, CUDA graphs): auto (on CUDA only) | true | false"},
     )
     cache: str = field(
         default="auto", metadata={"help": "KV cache: auto (static when compiling, else dynamic) | dynamic | static"}
     )
     prefix_cache: bool = field(
-        default=True, metadata={"help": "reuse the KV cache of the prompt prefix shared with the previous turn (dynamic cache only)"}
+        default=True,
+        metadata={"help": "reuse the KV cache of the prompt prefix shared with the previous turn (dynamic cache only)"},
     )
     cad_batched: bool | None = field(
-        default=None, metadata={"help": "decode CAD's two rows in one batched forward: null (on CUDA only) | true | false"}
+        default=None,
+        metadata={"help": "decode CAD's two rows in one batched forward: null (on CUDA only) | true | false"},
     )
 
     def problems(self) -> list[str]:
@@ -236,7 +302,9 @@ class HFConfig:
         if self.compile not in ("auto", True, False):
             out.append(f"hf.compile ({self.compile!r}) must be auto, true or false")
         if self.quantize == "int8" and (device == "cuda" or self.load_in_4bit):
-            out.append("hf.quantize int8 is for the CPU without 4-bit: set hf.device: cpu and hf.load_in_4bit: false, or hf.quantize: none")
+            out.append(
+                "hf.quantize int8 is for the CPU without 4-bit: set hf.device: cpu and hf.load_in_4bit: false, or hf.quantize: none"
+            )
         if self.load_in_4bit and device == "cpu":
             out.append("hf.load_in_4bit needs a CUDA GPU (bitsandbytes NF4): drop it, or set hf.device: auto or cuda")
         if self.compile is True and self.cache == "dynamic":
@@ -249,15 +317,25 @@ class OpenAIConfig:
     """The ``openai`` generator: any OpenAI-compatible server (``assistant/generators/openai_compat.py``)."""
 
     url: str | None = field(default=None, metadata={"help": "base URL of the server, e.g. http://127.0.0.1:8000/v1"})
-    model: str = field(default="tether", metadata={"help": "model name sent to that server (one it lists at /v1/models)"})
+    model: str = field(
+        default="tether", metadata={"help": "model name sent to that server (one it lists at /v1/models)"}
+    )
     api_key: str | None = field(
         default=None,
         repr=False,
-        metadata={"help": "sent as Authorization: Bearer; $TETHER_OPENAI_API_KEY overrides it, $OPENAI_API_KEY is the fallback", "secret": True},
+        metadata={
+            "help": "sent as Authorization: Bearer; $TETHER_OPENAI_API_KEY overrides it, $OPENAI_API_KEY is the fallback",
+            "secret": True,
+        },
     )
-    timeout_s: float = field(default=60.0, metadata={"help": "seconds to wait for any byte of a reply before the attempt fails"})
+    timeout_s: float = field(
+        default=60.0, metadata={"help": "seconds to wait for any byte of a reply before the attempt fails"}
+    )
     max_retries: int = field(
-        default=2, metadata={"help": "extra attempts after a connection error, a timeout or HTTP 408/409/429/5xx (the openai client's own)"}
+        default=2,
+        metadata={
+            "help": "extra attempts after a connection error, a timeout or HTTP 408/409/429/5xx (the openai client's own)"
+        },
     )
 
     def with_env(self, environ: Mapping[str, str] | None = None) -> OpenAIConfig:
@@ -280,8 +358,16 @@ class OpenAIConfig:
         return out
 
 
-_COSINES = ("pair_similarity", "lone_term_similarity", "unanchored_similarity", "approver_similarity", "role_similarity",
-            "strong_similarity", "polarity_similarity", "same_document_similarity")
+_COSINES = (
+    "pair_similarity",
+    "lone_term_similarity",
+    "unanchored_similarity",
+    "approver_similarity",
+    "role_similarity",
+    "strong_similarity",
+    "polarity_similarity",
+    "same_document_similarity",
+)
 
 
 @dataclass(frozen=True)
@@ -294,33 +380,57 @@ class ConflictsConfig:
     ``RuleConflictDetector(embedder, **fields)``.
     """
 
-    pair_similarity: float = field(default=0.45, metadata={"help": "cosine above which two claims sharing key terms are on one subject"})
-    lone_term_similarity: float = field(default=0.5, metadata={"help": "the cosine needed when the claims share only one key term"})
+    pair_similarity: float = field(
+        default=0.45, metadata={"help": "cosine above which two claims sharing key terms are on one subject"}
+    )
+    lone_term_similarity: float = field(
+        default=0.5, metadata={"help": "the cosine needed when the claims share only one key term"}
+    )
     unanchored_similarity: float = field(
         default=0.6,
         metadata={"help": "... and when, besides, the two values share no rate, counted noun or attribute word"},
     )
-    approver_similarity: float = field(default=0.65, metadata={"help": "'approved by X' is generic: the cosine needed for approver claims"})
+    approver_similarity: float = field(
+        default=0.65, metadata={"help": "'approved by X' is generic: the cosine needed for approver claims"}
+    )
     role_similarity: float = field(
         default=0.3,
         metadata={"help": "enough when both claims name a holder for the same role ('the DPO is X')"},
     )
-    strong_similarity: float = field(default=0.8, metadata={"help": "above this, claims sharing key terms are on one subject whatever the rule"})
-    polarity_similarity: float = field(default=0.55, metadata={"help": "polarity rules are the least precise: the cosine they need"})
-    same_document_similarity: float = field(default=0.9, metadata={"help": "claims of one document are compared only above this cosine"})
-    min_shared_terms: int = field(default=1, metadata={"help": "key terms (content words, not values) both claims must contain"})
-    min_claim_words: int = field(default=4, metadata={"help": "shorter sentences (headings, list stubs) are not claims"})
-    max_claims: int = field(default=400, metadata={"help": "claims considered per detect call (the first ones, in passage order)"})
+    strong_similarity: float = field(
+        default=0.8, metadata={"help": "above this, claims sharing key terms are on one subject whatever the rule"}
+    )
+    polarity_similarity: float = field(
+        default=0.55, metadata={"help": "polarity rules are the least precise: the cosine they need"}
+    )
+    same_document_similarity: float = field(
+        default=0.9, metadata={"help": "claims of one document are compared only above this cosine"}
+    )
+    min_shared_terms: int = field(
+        default=1, metadata={"help": "key terms (content words, not values) both claims must contain"}
+    )
+    min_claim_words: int = field(
+        default=4, metadata={"help": "shorter sentences (headings, list stubs) are not claims"}
+    )
+    max_claims: int = field(
+        default=400, metadata={"help": "claims considered per detect call (the first ones, in passage order)"}
+    )
     cache_size: int = field(default=4096, metadata={"help": "sentence vectors kept in the LRU"})
     max_value_ratio: float = field(
         default=4.0,
-        metadata={"help": "two values of one attribute rarely differ by more than this factor; larger gaps are different attributes"},
+        metadata={
+            "help": "two values of one attribute rarely differ by more than this factor; larger gaps are different attributes"
+        },
     )
     contradiction_threshold: float = field(
         default=0.8,
-        metadata={"help": "NLI: P(contradiction), in either order, at which an unflagged pair on one subject is a conflict"},
+        metadata={
+            "help": "NLI: P(contradiction), in either order, at which an unflagged pair on one subject is a conflict"
+        },
     )
-    nli_max_pairs: int = field(default=24, metadata={"help": "NLI: most claim pairs (most similar first) the cross-encoder scores per call"})
+    nli_max_pairs: int = field(
+        default=24, metadata={"help": "NLI: most claim pairs (most similar first) the cross-encoder scores per call"}
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -347,10 +457,14 @@ class ExtractiveSection:
     sentences). Its refusal threshold is ``assistant.min_relevance``, shared with the engine."""
 
     max_sentences: int = field(default=3, metadata={"help": "most passage sentences in one answer"})
-    keep_ratio: float = field(default=0.8, metadata={"help": "sentences after the best must score at least this share of its relevance"})
+    keep_ratio: float = field(
+        default=0.8, metadata={"help": "sentences after the best must score at least this share of its relevance"}
+    )
     mmr_lambda: float = field(
         default=0.7,
-        metadata={"help": "MMR trade-off: 1 = relevance only, lower = penalise sentences similar to those already chosen"},
+        metadata={
+            "help": "MMR trade-off: 1 = relevance only, lower = penalise sentences similar to those already chosen"
+        },
     )
 
     def problems(self) -> list[str]:
@@ -397,10 +511,14 @@ class TrainingConfig:
     logging_steps: int = field(default=1, metadata={"help": "loss logged every N steps"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    quantize: str = field(default="auto", metadata={"help": "auto (planner) | none (bf16/fp32 LoRA) | 4bit (QLoRA, nf4)"})
+    quantize: str = field(
+        default="auto", metadata={"help": "auto (planner) | none (bf16/fp32 LoRA) | 4bit (QLoRA, nf4)"}
+    )
     gradient_checkpointing: str = field(default="auto", metadata={"help": "auto (planner) | on | off"})
     liger: str = field(default="auto", metadata={"help": "Liger kernels: auto (on CUDA when installed) | on | off"})
-    resume: bool = field(default=True, metadata={"help": "resume from the last checkpoint in output_dir when one exists"})
+    resume: bool = field(
+        default=True, metadata={"help": "resume from the last checkpoint in output_dir when one exists"}
+    )
 
     def problems(self) -> list[str]:
         return training_problems(self, lambda key: f"training.{key}")
@@ -473,10 +591,12 @@ class TetherConfig:
         """Problems that span sections (each section's own ``problems()`` checks the rest)."""
         out = []
         if self.assistant.generator == "openai" and not self.openai.url:
-            out.append("--generator / assistant.generator is 'openai' but openai.url is not set (e.g. http://127.0.0.1:8000/v1)")
+            out.append(
+                "--generator / assistant.generator is 'openai' but openai.url is not set (e.g. http://127.0.0.1:8000/v1)"
+            )
         return out
 
-    def with_assistant(self, **changes: Any) -> "TetherConfig":
+    def with_assistant(self, **changes: Any) -> TetherConfig:
         """A copy with some assistant fields changed, validated again."""
         cfg = dataclasses.replace(self, assistant=dataclasses.replace(self.assistant, **changes))
         problems = cfg.assistant.problems() + cfg.cross_problems()
@@ -484,7 +604,7 @@ class TetherConfig:
             raise ConfigError(problems)
         return cfg
 
-    def with_retrieval(self, **changes: Any) -> "TetherConfig":
+    def with_retrieval(self, **changes: Any) -> TetherConfig:
         """A copy with some retrieval fields changed, validated again."""
         cfg = dataclasses.replace(self, retrieval=dataclasses.replace(self.retrieval, **changes))
         problems = cfg.retrieval.problems()
@@ -517,10 +637,14 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
 def _describe(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args if a is not type(None)) + (" or null" if type(None) in args else "")
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + (
+            " or null" if type(None) in args else ""
+        )
     if origin in (list, tuple):
         return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _coerce_value(tp: Any, value: Any) -> tuple[Any, str | None]:
@@ -594,7 +718,9 @@ def coerce(cls: type, raw: Mapping[str, Any], problems: list[str], *, where: str
         elif err == "not finite":
             problems.append(f"{where}{key} must be a finite number, got {value!r}")
         elif err == "yaml bool":
-            problems.append(f"{where}{key} must be a string, got {value!r} (YAML reads unquoted on/off/yes/no as true/false: quote it)")
+            problems.append(
+                f"{where}{key} must be a string, got {value!r} (YAML reads unquoted on/off/yes/no as true/false: quote it)"
+            )
         else:
             problems.append(f"{where}{key} must be {_describe(tp)}, got {'null' if value is None else repr(value)}")
     return kwargs

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def run_script(db: sqlite3.Connection, sql: str) -> None:
 
 @migration
 def m001_ingestion(db: sqlite3.Connection) -> None:
-    run_script(db,
+    run_script(
+        db,
         """
         CREATE TABLE documents (
             id INTEGER PRIMARY KEY,
@@ -88,7 +89,7 @@ def m001_ingestion(db: sqlite3.Connection) -> None:
             embed_model TEXT NOT NULL,
             created_at TEXT NOT NULL
         );
-        """
+        """,
     )
 
 

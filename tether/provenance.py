@@ -17,7 +17,11 @@ def git_commit(path: str | Path | None = None, *, dirty: bool = True) -> str | N
         if not dirty:
             return sha.stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=20
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
         return sha.stdout.strip() + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

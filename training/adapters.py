@@ -28,7 +28,9 @@ def _scaling(cfg: dict) -> float:
 def _check(cfg: dict, where: Path) -> None:
     unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if cfg.get(k)]
     if cfg.get("peft_type") != "LORA" or unsupported or cfg.get("bias", "none") != "none":
-        raise TetherError(f"{where}: only plain LoRA adapters (no DoRA, bias, rank patterns or saved modules) can be stacked: {unsupported}")
+        raise TetherError(
+            f"{where}: only plain LoRA adapters (no DoRA, bias, rank patterns or saved modules) can be stacked: {unsupported}"
+        )
 
 
 def stack_lora(parent: Path, child: Path, out: Path) -> Path:

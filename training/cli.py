@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -24,13 +24,15 @@ from tether.cli import config_flags, load
 from tether.errors import TetherError
 from training.config import TrainConfig, load_train_config
 
-train_app = typer.Typer(help="Training: datasets from the log, SFT / DPO / KTO with LoRA or QLoRA.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Training: datasets from the log, SFT / DPO / KTO with LoRA or QLoRA.", no_args_is_help=True
+)
 
 
 ADMIN = typer.Option(None, "--admin-password", envvar="TETHER_ADMIN_PASSWORD", help="admin password (once one is set)")
 
 
-def _admin(cfg, password: Optional[str]) -> None:
+def _admin(cfg, password: str | None) -> None:
     from training.admin import require_admin
 
     require_admin(cfg.data_dir, password, surface="cli")
@@ -44,12 +46,18 @@ def data_cmd(
     eval_fraction: float = typer.Option(0.1, "--eval-fraction"),
     max_tokens: int = typer.Option(1024, "--max-tokens", help="drop rows longer than this"),
     near_dup: float = typer.Option(0.9, "--near-dup", help="near-duplicate Jaccard threshold"),
-    synthetic: int = typer.Option(0, "--synthetic", help="backtranslated Q/A rows from document chunks (uses the configured LLM)"),
+    synthetic: int = typer.Option(
+        0, "--synthetic", help="backtranslated Q/A rows from document chunks (uses the configured LLM)"
+    ),
     counterfactuals: int = typer.Option(0, "--counterfactuals", help="counterfactual rows made from the corpus"),
-    counterfactual_cases: Optional[Path] = typer.Option(None, "--counterfactual-cases", help="JSONL of QA cases to make counterfactuals from"),
-    tokenizer: Optional[str] = typer.Option("smollm2", "--tokenizer", help="model whose tokenizer measures length ('' = chars/4)"),
+    counterfactual_cases: Path | None = typer.Option(
+        None, "--counterfactual-cases", help="JSONL of QA cases to make counterfactuals from"
+    ),
+    tokenizer: str | None = typer.Option(
+        "smollm2", "--tokenizer", help="model whose tokenizer measures length ('' = chars/4)"
+    ),
     seed: int = typer.Option(0, "--seed"),
-    admin_password: Optional[str] = ADMIN,
+    admin_password: str | None = ADMIN,
 ) -> None:
     """Build the SFT / DPO / KTO datasets (JSONL + manifest) from the log database."""
     from training.config import DataConfig
@@ -58,20 +66,28 @@ def data_cmd(
 
     cfg = load(ctx)
     _admin(cfg, admin_password)
-    dcfg = DataConfig(out_dir=str(out), kinds=kinds, eval_fraction=eval_fraction, max_tokens=max_tokens, near_dup_threshold=near_dup,
-                      synthetic=synthetic, counterfactuals=counterfactuals,
-                      counterfactual_cases=str(counterfactual_cases) if counterfactual_cases else None,
-                      tokenizer=tokenizer or None, seed=seed).validated()
+    dcfg = DataConfig(
+        out_dir=str(out),
+        kinds=kinds,
+        eval_fraction=eval_fraction,
+        max_tokens=max_tokens,
+        near_dup_threshold=near_dup,
+        synthetic=synthetic,
+        counterfactuals=counterfactuals,
+        counterfactual_cases=str(counterfactual_cases) if counterfactual_cases else None,
+        tokenizer=tokenizer or None,
+        seed=seed,
+    ).validated()
     tok = None
     if dcfg.tokenizer:
-        from assistant.models import resolve_model
         from transformers import AutoTokenizer
+
+        from assistant.models import resolve_model
 
         tok = AutoTokenizer.from_pretrained(resolve_model(dcfg.tokenizer, cfg.models_dir), local_files_only=True)
     generator = None
     if synthetic:
         from assistant.engine import build_generator
-
         from training.registry import RegistryModelSource
 
         generator, fallback = build_generator(cfg, None, model_source=RegistryModelSource())
@@ -80,17 +96,23 @@ def data_cmd(
     with TrainingStore.open(cfg.db_path) as store:
         manifests = build_datasets(cfg, dcfg, generator=generator, tokenizer=tok, record=store.record_dataset)
     for kind, m in manifests.items():
-        typer.echo(f"{kind}: {m.n_train} train, {m.n_eval} eval -> {m.path} (id {m.id}; dropped: {m.counts['exact_duplicates']} exact, "
-                   f"{m.counts['near_duplicates']} near duplicates, {m.counts['too_long']} too long; by source {m.counts['by_source']})")
+        typer.echo(
+            f"{kind}: {m.n_train} train, {m.n_eval} eval -> {m.path} (id {m.id}; dropped: {m.counts['exact_duplicates']} exact, "
+            f"{m.counts['near_duplicates']} near duplicates, {m.counts['too_long']} too long; by source {m.counts['by_source']})"
+        )
 
 
 def _train(method: str):
-    @config_flags(TrainConfig, exclude=("method",))  # --base-model, --max-steps, ... one per field, help from its metadata
+    @config_flags(
+        TrainConfig, exclude=("method",)
+    )  # --base-model, --max-steps, ... one per field, help from its metadata
     def command(
         ctx: typer.Context,
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML of training.config.TrainConfig fields"),
-        plan: bool = typer.Option(False, "--plan", help="print the memory/speed plan for this model and device, then stop"),
-        admin_password: Optional[str] = ADMIN,
+        config: Path | None = typer.Option(None, "--config", "-c", help="YAML of training.config.TrainConfig fields"),
+        plan: bool = typer.Option(
+            False, "--plan", help="print the memory/speed plan for this model and device, then stop"
+        ),
+        admin_password: str | None = ADMIN,
         **overrides: Any,
     ) -> None:
         cfg = load(ctx)
@@ -101,7 +123,11 @@ def _train(method: str):
             from training.planner import detect_device, plan_for_model
             from training.trainers import resolve_base
 
-            p = plan_for_model(AutoConfig.from_pretrained(resolve_base(tc, cfg.models_dir), local_files_only=True), tc, detect_device(tc.device))
+            p = plan_for_model(
+                AutoConfig.from_pretrained(resolve_base(tc, cfg.models_dir), local_files_only=True),
+                tc,
+                detect_device(tc.device),
+            )
             for line in p.describe():
                 typer.echo(line)
             return
@@ -115,10 +141,24 @@ def _train(method: str):
         from training.trainers import run
 
         res = run(tc, cfg)
-        typer.echo(json.dumps({"adapter": str(res.adapter_dir), "model_id": res.model_id, "steps": res.steps, "final_loss": res.final_loss,
-                               "loss_curve": str(res.loss_curve), "resumed_from": res.resumed_from, "job_id": res.job_id}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "adapter": str(res.adapter_dir),
+                    "model_id": res.model_id,
+                    "steps": res.steps,
+                    "final_loss": res.final_loss,
+                    "loss_curve": str(res.loss_curve),
+                    "resumed_from": res.resumed_from,
+                    "job_id": res.job_id,
+                },
+                indent=2,
+            )
+        )
 
-    command.__doc__ = f"Train a LoRA adapter with {method.upper()} (trl); rerun the same command to resume an interrupted run."
+    command.__doc__ = (
+        f"Train a LoRA adapter with {method.upper()} (trl); rerun the same command to resume an interrupted run."
+    )
     return command
 
 
@@ -129,8 +169,10 @@ for _m in ("sft", "dpo", "kto"):
 @train_app.command("pipeline")
 def pipeline_cmd(
     ctx: typer.Context,
-    config: Path = typer.Option(..., "--config", "-c", help="pipeline YAML (sections data, sft, preference, export, promote)"),
-    admin_password: Optional[str] = ADMIN,
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="pipeline YAML (sections data, sft, preference, export, promote)"
+    ),
+    admin_password: str | None = ADMIN,
 ) -> None:
     """The whole loop: datasets -> SFT -> DPO/KTO -> export + parity -> gate -> promote or refuse."""
     from training.pipeline import load_pipeline_config, run_pipeline
@@ -140,8 +182,9 @@ def pipeline_cmd(
     _admin(cfg, admin_password)
     tok = None
     if pc.data.tokenizer:
-        from assistant.models import resolve_model
         from transformers import AutoTokenizer
+
+        from assistant.models import resolve_model
 
         tok = AutoTokenizer.from_pretrained(resolve_model(pc.data.tokenizer, cfg.models_dir), local_files_only=True)
     summary = run_pipeline(cfg, pc, tokenizer=tok)
@@ -162,7 +205,9 @@ def jobs_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         return
     for r in rows:
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
-        typer.echo(f"{r['id']}  {r['method']}  {r['status']:<11} {r['step']}/{r['total_steps']}  loss {loss}  {r['log_path']}")
+        typer.echo(
+            f"{r['id']}  {r['method']}  {r['status']:<11} {r['step']}/{r['total_steps']}  loss {loss}  {r['log_path']}"
+        )
 
 
 def export_cmd(
@@ -170,9 +215,11 @@ def export_cmd(
     model: str = typer.Argument(..., help="a registered adapter id (tether models list) or an adapter folder"),
     out: Path = typer.Option(..., "--out", "-o", help="folder receiving merged/, bnb4/, onnx/, onnx-int8/"),
     formats: str = typer.Option("merged,onnx,onnx-int8", "--formats", help="merged, bnb4, onnx, onnx-int8"),
-    base: Optional[str] = typer.Option(None, "--base", help="base model when MODEL is a folder (default: assistant.model)"),
+    base: str | None = typer.Option(
+        None, "--base", help="base model when MODEL is a folder (default: assistant.model)"
+    ),
     parity: bool = typer.Option(True, "--parity/--no-parity", help="check greedy outputs against the adapter model"),
-    admin_password: Optional[str] = ADMIN,
+    admin_password: str | None = ADMIN,
 ) -> None:
     """Merge an adapter into its base and export it (safetensors, 4-bit, ONNX, int8 ONNX) with a parity check."""
     from assistant.models import resolve_model
@@ -190,11 +237,22 @@ def export_cmd(
         if rec.kind != "adapter":
             raise TetherError(f"{model} is a {rec.kind} export; export starts from an adapter")
         adapter, base_path, parent_id = Path(rec.path), Path(rec.base), rec.id
-    res = export(base_path, adapter, out, formats=[f.strip() for f in formats.split(",") if f.strip()], parity=parity,
-                 db_path=cfg.db_path, parent_id=parent_id)
+    res = export(
+        base_path,
+        adapter,
+        out,
+        formats=[f.strip() for f in formats.split(",") if f.strip()],
+        parity=parity,
+        db_path=cfg.db_path,
+        parent_id=parent_id,
+    )
     for fmt, path in res.paths.items():
         p = (res.parity or {}).get("variants", {}).get(fmt)
-        verdict = "" if p is None else f"  parity {'ok' if p['passed'] else 'FAILED'} ({p['criterion']}; exact {p['exact_prompts']}/{res.parity['prompts']}, teacher-forced {p['teacher_forced_agreement']})"
+        verdict = (
+            ""
+            if p is None
+            else f"  parity {'ok' if p['passed'] else 'FAILED'} ({p['criterion']}; exact {p['exact_prompts']}/{res.parity['prompts']}, teacher-forced {p['teacher_forced_agreement']})"
+        )
         typer.echo(f"{fmt:<10} {path}  id {res.model_ids.get(fmt, '-')}{verdict}")
     if res.parity is not None and not res.parity["passed"]:
         raise typer.Exit(1)
@@ -212,8 +270,10 @@ def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
     if not rows:
         typer.echo("no registered models (the configured assistant.model is served)")
     for r in rows:
-        typer.echo(f"{'*' if r.promoted else ' '} {r.id}  {r.kind:<9} {r.method or '-':<4} parent {r.parent_id or '-'}  {r.path}  "
-                   f"evals {len(r.eval_runs)}  {r.created_at}")
+        typer.echo(
+            f"{'*' if r.promoted else ' '} {r.id}  {r.kind:<9} {r.method or '-':<4} parent {r.parent_id or '-'}  {r.path}  "
+            f"evals {len(r.eval_runs)}  {r.created_at}"
+        )
 
 
 def models_promote(
@@ -221,10 +281,10 @@ def models_promote(
     model_id: str = typer.Argument(..., help="registered model id"),
     suite: Path = typer.Option(..., "--suite", "-s", help="evaluation cases (JSONL file or folder) for the gate"),
     force: bool = typer.Option(False, "--force", help="promote even when the gate finds a regression"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated gate metrics (default: the gate's)"),
+    metrics: str | None = typer.Option(None, "--metrics", help="comma-separated gate metrics (default: the gate's)"),
     tolerance: float = typer.Option(0.02, "--tolerance"),
-    baseline_run: Optional[str] = typer.Option(None, "--baseline-run", help="reuse this eval run as the baseline"),
-    admin_password: Optional[str] = ADMIN,
+    baseline_run: str | None = typer.Option(None, "--baseline-run", help="reuse this eval run as the baseline"),
+    admin_password: str | None = ADMIN,
 ) -> None:
     """Evaluate MODEL against the served model; promote it unless the gate finds a regression."""
     from training.registry import PromotionRefused, promote
@@ -232,17 +292,29 @@ def models_promote(
     cfg = load(ctx)
     _admin(cfg, admin_password)
     try:
-        res = promote(cfg, model_id, suite, force=force, metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
-                      tolerance=tolerance, baseline_run=baseline_run)
+        res = promote(
+            cfg,
+            model_id,
+            suite,
+            force=force,
+            metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+            tolerance=tolerance,
+            baseline_run=baseline_run,
+        )
     except PromotionRefused as exc:
         typer.echo(f"refused: {exc}", err=True)
         for row in exc.gate.rows if exc.gate is not None else ():
-            typer.echo(f"  {'REGRESSED' if row.regressed else 'ok':<9} {row.metric}: {row.candidate} vs {row.baseline}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"promoted {res['model_id']} (previous {res['previous_id'] or 'default'}; {'FORCED past ' if res['forced'] else ''}gate: {res['gate']['reason']})")
+            typer.echo(
+                f"  {'REGRESSED' if row.regressed else 'ok':<9} {row.metric}: {row.candidate} vs {row.baseline}",
+                err=True,
+            )
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"promoted {res['model_id']} (previous {res['previous_id'] or 'default'}; {'FORCED past ' if res['forced'] else ''}gate: {res['gate']['reason']})"
+    )
 
 
-def models_rollback(ctx: typer.Context, admin_password: Optional[str] = ADMIN) -> None:
+def models_rollback(ctx: typer.Context, admin_password: str | None = ADMIN) -> None:
     """Undo the latest promotion: the previously promoted model (or the configured default) is served again."""
     from training.registry import rollback
 
@@ -255,7 +327,7 @@ def models_rollback(ctx: typer.Context, admin_password: Optional[str] = ADMIN) -
 def models_set_admin_password(
     ctx: typer.Context,
     password: str = typer.Option(..., "--password", prompt=True, hide_input=True, confirmation_prompt=True),
-    admin_password: Optional[str] = ADMIN,
+    admin_password: str | None = ADMIN,
 ) -> None:
     """Set (or change) the admin password; changing one needs the current password."""
     from training.admin import set_admin_password

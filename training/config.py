@@ -51,7 +51,9 @@ class TrainConfig:
     method: str = field(default="sft", metadata={"help": "sft | dpo | kto"})
     base_model: str = _default("base_model")
     dataset: str = field(default="", metadata={"help": "dataset folder (train.jsonl, eval.jsonl, manifest.json)"})
-    output_dir: str = field(default="", metadata={"help": "run folder: adapter/, checkpoints/, loss_curve.json, run.yaml"})
+    output_dir: str = field(
+        default="", metadata={"help": "run folder: adapter/, checkpoints/, loss_curve.json, run.yaml"}
+    )
     init_adapter: str | None = field(default=None, metadata={"help": "parent adapter merged into the base first"})
     lora_r: int = _default("lora_r")
     lora_alpha: int = _default("lora_alpha")
@@ -157,15 +159,27 @@ KINDS = ("sft", "dpo", "kto")
 class DataConfig:
     """What ``tether train data`` builds from the log database, the documents and counterfactuals."""
 
-    out_dir: str = field(default="", metadata={"help": "folder receiving sft/, dpo/, kto/ (each train/eval JSONL + manifest)"})
+    out_dir: str = field(
+        default="", metadata={"help": "folder receiving sft/, dpo/, kto/ (each train/eval JSONL + manifest)"}
+    )
     kinds: str = field(default="sft,dpo,kto", metadata={"help": "comma-separated subset of sft, dpo, kto"})
     eval_fraction: float = field(default=0.1, metadata={"help": "share of prompts held out for eval"})
-    max_tokens: int = field(default=1024, metadata={"help": "rows longer than this (prompt + answer, chat template) are dropped"})
-    near_dup_threshold: float = field(default=0.9, metadata={"help": "word-shingle Jaccard at or above which rows are near-duplicates"})
-    synthetic: int = field(default=0, metadata={"help": "SFT rows backtranslated from document chunks (needs an LLM generator)"})
+    max_tokens: int = field(
+        default=1024, metadata={"help": "rows longer than this (prompt + answer, chat template) are dropped"}
+    )
+    near_dup_threshold: float = field(
+        default=0.9, metadata={"help": "word-shingle Jaccard at or above which rows are near-duplicates"}
+    )
+    synthetic: int = field(
+        default=0, metadata={"help": "SFT rows backtranslated from document chunks (needs an LLM generator)"}
+    )
     counterfactuals: int = field(default=0, metadata={"help": "counterfactual SFT/DPO rows made from the corpus"})
-    counterfactual_cases: str | None = field(default=None, metadata={"help": "JSONL of cases for assistant.counterfactual.load_cases"})
-    tokenizer: str | None = field(default=None, metadata={"help": "model whose tokenizer measures length ('smollm2' or a folder); none = chars/4"})
+    counterfactual_cases: str | None = field(
+        default=None, metadata={"help": "JSONL of cases for assistant.counterfactual.load_cases"}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "model whose tokenizer measures length ('smollm2' or a folder); none = chars/4"}
+    )
     seed: int = field(default=0, metadata={"help": "split and sampling seed"})
 
     @property
@@ -191,7 +205,7 @@ class DataConfig:
             out.append(f"--counterfactual-cases ({self.counterfactual_cases}) does not exist")
         return out
 
-    def validated(self) -> "DataConfig":
+    def validated(self) -> DataConfig:
         problems = self.problems()
         if problems:
             raise ConfigError(problems)

@@ -36,9 +36,10 @@ import json
 import logging
 import random
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from assistant.conflict_answering import conflict_statement, split_statements
 from assistant.generators.base import GenParams, Message
@@ -56,7 +57,9 @@ log = logging.getLogger(__name__)
 
 PROMPT_REBUILD_QUERY = f"{RETRIEVAL_QUERY}; {CHUNKS_BY_ID_QUERY}"
 
-_CONFLICT_WORDS = re.compile(r"\b(conflict\w*|disagree\w*|contradict\w*|differ\w*|inconsistent|however|whereas|while)\b", re.I)
+_CONFLICT_WORDS = re.compile(
+    r"\b(conflict\w*|disagree\w*|contradict\w*|differ\w*|inconsistent|however|whereas|while)\b", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,9 @@ def rebuild_prompt(store: LogStore, turn_id: str, question: str, *, faithful: bo
     """The grounded prompt of a turn that logged none (extractive), rebuilt from its retrievals
     with the inference builder. Passages gone from the ledger are skipped."""
     sources = [
-        PromptSource(title=r.title or r.passage_id, text=r.text, date=r.doc_date, authority=r.authority, status=r.status)
+        PromptSource(
+            title=r.title or r.passage_id, text=r.text, date=r.doc_date, authority=r.authority, status=r.status
+        )
         for r in store.retrieved_passages(turn_id)
         if r.text
     ]
@@ -160,7 +165,15 @@ def sft_from_feedback(turns: Sequence[LoggedTurn]) -> list[Row]:
         good, _ = _verdict(t)
         if good:
             source = "edit" if any(k == "edit" for k, _ in t.feedback) else "up"
-            rows.append(Row("sft", source, {"messages": _msgs(t.prompt) + _assistant(good)}, f"{t.question}\n{good}", t.prompt_key))
+            rows.append(
+                Row(
+                    "sft",
+                    source,
+                    {"messages": _msgs(t.prompt) + _assistant(good)},
+                    f"{t.question}\n{good}",
+                    t.prompt_key,
+                )
+            )
     return rows
 
 
@@ -170,7 +183,15 @@ def sft_from_counterfactuals(cases: Sequence[dict[str, Any]], *, faithful: bool 
     for c in cases:
         prompt = counterfactual_prompt(c, faithful=faithful)
         answer = _cited(c["answer"])
-        rows.append(Row("sft", "counterfactual", {"messages": _msgs(prompt) + _assistant(answer)}, f"{c['question']}\n{c['context']}\n{answer}", _hash(c["question"] + c["context"])))
+        rows.append(
+            Row(
+                "sft",
+                "counterfactual",
+                {"messages": _msgs(prompt) + _assistant(answer)},
+                f"{c['question']}\n{c['context']}\n{answer}",
+                _hash(c["question"] + c["context"]),
+            )
+        )
     return rows
 
 
@@ -194,7 +215,10 @@ BACKTRANSLATE_SYSTEM = "You write one question a reader would ask. Reply with th
 def backtranslate_prompt(passage: str, sentence: str) -> list[Message]:
     return [
         Message("system", BACKTRANSLATE_SYSTEM),
-        Message("user", f"Passage:\n{passage}\n\nWrite one short question that this sentence of the passage answers:\n{sentence}"),
+        Message(
+            "user",
+            f"Passage:\n{passage}\n\nWrite one short question that this sentence of the passage answers:\n{sentence}",
+        ),
     ]
 
 
@@ -237,9 +261,19 @@ def sft_from_documents(
         src = PromptSource(title=ch.title, text=text, date=ch.doc_date, authority=ch.authority, status=ch.status)
         prompt = build_messages(question, [src], faithful=faithful)
         answer = _cited(sentence)
-        rows.append(Row("sft", "synthetic", {"messages": _msgs(prompt) + _assistant(answer)}, f"{question}\n{answer}", _hash(question + text)))
+        rows.append(
+            Row(
+                "sft",
+                "synthetic",
+                {"messages": _msgs(prompt) + _assistant(answer)},
+                f"{question}\n{answer}",
+                _hash(question + text),
+            )
+        )
     if len(rows) < n:
-        log.warning("backtranslation gave %d of %d synthetic rows (the generator's questions were dropped)", len(rows), n)
+        log.warning(
+            "backtranslation gave %d of %d synthetic rows (the generator's questions were dropped)", len(rows), n
+        )
     return rows
 
 
@@ -260,8 +294,15 @@ def dpo_from_feedback(turns: Sequence[LoggedTurn]) -> list[Row]:
         if chosen.strip() == rejected.strip() or key in seen:
             return
         seen.add(key)
-        rows.append(Row("dpo", source, {"prompt": _msgs(t.prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
-                        f"{t.question}\n{chosen}\n{rejected}", t.prompt_key))
+        rows.append(
+            Row(
+                "dpo",
+                source,
+                {"prompt": _msgs(t.prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
+                f"{t.question}\n{chosen}\n{rejected}",
+                t.prompt_key,
+            )
+        )
 
     for group in by_prompt.values():
         goods = [(t, g) for t in group for g in [_verdict(t)[0]] if g]
@@ -324,8 +365,15 @@ def dpo_from_conflicts(store: LogStore, turns: Sequence[LoggedTurn]) -> list[Row
         else:
             pairs = []
         for chosen, rejected in pairs:
-            rows.append(Row("dpo", "conflict", {"prompt": _msgs(t.prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
-                            f"{t.question}\n{chosen}", t.prompt_key))
+            rows.append(
+                Row(
+                    "dpo",
+                    "conflict",
+                    {"prompt": _msgs(t.prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
+                    f"{t.question}\n{chosen}",
+                    t.prompt_key,
+                )
+            )
     return rows
 
 
@@ -337,8 +385,15 @@ def dpo_from_counterfactuals(cases: Sequence[dict[str, Any]], *, faithful: bool 
             continue
         prompt = counterfactual_prompt(c, faithful=faithful)
         chosen, rejected = _cited(c["answer"]), str(c["original_answer"]).strip()
-        rows.append(Row("dpo", "counterfactual", {"prompt": _msgs(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
-                        f"{c['question']}\n{c['context']}\n{chosen}", _hash(c["question"] + c["context"])))
+        rows.append(
+            Row(
+                "dpo",
+                "counterfactual",
+                {"prompt": _msgs(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
+                f"{c['question']}\n{c['context']}\n{chosen}",
+                _hash(c["question"] + c["context"]),
+            )
+        )
     return rows
 
 
@@ -351,8 +406,15 @@ def kto_from_feedback(turns: Sequence[LoggedTurn]) -> list[Row]:
         good, bad = _verdict(t)
         for text, label in ((good, True), (bad, False)):
             if text:
-                rows.append(Row("kto", "up" if label else "down", {"prompt": _msgs(t.prompt), "completion": _assistant(text), "label": label},
-                                f"{t.question}\n{text}\n{label}", t.prompt_key))
+                rows.append(
+                    Row(
+                        "kto",
+                        "up" if label else "down",
+                        {"prompt": _msgs(t.prompt), "completion": _assistant(text), "label": label},
+                        f"{t.question}\n{text}\n{label}",
+                        t.prompt_key,
+                    )
+                )
     return rows
 
 
@@ -369,7 +431,10 @@ def _shingles(text: str, k: int = 3) -> set[str]:
 
 
 def _minhash(shingles: set[str], n: int = 64) -> tuple[int, ...]:
-    return tuple(min(int.from_bytes(hashlib.blake2b(f"{i}:{s}".encode(), digest_size=8).digest(), "big") for s in shingles) for i in range(n))
+    return tuple(
+        min(int.from_bytes(hashlib.blake2b(f"{i}:{s}".encode(), digest_size=8).digest(), "big") for s in shingles)
+        for i in range(n)
+    )
 
 
 def dedupe(rows: Sequence[Row], threshold: float = 0.9) -> tuple[list[Row], int, int]:
@@ -404,7 +469,9 @@ def dedupe(rows: Sequence[Row], threshold: float = 0.9) -> tuple[list[Row], int,
 def row_length(row: Row, tokenizer: Any | None) -> int:
     """Tokens of prompt + answer through the chat template (chars/4 without a tokenizer)."""
     d = row.data
-    chat = d.get("messages") or (d["prompt"] + (d.get("completion") or max(d["chosen"], d["rejected"], key=lambda m: len(m[0]["content"]))))
+    chat = d.get("messages") or (
+        d["prompt"] + (d.get("completion") or max(d["chosen"], d["rejected"], key=lambda m: len(m[0]["content"])))
+    )
     if tokenizer is None:
         return sum(len(m["content"]) for m in chat) // 4 + 8 * len(chat)
     enc = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)
@@ -428,8 +495,16 @@ def _write_jsonl(path: Path, rows: Sequence[Row]) -> str:
     return _hash(text)
 
 
-def write_dataset(rows: Sequence[Row], out_dir: Path, kind: str, dcfg: DataConfig, *, tokenizer: Any | None = None,
-                  queries: dict[str, str] | None = None, db_path: str | None = None) -> DatasetManifest:
+def write_dataset(
+    rows: Sequence[Row],
+    out_dir: Path,
+    kind: str,
+    dcfg: DataConfig,
+    *,
+    tokenizer: Any | None = None,
+    queries: dict[str, str] | None = None,
+    db_path: str | None = None,
+) -> DatasetManifest:
     """Dedup, length-filter, split and write ``train.jsonl``, ``eval.jsonl`` and ``manifest.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -438,7 +513,10 @@ def write_dataset(rows: Sequence[Row], out_dir: Path, kind: str, dcfg: DataConfi
     fitting = [r for r in kept if row_length(r, tokenizer) <= dcfg.max_tokens]
     too_long = len(kept) - len(fitting)
     train, ev = split(fitting, dcfg.eval_fraction, dcfg.seed)
-    files = {"train.jsonl": _write_jsonl(out_dir / "train.jsonl", train), "eval.jsonl": _write_jsonl(out_dir / "eval.jsonl", ev)}
+    files = {
+        "train.jsonl": _write_jsonl(out_dir / "train.jsonl", train),
+        "eval.jsonl": _write_jsonl(out_dir / "eval.jsonl", ev),
+    }
     by_source: dict[str, int] = {}
     for r in fitting:
         by_source[r.source] = by_source.get(r.source, 0) + 1
@@ -448,15 +526,32 @@ def write_dataset(rows: Sequence[Row], out_dir: Path, kind: str, dcfg: DataConfi
         n_train=len(train),
         n_eval=len(ev),
         hash=_hash(files["train.jsonl"] + files["eval.jsonl"]),
-        counts={"candidates": n_in, "exact_duplicates": exact, "near_duplicates": near, "too_long": too_long,
-                "by_source": by_source, "max_tokens": dcfg.max_tokens, "length_unit": "tokens" if tokenizer else "chars/4"},
+        counts={
+            "candidates": n_in,
+            "exact_duplicates": exact,
+            "near_duplicates": near,
+            "too_long": too_long,
+            "by_source": by_source,
+            "max_tokens": dcfg.max_tokens,
+            "length_unit": "tokens" if tokenizer else "chars/4",
+        },
         files=files,
         source_query=queries or {},
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         config={**asdict(dcfg), "db": db_path},
     )
-    (out_dir / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    log.info("%s dataset: %d train, %d eval (%d exact and %d near duplicates, %d too long)", kind, len(train), len(ev), exact, near, too_long)
+    (out_dir / "manifest.json").write_text(
+        json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    log.info(
+        "%s dataset: %d train, %d eval (%d exact and %d near duplicates, %d too long)",
+        kind,
+        len(train),
+        len(ev),
+        exact,
+        near,
+        too_long,
+    )
     return manifest
 
 
@@ -472,9 +567,15 @@ def load_counterfactual_cases(cfg: Any, dcfg: DataConfig) -> list[dict[str, Any]
     return counterfactual.from_corpus(cfg, n=dcfg.counterfactuals, seed=dcfg.seed)
 
 
-def build_datasets(cfg: Any, dcfg: DataConfig, *, generator: Any | None = None, tokenizer: Any | None = None,
-                   counterfactual_rows: Sequence[dict[str, Any]] | None = None,
-                   record: Callable[[DatasetManifest], None] | None = None) -> dict[str, DatasetManifest]:
+def build_datasets(
+    cfg: Any,
+    dcfg: DataConfig,
+    *,
+    generator: Any | None = None,
+    tokenizer: Any | None = None,
+    counterfactual_rows: Sequence[dict[str, Any]] | None = None,
+    record: Callable[[DatasetManifest], None] | None = None,
+) -> dict[str, DatasetManifest]:
     """Build every kind in ``dcfg.kinds`` under ``dcfg.out_dir/<kind>/`` from ``cfg.db_path``.
 
     ``generator`` (a ``Generator``) is needed only when ``dcfg.synthetic > 0``; ``tokenizer`` measures
@@ -497,19 +598,33 @@ def build_datasets(cfg: Any, dcfg: DataConfig, *, generator: Any | None = None, 
             if kind == "sft":
                 rows = sft_from_feedback(turns) + sft_from_counterfactuals(cases, faithful=faithful)
                 if dcfg.synthetic:
-                    rows += sft_from_documents(ledger, cfg.retrieval.collection, generator, dcfg.synthetic, seed=dcfg.seed, faithful=faithful)
+                    rows += sft_from_documents(
+                        ledger, cfg.retrieval.collection, generator, dcfg.synthetic, seed=dcfg.seed, faithful=faithful
+                    )
                     queries["synthetic"] = COLLECTION_CHUNKS_QUERY.replace("?", repr(cfg.retrieval.collection))
             elif kind == "dpo":
-                rows = dpo_from_feedback(turns) + dpo_from_conflicts(store, turns) + dpo_from_counterfactuals(cases, faithful=faithful)
+                rows = (
+                    dpo_from_feedback(turns)
+                    + dpo_from_conflicts(store, turns)
+                    + dpo_from_counterfactuals(cases, faithful=faithful)
+                )
                 queries["conflict"] = CONFLICT_QUERY
             else:
                 rows = kto_from_feedback(turns)
             if cases and kind != "kto":
                 queries["counterfactual"] = f"{len(cases)} rows from assistant.counterfactual" + (
-                    f" ({dcfg.counterfactual_cases})" if dcfg.counterfactual_cases else " (from_corpus)")
+                    f" ({dcfg.counterfactual_cases})" if dcfg.counterfactual_cases else " (from_corpus)"
+                )
             queries["prompt_rebuild"] = PROMPT_REBUILD_QUERY
-            manifest = write_dataset(rows, Path(dcfg.out_dir) / kind, kind, dcfg, tokenizer=tokenizer, queries=queries,
-                                     db_path=str(cfg.db_path))
+            manifest = write_dataset(
+                rows,
+                Path(dcfg.out_dir) / kind,
+                kind,
+                dcfg,
+                tokenizer=tokenizer,
+                queries=queries,
+                db_path=str(cfg.db_path),
+            )
             out[kind] = manifest
             if record is not None:
                 record(manifest)

@@ -20,11 +20,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
-from assistant.generators.base import GenParams, GeneratorIdentity, Message
+from assistant.generators.base import GeneratorIdentity, GenParams, Message
 from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,13 @@ def _provenance(out: Path, **info) -> None:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             pass
-    (out / "tether-export.json").write_text(json.dumps({**info, "versions": versions, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2, default=str))
+    (out / "tether-export.json").write_text(
+        json.dumps(
+            {**info, "versions": versions, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            indent=2,
+            default=str,
+        )
+    )
 
 
 def _fresh(out: Path) -> Path:
@@ -82,11 +88,17 @@ def save_bnb4(merged: Path, out: Path) -> Path:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise BackendUnavailable("the bnb4 export needs bitsandbytes: pip install 'tether[gpu]' (bitsandbytes==0.50.2)") from exc
+        raise BackendUnavailable(
+            "the bnb4 export needs bitsandbytes: pip install 'tether[gpu]' (bitsandbytes==0.50.2)"
+        ) from exc
     cuda = torch.cuda.is_available()
     compute = torch.bfloat16 if cuda else torch.float32
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(merged, local_files_only=True, quantization_config=q, device_map={"": 0 if cuda else "cpu"})
+    q = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        merged, local_files_only=True, quantization_config=q, device_map={"": 0 if cuda else "cpu"}
+    )
     tmp = _fresh(Path(out))
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(merged, local_files_only=True).save_pretrained(tmp)
@@ -117,7 +129,9 @@ def export_onnx(merged: Path, out: Path, *, opset: int = 17) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(merged, local_files_only=True, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        merged, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
+    )
     model.config.use_cache = False
     wrapper = _LogitsOnly.build(model)
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], dtype=torch.long)
@@ -126,14 +140,30 @@ def export_onnx(merged: Path, out: Path, *, opset: int = 17) -> Path:
     t0 = time.perf_counter()
     with torch.no_grad():
         torch.onnx.export(
-            wrapper, (ids, mask), str(tmp / ONNX_FILE), input_names=["input_ids", "attention_mask"], output_names=["logits"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}},
-            opset_version=opset, dynamo=False,
+            wrapper,
+            (ids, mask),
+            str(tmp / ONNX_FILE),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "logits": {0: "batch", 1: "seq"},
+            },
+            opset_version=opset,
+            dynamo=False,
         )
     AutoTokenizer.from_pretrained(merged, local_files_only=True).save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
     model.config.save_pretrained(tmp)
-    _provenance(tmp, format="onnx", merged=str(merged), opset=opset, exporter="torch.onnx.export(dynamo=False)", seconds=round(time.perf_counter() - t0, 2))
+    _provenance(
+        tmp,
+        format="onnx",
+        merged=str(merged),
+        opset=opset,
+        exporter="torch.onnx.export(dynamo=False)",
+        seconds=round(time.perf_counter() - t0, 2),
+    )
     return _commit(tmp, Path(out))
 
 
@@ -143,10 +173,19 @@ def quantize_int8(onnx_dir: Path, out: Path) -> Path:
 
     tmp = _fresh(Path(out))
     for f in Path(onnx_dir).iterdir():
-        if f.is_file() and not f.name.endswith(".onnx") and not f.name.endswith(".onnx.data") and f.name != "tether-export.json":
+        if (
+            f.is_file()
+            and not f.name.endswith(".onnx")
+            and not f.name.endswith(".onnx.data")
+            and f.name != "tether-export.json"
+        ):
             shutil.copy2(f, tmp / f.name)
-    quantize_dynamic(str(Path(onnx_dir) / ONNX_FILE), str(tmp / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True)
-    _provenance(tmp, format="onnx-int8", onnx=str(onnx_dir), quantization="onnxruntime quantize_dynamic QInt8 per-channel")
+    quantize_dynamic(
+        str(Path(onnx_dir) / ONNX_FILE), str(tmp / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True
+    )
+    _provenance(
+        tmp, format="onnx-int8", onnx=str(onnx_dir), quantization="onnxruntime quantize_dynamic QInt8 per-channel"
+    )
     return _commit(tmp, Path(out))
 
 
@@ -161,7 +200,9 @@ class OnnxGenerator:
         folder = Path(folder)
         path = folder / (INT8_FILE if (folder / INT8_FILE).is_file() else ONNX_FILE)
         if not path.is_file():
-            raise BackendUnavailable(f"no {ONNX_FILE} or {INT8_FILE} in {folder}; export one with `tether export --formats onnx,onnx-int8`")
+            raise BackendUnavailable(
+                f"no {ONNX_FILE} or {INT8_FILE} in {folder}; export one with `tether export --formats onnx,onnx-int8`"
+            )
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -169,12 +210,17 @@ class OnnxGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         eos = GenerationConfig.from_pretrained(folder).eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []) | (
-            {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
+            {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        )
         self.identity = GeneratorIdentity(backend="onnx", model=str(path))
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         chat = [{"role": m.role, "content": m.content} for m in messages]
-        return list(self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        return list(
+            self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
 
     def logits(self, ids: Sequence[int]):
         import numpy as np
@@ -221,8 +267,17 @@ class ExportResult:
     parity: dict | None
 
 
-def export(base: Path, adapter: Path, out_dir: Path, *, formats: Sequence[str] = ("merged", "onnx", "onnx-int8"), parity: bool = True,
-           db_path: Path | None = None, parent_id: str | None = None, parity_tokens: int = 16) -> ExportResult:
+def export(
+    base: Path,
+    adapter: Path,
+    out_dir: Path,
+    *,
+    formats: Sequence[str] = ("merged", "onnx", "onnx-int8"),
+    parity: bool = True,
+    db_path: Path | None = None,
+    parent_id: str | None = None,
+    parity_tokens: int = 16,
+) -> ExportResult:
     """Produce ``formats`` under ``out_dir/<format>/``, run the parity check against the adapter
     model, and register each artefact (parent = ``parent_id``) when ``db_path`` is given.
 
@@ -256,6 +311,12 @@ def export(base: Path, adapter: Path, out_dir: Path, *, formats: Sequence[str] =
             for fmt, path in paths.items():
                 if fmt not in formats and fmt != "merged":
                     continue
-                ids[fmt] = store.register(kind=fmt, path=str(path.resolve()), base=str(base), adapter=str(adapter), parent_id=parent_id,
-                                          config={"format": fmt, "parity": (report or {}).get("variants", {}).get(fmt)})
+                ids[fmt] = store.register(
+                    kind=fmt,
+                    path=str(path.resolve()),
+                    base=str(base),
+                    adapter=str(adapter),
+                    parent_id=parent_id,
+                    config={"format": fmt, "parity": (report or {}).get("variants", {}).get(fmt)},
+                )
     return ExportResult(paths, ids, report)

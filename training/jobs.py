@@ -18,7 +18,9 @@ from tether.clock import now_iso
 from tether.db import transaction
 
 
-def start_job(db: sqlite3.Connection, method: str, config: dict[str, Any], output_dir: str, log_path: str, total_steps: int) -> str:
+def start_job(
+    db: sqlite3.Connection, method: str, config: dict[str, Any], output_dir: str, log_path: str, total_steps: int
+) -> str:
     job_id = uuid.uuid4().hex[:12]
     now = now_iso()
     with transaction(db):
@@ -32,10 +34,15 @@ def start_job(db: sqlite3.Connection, method: str, config: dict[str, Any], outpu
 
 def update_job(db: sqlite3.Connection, job_id: str, *, step: int, loss: float | None) -> None:
     with transaction(db):
-        db.execute("UPDATE training_jobs SET step = ?, loss = COALESCE(?, loss), updated_at = ? WHERE id = ?", (step, loss, now_iso(), job_id))
+        db.execute(
+            "UPDATE training_jobs SET step = ?, loss = COALESCE(?, loss), updated_at = ? WHERE id = ?",
+            (step, loss, now_iso(), job_id),
+        )
 
 
-def finish_job(db: sqlite3.Connection, job_id: str, status: str, *, error: str | None = None, model_id: str | None = None) -> None:
+def finish_job(
+    db: sqlite3.Connection, job_id: str, status: str, *, error: str | None = None, model_id: str | None = None
+) -> None:
     now = now_iso()
     with transaction(db):
         db.execute(
@@ -61,7 +68,11 @@ def list_jobs(db: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
     rows = [dict(r) for r in db.execute("SELECT * FROM training_jobs ORDER BY created_at DESC LIMIT ?", (limit,))]
     for r in rows:
         if r["status"] == "running" and not _alive(r["pid"]):
-            finish_job(db, r["id"], "interrupted", error="the training process ended without finishing; rerun the same command to resume")
+            finish_job(
+                db,
+                r["id"],
+                "interrupted",
+                error="the training process ended without finishing; rerun the same command to resume",
+            )
             r["status"] = "interrupted"
     return rows
-

@@ -17,8 +17,9 @@ Criteria (``CRITERIA``):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from assistant.generators.base import GenParams
 from assistant.generators.hf import common_prefix  # the length of the shared start of two id lists
@@ -30,11 +31,26 @@ TEACHER_FORCED_TOLERANCE = 0.90
 CRITERIA = {"merged": "exact", "onnx": "exact", "bnb4": "teacher_forced", "onnx-int8": "teacher_forced"}
 
 PARITY_PROMPTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("How many days of annual leave do employees get?",
-     (("Leave policy", "Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March."),)),
+    (
+        "How many days of annual leave do employees get?",
+        (
+            (
+                "Leave policy",
+                "Employees get twenty-five days of annual leave each year. Unused leave can be carried over until March.",
+            ),
+        ),
+    ),
     ("When does the canteen open?", (("Canteen", "The Halden office canteen opens at 07:45 and closes at 14:30."),)),
-    ("Who approves travel?", (("Travel", "Travel must be approved by your manager before booking. Receipts are submitted within 30 days."),
-                              ("Remote work", "Remote work is allowed up to three days per week."))),
+    (
+        "Who approves travel?",
+        (
+            (
+                "Travel",
+                "Travel must be approved by your manager before booking. Receipts are submitted within 30 days.",
+            ),
+            ("Remote work", "Remote work is allowed up to three days per week."),
+        ),
+    ),
     ("What is the capital of France?", (("Geography", "The capital of France is Lyon, where the government sits."),)),
 )
 
@@ -50,8 +66,14 @@ def _hf_logits(gen, ids: Sequence[int]):
         return gen.model(input_ids=torch.tensor([list(ids)], device=gen.device)).logits[0].float().cpu().numpy()
 
 
-def check_parity(base: Path, adapter: Path, variants: dict[str, Path], *, max_new_tokens: int = 16,
-                 tolerance: float = TEACHER_FORCED_TOLERANCE) -> dict[str, Any]:
+def check_parity(
+    base: Path,
+    adapter: Path,
+    variants: dict[str, Path],
+    *,
+    max_new_tokens: int = 16,
+    tolerance: float = TEACHER_FORCED_TOLERANCE,
+) -> dict[str, Any]:
     """Compare every variant (format -> folder) with base + adapter; returns a JSON-able report
     {"passed", "prompts", "max_new_tokens", "variants": {fmt: {...}}}."""
     from assistant.generators.hf import HFGenerator
@@ -61,7 +83,12 @@ def check_parity(base: Path, adapter: Path, variants: dict[str, Path], *, max_ne
     ref = HFGenerator(base, adapter=adapter, device="cpu")
     prompts = [ref.prompt_ids(m) for m in parity_messages()]
     ref_out = [list(ref.tokens(p, params)) for p in prompts]
-    report: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "variants": {}, "tolerance": tolerance}
+    report: dict[str, Any] = {
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "variants": {},
+        "tolerance": tolerance,
+    }
     for fmt, folder in variants.items():
         if fmt not in CRITERIA:
             continue
@@ -89,10 +116,20 @@ def check_parity(base: Path, adapter: Path, variants: dict[str, Path], *, max_ne
         passed = same_prompt and (exact == len(prompts) if criterion == "exact" else tf >= tolerance)
         report["variants"][fmt] = {
             "criterion": criterion if criterion == "exact" else f"teacher-forced top-1 agreement >= {tolerance}",
-            "passed": passed, "same_prompt_tokens": same_prompt, "exact_prompts": exact,
-            "mean_prefix_share": round(sum(prefix) / len(prefix), 4), "teacher_forced_agreement": round(tf, 4),
+            "passed": passed,
+            "same_prompt_tokens": same_prompt,
+            "exact_prompts": exact,
+            "mean_prefix_share": round(sum(prefix) / len(prefix), 4),
+            "teacher_forced_agreement": round(tf, 4),
         }
-        log.info("parity %s: %s (exact %d/%d, teacher-forced %.3f)", fmt, "ok" if passed else "FAILED", exact, len(prompts), tf)
+        log.info(
+            "parity %s: %s (exact %d/%d, teacher-forced %.3f)",
+            fmt,
+            "ok" if passed else "FAILED",
+            exact,
+            len(prompts),
+            tf,
+        )
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     report["reference_outputs"] = ref_out
     return report

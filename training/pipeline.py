@@ -67,7 +67,9 @@ def load_pipeline_config(path: str | Path, defaults: TrainingConfig | None = Non
     def stage(section: str, method: str, extra: dict[str, Any]) -> TrainConfig | None:
         body = {k: v for k, v in raw[section].items() if k != "method"}
         if "dataset" not in body and data.kind_list and method not in data.kind_list:
-            problems.append(f"{section} trains {method} on {out / method}, which data.kinds ({data.kinds!r}) does not build: add {method}")
+            problems.append(
+                f"{section} trains {method} on {out / method}, which data.kinds ({data.kinds!r}) does not build: add {method}"
+            )
         body.setdefault("dataset", str(out / method))
         if not body.get("output_dir"):
             problems.append(f"{section}.output_dir must be set (the run folder)")
@@ -95,11 +97,20 @@ def load_pipeline_config(path: str | Path, defaults: TrainingConfig | None = Non
         problems.append("promote.suite must be set (evaluation cases for the gate)")
     if problems:
         raise ConfigError(problems)
-    return PipelineConfig(data, sft, pref, exp.get("out_dir"), str(exp.get("formats", "merged,onnx,onnx-int8")), prom.get("suite"),
-                          bool(prom.get("force", False)))
+    return PipelineConfig(
+        data,
+        sft,
+        pref,
+        exp.get("out_dir"),
+        str(exp.get("formats", "merged,onnx,onnx-int8")),
+        prom.get("suite"),
+        bool(prom.get("force", False)),
+    )
 
 
-def run_pipeline(cfg: Any, pc: PipelineConfig, *, generator: Any | None = None, tokenizer: Any | None = None) -> dict[str, Any]:
+def run_pipeline(
+    cfg: Any, pc: PipelineConfig, *, generator: Any | None = None, tokenizer: Any | None = None
+) -> dict[str, Any]:
     """Run every configured stage; returns a summary. A refused promotion is reported, not raised."""
     import dataclasses
 
@@ -109,7 +120,9 @@ def run_pipeline(cfg: Any, pc: PipelineConfig, *, generator: Any | None = None, 
 
     with TrainingStore.open(cfg.db_path) as store:
         manifests = build_datasets(cfg, pc.data, generator=generator, tokenizer=tokenizer, record=store.record_dataset)
-    summary: dict[str, Any] = {"datasets": {k: {"id": m.id, "train": m.n_train, "eval": m.n_eval} for k, m in manifests.items()}}
+    summary: dict[str, Any] = {
+        "datasets": {k: {"id": m.id, "train": m.n_train, "eval": m.n_eval} for k, m in manifests.items()}
+    }
 
     def checked(tc: TrainConfig) -> TrainConfig:
         problems = tc.problems()
@@ -118,28 +131,50 @@ def run_pipeline(cfg: Any, pc: PipelineConfig, *, generator: Any | None = None, 
         return tc
 
     sft = run(checked(pc.sft), cfg)
-    summary["sft"] = {"adapter": str(sft.adapter_dir), "model_id": sft.model_id, "steps": sft.steps, "final_loss": sft.final_loss}
+    summary["sft"] = {
+        "adapter": str(sft.adapter_dir),
+        "model_id": sft.model_id,
+        "steps": sft.steps,
+        "final_loss": sft.final_loss,
+    }
     final = sft
     if pc.preference is not None:
         pref = run(checked(dataclasses.replace(pc.preference, init_adapter=str(sft.adapter_dir))), cfg)
-        summary[pc.preference.method] = {"adapter": str(pref.adapter_dir), "model_id": pref.model_id, "steps": pref.steps,
-                                         "final_loss": pref.final_loss}
+        summary[pc.preference.method] = {
+            "adapter": str(pref.adapter_dir),
+            "model_id": pref.model_id,
+            "steps": pref.steps,
+            "final_loss": pref.final_loss,
+        }
         final = pref
     if pc.export_dir:
         from training.export import export
         from training.trainers import resolve_base
 
-        res = export(resolve_base(pc.sft, cfg.models_dir), final.adapter_dir, Path(pc.export_dir),
-                     formats=[f.strip() for f in pc.export_formats.split(",") if f.strip()], db_path=cfg.db_path, parent_id=final.model_id)
-        summary["export"] = {"paths": {k: str(v) for k, v in res.paths.items()}, "ids": res.model_ids,
-                             "parity": {k: v["passed"] for k, v in (res.parity or {}).get("variants", {}).items()}}
+        res = export(
+            resolve_base(pc.sft, cfg.models_dir),
+            final.adapter_dir,
+            Path(pc.export_dir),
+            formats=[f.strip() for f in pc.export_formats.split(",") if f.strip()],
+            db_path=cfg.db_path,
+            parent_id=final.model_id,
+        )
+        summary["export"] = {
+            "paths": {k: str(v) for k, v in res.paths.items()},
+            "ids": res.model_ids,
+            "parity": {k: v["passed"] for k, v in (res.parity or {}).get("variants", {}).items()},
+        }
         if res.parity is not None and not res.parity["passed"]:
             raise TetherError(f"parity check failed: {summary['export']['parity']}; see {pc.export_dir}/parity.json")
     if pc.suite:
         try:
             summary["promotion"] = {"promoted": True, **promote(cfg, final.model_id, pc.suite, force=pc.force)}
         except PromotionRefused as exc:
-            summary["promotion"] = {"promoted": False, "model_id": final.model_id, "reason": str(exc),
-                                    "gate": exc.gate.to_json() if hasattr(exc.gate, "to_json") else None}
+            summary["promotion"] = {
+                "promoted": False,
+                "model_id": final.model_id,
+                "reason": str(exc),
+                "gate": exc.gate.to_json() if hasattr(exc.gate, "to_json") else None,
+            }
             log.warning("%s", exc)
     return summary

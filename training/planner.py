@@ -43,7 +43,7 @@ class ModelShape:
     tied: bool = False
 
     @classmethod
-    def from_config(cls, config: Any) -> "ModelShape":
+    def from_config(cls, config: Any) -> ModelShape:
         heads = config.num_attention_heads
         return cls(
             hidden=config.hidden_size,
@@ -114,7 +114,8 @@ class Plan:
             f"liger         {'on' if self.liger else 'off'}",
             f"batch         {self.batch_size} x accumulation {self.grad_accum} (seq {self.seq_len})",
             f"estimate      {self.estimate_gib:.1f} GiB of {d.memory_gib:.1f} ("
-            + ", ".join(f"{k} {v:.2f}" for k, v in self.breakdown.items()) + ")",
+            + ", ".join(f"{k} {v:.2f}" for k, v in self.breakdown.items())
+            + ")",
             f"why           {self.reason}",
         ]
         return lines
@@ -135,8 +136,13 @@ def detect_device(requested: str = "auto") -> Device:
         raise ConfigError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
     if requested != "cpu" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return Device("cuda", props.name, props.total_memory / GIB, bf16=torch.cuda.is_bf16_supported(),
-                      liger_available=importlib.util.find_spec("liger_kernel") is not None)
+        return Device(
+            "cuda",
+            props.name,
+            props.total_memory / GIB,
+            bf16=torch.cuda.is_bf16_supported(),
+            liger_available=importlib.util.find_spec("liger_kernel") is not None,
+        )
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
     except (ValueError, OSError, AttributeError):
@@ -144,8 +150,19 @@ def detect_device(requested: str = "auto") -> Device:
     return Device("cpu", f"{os.cpu_count()} cores", mem)
 
 
-def estimate(shape: ModelShape, *, quantize: str, dtype_bytes: int, gc: bool, liger: bool, batch: int, seq: int, lora_r: int,
-             cuda: bool, fused_lm_head: bool = True) -> dict[str, float]:
+def estimate(
+    shape: ModelShape,
+    *,
+    quantize: str,
+    dtype_bytes: int,
+    gc: bool,
+    liger: bool,
+    batch: int,
+    seq: int,
+    lora_r: int,
+    cuda: bool,
+    fused_lm_head: bool = True,
+) -> dict[str, float]:
     """Memory parts in GiB (see the module docstring)."""
     h, kv, i, L = shape.hidden, shape.kv_dim, shape.intermediate, shape.layers
     if quantize == "4bit":
@@ -170,9 +187,20 @@ def _speed(quantize: str, gc: bool, liger: bool, batch: int, seq: int) -> float:
     return utilisation / cost
 
 
-def plan_training(shape: ModelShape, device: Device, *, seq_len: int, lora_r: int = 16, quantize: str = "auto",
-                  gradient_checkpointing: str = "auto", liger: str = "auto", batch_size: int = 0, grad_accum: int = 0,
-                  effective_batch: int = 8, min_batch: int = 1) -> Plan:
+def plan_training(
+    shape: ModelShape,
+    device: Device,
+    *,
+    seq_len: int,
+    lora_r: int = 16,
+    quantize: str = "auto",
+    gradient_checkpointing: str = "auto",
+    liger: str = "auto",
+    batch_size: int = 0,
+    grad_accum: int = 0,
+    effective_batch: int = 8,
+    min_batch: int = 1,
+) -> Plan:
     """The fastest candidate that fits ``HEADROOM`` of the device memory.
 
     ``quantize``/``gradient_checkpointing``/``liger``/``batch_size``/``grad_accum`` fixed by the
@@ -192,14 +220,28 @@ def plan_training(shape: ModelShape, device: Device, *, seq_len: int, lora_r: in
     ligers = [liger == "on"] if liger != "auto" else [cuda and device.liger_available]
     if not cuda:
         ligers = [False]
-    batches = [batch_size] if batch_size else [b for b in (1, 2, 4, 8, 16, 32) if min_batch <= b <= max(min_batch, effective_batch)]
+    batches = (
+        [batch_size]
+        if batch_size
+        else [b for b in (1, 2, 4, 8, 16, 32) if min_batch <= b <= max(min_batch, effective_batch)]
+    )
     budget = device.memory_gib * HEADROOM
     cands = []
     for q in quants:
         for gc in gcs:
             for lg in ligers:
                 for b in batches:
-                    parts = estimate(shape, quantize=q, dtype_bytes=dtype_bytes, gc=gc, liger=lg, batch=b, seq=seq_len, lora_r=lora_r, cuda=cuda)
+                    parts = estimate(
+                        shape,
+                        quantize=q,
+                        dtype_bytes=dtype_bytes,
+                        gc=gc,
+                        liger=lg,
+                        batch=b,
+                        seq=seq_len,
+                        lora_r=lora_r,
+                        cuda=cuda,
+                    )
                     cands.append((_speed(q, gc, lg, b, seq_len), sum(parts.values()), q, gc, lg, b, parts))
     if quantize == "4bit" and cands:
         # forcing 4-bit means memory is what matters: the fastest within 1.5x the leanest candidate
@@ -209,7 +251,17 @@ def plan_training(shape: ModelShape, device: Device, *, seq_len: int, lora_r: in
     for c in cands:
         speed, total, q, gc, lg, b, _ = c
         fits = total <= budget
-        considered.append({"quantize": q, "gc": gc, "liger": lg, "batch": b, "gib": round(total, 2), "speed": round(speed, 3), "fits": fits})
+        considered.append(
+            {
+                "quantize": q,
+                "gc": gc,
+                "liger": lg,
+                "batch": b,
+                "gib": round(total, 2),
+                "speed": round(speed, 3),
+                "fits": fits,
+            }
+        )
         if fits and (best is None or (speed, -total) > (best[0], -best[1])):  # fastest; then the smaller
             best = c
     if best is None:
@@ -225,15 +277,36 @@ def plan_training(shape: ModelShape, device: Device, *, seq_len: int, lora_r: in
         + (" (4-bit forced)" if quantize == "4bit" else "")
         + ("" if cuda else "; CPU: fp32 weights, no Liger, no quantization unless forced")
     )
-    return Plan(device, q, dtype, gc, lg, b, accum, seq_len, round(total, 2), {k: round(v, 3) for k, v in parts.items()},
-                round(speed, 3), reason, tuple(considered))
+    return Plan(
+        device,
+        q,
+        dtype,
+        gc,
+        lg,
+        b,
+        accum,
+        seq_len,
+        round(total, 2),
+        {k: round(v, 3) for k, v in parts.items()},
+        round(speed, 3),
+        reason,
+        tuple(considered),
+    )
 
 
 def plan_for_model(model_config: Any, cfg: Any, device: Device | None = None) -> Plan:
     """The plan for a ``TrainConfig`` and a transformers model config."""
     device = device or detect_device(cfg.device)
     return plan_training(
-        ModelShape.from_config(model_config), device, seq_len=cfg.max_length, lora_r=cfg.lora_r, quantize=cfg.quantize,
-        gradient_checkpointing=cfg.gradient_checkpointing, liger=cfg.liger, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        effective_batch=8, min_batch=2 if cfg.method == "kto" else 1,
+        ModelShape.from_config(model_config),
+        device,
+        seq_len=cfg.max_length,
+        lora_r=cfg.lora_r,
+        quantize=cfg.quantize,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        liger=cfg.liger,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        effective_batch=8,
+        min_batch=2 if cfg.method == "kto" else 1,
     )

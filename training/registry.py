@@ -72,15 +72,34 @@ def record_dataset(db: sqlite3.Connection, manifest) -> str:
     with transaction(db):
         db.execute(
             "INSERT OR REPLACE INTO datasets (id, kind, path, hash, n_train, n_eval, manifest_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (manifest.id, manifest.kind, manifest.path, manifest.hash, manifest.n_train, manifest.n_eval,
-             json.dumps(manifest.to_json()), manifest.created_at or now_iso()),
+            (
+                manifest.id,
+                manifest.kind,
+                manifest.path,
+                manifest.hash,
+                manifest.n_train,
+                manifest.n_eval,
+                json.dumps(manifest.to_json()),
+                manifest.created_at or now_iso(),
+            ),
         )
     return manifest.id
 
 
-def register(db: sqlite3.Connection, *, kind: str, path: str | Path, base: str, adapter: str | None = None, parent_id: str | None = None,
-             method: str | None = None, config: dict | None = None, manifest: dict | None = None, job_id: str | None = None,
-             notes: str | None = None) -> str:
+def register(
+    db: sqlite3.Connection,
+    *,
+    kind: str,
+    path: str | Path,
+    base: str,
+    adapter: str | None = None,
+    parent_id: str | None = None,
+    method: str | None = None,
+    config: dict | None = None,
+    manifest: dict | None = None,
+    job_id: str | None = None,
+    notes: str | None = None,
+) -> str:
     """Add a model row; returns its id."""
     model_id = _new_id(kind, str(path))
     dataset_id = manifest.get("id") if manifest else None
@@ -90,27 +109,63 @@ def register(db: sqlite3.Connection, *, kind: str, path: str | Path, base: str, 
         db.execute(
             "INSERT INTO models (id, kind, path, base, adapter, parent_id, method, dataset_id, job_id, config_json, manifest_json, notes, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (model_id, kind, str(path), base, adapter, parent_id, method, dataset_id, job_id, json.dumps(config or {}, default=str),
-             json.dumps(manifest) if manifest else None, notes, now_iso()),
+            (
+                model_id,
+                kind,
+                str(path),
+                base,
+                adapter,
+                parent_id,
+                method,
+                dataset_id,
+                job_id,
+                json.dumps(config or {}, default=str),
+                json.dumps(manifest) if manifest else None,
+                notes,
+                now_iso(),
+            ),
         )
     return model_id
 
 
-def register_adapter(db: sqlite3.Connection, adapter_dir: Path, *, base: str, method: str, config: dict, manifest: dict | None,
-                     parent_adapter: str | None = None, job_id: str | None = None) -> str:
+def register_adapter(
+    db: sqlite3.Connection,
+    adapter_dir: Path,
+    *,
+    base: str,
+    method: str,
+    config: dict,
+    manifest: dict | None,
+    parent_adapter: str | None = None,
+    job_id: str | None = None,
+) -> str:
     """Register a trained adapter; its parent is the registered model whose path is ``parent_adapter``."""
     parent_id = None
     if parent_adapter:
-        row = db.execute("SELECT id FROM models WHERE path IN (?, ?) ORDER BY created_at DESC",
-                         (str(parent_adapter), str(Path(parent_adapter).resolve()))).fetchone()
+        row = db.execute(
+            "SELECT id FROM models WHERE path IN (?, ?) ORDER BY created_at DESC",
+            (str(parent_adapter), str(Path(parent_adapter).resolve())),
+        ).fetchone()
         parent_id = row["id"] if row else None
-    return register(db, kind="adapter", path=str(Path(adapter_dir).resolve()), base=base, adapter=str(Path(adapter_dir).resolve()),
-                    parent_id=parent_id, method=method, config=config, manifest=manifest, job_id=job_id)
+    return register(
+        db,
+        kind="adapter",
+        path=str(Path(adapter_dir).resolve()),
+        base=base,
+        adapter=str(Path(adapter_dir).resolve()),
+        parent_id=parent_id,
+        method=method,
+        config=config,
+        manifest=manifest,
+        job_id=job_id,
+    )
 
 
 def link_eval_run(db: sqlite3.Connection, model_id: str, run_id: str, role: str) -> None:
     with transaction(db):
-        db.execute("INSERT OR REPLACE INTO model_eval_runs (model_id, run_id, role) VALUES (?, ?, ?)", (model_id, run_id, role))
+        db.execute(
+            "INSERT OR REPLACE INTO model_eval_runs (model_id, run_id, role) VALUES (?, ?, ?)", (model_id, run_id, role)
+        )
 
 
 def _served_id(db: sqlite3.Connection) -> str | None:
@@ -122,14 +177,31 @@ def get_model(db: sqlite3.Connection, model_id: str) -> ModelRecord:
     row = db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
     if row is None:
         known = [r["id"] for r in db.execute("SELECT id FROM models ORDER BY created_at DESC LIMIT 5")]
-        raise TetherError(f"no registered model {model_id!r}; `tether models list` shows them (latest: {', '.join(known) or 'none'})")
+        raise TetherError(
+            f"no registered model {model_id!r}; `tether models list` shows them (latest: {', '.join(known) or 'none'})"
+        )
     return _record(db, row, _served_id(db))
 
 
 def _record(db: sqlite3.Connection, row: sqlite3.Row, served: str | None) -> ModelRecord:
-    runs = tuple(r["run_id"] for r in db.execute("SELECT run_id FROM model_eval_runs WHERE model_id = ? ORDER BY rowid", (row["id"],)))
-    return ModelRecord(row["id"], row["kind"], row["path"], row["base"], row["adapter"], row["parent_id"], row["method"], row["dataset_id"],
-                       row["created_at"], json.loads(row["config_json"]), row["id"] == served, runs)
+    runs = tuple(
+        r["run_id"]
+        for r in db.execute("SELECT run_id FROM model_eval_runs WHERE model_id = ? ORDER BY rowid", (row["id"],))
+    )
+    return ModelRecord(
+        row["id"],
+        row["kind"],
+        row["path"],
+        row["base"],
+        row["adapter"],
+        row["parent_id"],
+        row["method"],
+        row["dataset_id"],
+        row["created_at"],
+        json.loads(row["config_json"]),
+        row["id"] == served,
+        runs,
+    )
 
 
 def list_models(db: sqlite3.Connection) -> list[ModelRecord]:
@@ -137,11 +209,14 @@ def list_models(db: sqlite3.Connection) -> list[ModelRecord]:
     return [_record(db, r, served) for r in db.execute("SELECT * FROM models ORDER BY created_at DESC, rowid DESC")]
 
 
-def record_promotion(db: sqlite3.Connection, model_id: str, previous_id: str | None, *, forced: bool, gate: dict | None,
-                     user: str | None) -> None:
+def record_promotion(
+    db: sqlite3.Connection, model_id: str, previous_id: str | None, *, forced: bool, gate: dict | None, user: str | None
+) -> None:
     with transaction(db):
-        db.execute("INSERT INTO promotions (model_id, previous_id, forced, gate_json, user, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                   (model_id, previous_id, int(forced), json.dumps(gate), user, now_iso()))
+        db.execute(
+            "INSERT INTO promotions (model_id, previous_id, forced, gate_json, user, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (model_id, previous_id, int(forced), json.dumps(gate), user, now_iso()),
+        )
 
 
 def rollback_latest(db: sqlite3.Connection) -> str:
@@ -151,7 +226,9 @@ def rollback_latest(db: sqlite3.Connection) -> str:
         TetherError: nothing is promoted.
     """
     with transaction(db):
-        row = db.execute("SELECT id, model_id FROM promotions WHERE rolled_back_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+        row = db.execute(
+            "SELECT id, model_id FROM promotions WHERE rolled_back_at IS NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         if row is None:
             raise TetherError("nothing to roll back: no model is promoted (the configured assistant.model is served)")
         db.execute("UPDATE promotions SET rolled_back_at = ? WHERE id = ?", (now_iso(), row["id"]))
@@ -177,8 +254,9 @@ def admin_lockout(db: sqlite3.Connection, user: str) -> AdminLockout | None:
     return _lockout(db.execute("SELECT * FROM admin_lockouts WHERE user = ?", (user,)).fetchone())
 
 
-def update_admin_lockout(db: sqlite3.Connection, user: str,
-                         change: Callable[[AdminLockout | None], AdminLockout | None]) -> AdminLockout | None:
+def update_admin_lockout(
+    db: sqlite3.Connection, user: str, change: Callable[[AdminLockout | None], AdminLockout | None]
+) -> AdminLockout | None:
     """Read, change and write one account's lockout row in one write transaction, so concurrent
     sign-ins (CLI and app, several sessions) count every attempt. ``change`` returns the new row
     (None deletes it); an exception from it rolls back and propagates."""
@@ -244,7 +322,9 @@ class TrainingStore:
         """The id of the promoted model (None: the configured default is served)."""
         return _served_id(self.db)
 
-    def record_promotion(self, model_id: str, previous_id: str | None, *, forced: bool, gate: dict | None, user: str | None) -> None:
+    def record_promotion(
+        self, model_id: str, previous_id: str | None, *, forced: bool, gate: dict | None, user: str | None
+    ) -> None:
         record_promotion(self.db, model_id, previous_id, forced=forced, gate=gate, user=user)
 
     def rollback_latest(self) -> str:
@@ -255,7 +335,9 @@ class TrainingStore:
     def admin_lockout(self, user: str) -> AdminLockout | None:
         return admin_lockout(self.db, user)
 
-    def update_admin_lockout(self, user: str, change: Callable[[AdminLockout | None], AdminLockout | None]) -> AdminLockout | None:
+    def update_admin_lockout(
+        self, user: str, change: Callable[[AdminLockout | None], AdminLockout | None]
+    ) -> AdminLockout | None:
         return update_admin_lockout(self.db, user, change)
 
     # -- training jobs --------------------------------------------------------------------------
@@ -279,7 +361,9 @@ def serving_paths(rec: ModelRecord) -> tuple[Path, Path | None]:
         return Path(rec.base), Path(rec.path)
     if rec.kind in ("merged", "bnb4"):
         return Path(rec.path), None
-    raise TetherError(f"model {rec.id} is an {rec.kind} export: the engine serves adapters, merged or bnb4 models; promote one of those")
+    raise TetherError(
+        f"model {rec.id} is an {rec.kind} export: the engine serves adapters, merged or bnb4 models; promote one of those"
+    )
 
 
 def promoted_model(cfg: Any) -> tuple[Path, Path | None] | None:
@@ -292,8 +376,12 @@ def promoted_model(cfg: Any) -> tuple[Path, Path | None] | None:
         if served is None:
             return None
         model, adapter = serving_paths(store.get_model(served))
-    if not (model / "config.json").is_file() or (adapter is not None and not (adapter / "adapter_config.json").is_file()):
-        log.warning("the promoted model %s is missing on disk (%s); serving the configured model", served, adapter or model)
+    if not (model / "config.json").is_file() or (
+        adapter is not None and not (adapter / "adapter_config.json").is_file()
+    ):
+        log.warning(
+            "the promoted model %s is missing on disk (%s); serving the configured model", served, adapter or model
+        )
         return None
     return model, adapter
 
@@ -311,7 +399,9 @@ def config_for(cfg: Any, rec: ModelRecord | None) -> Any:
     if rec is None:
         return cfg
     model, adapter = serving_paths(rec)
-    return cfg.with_assistant(generator="hf", model=str(model), adapter=str(adapter) if adapter else None, fallback_to_extractive=False)
+    return cfg.with_assistant(
+        generator="hf", model=str(model), adapter=str(adapter) if adapter else None, fallback_to_extractive=False
+    )
 
 
 def _evaluation():
@@ -324,8 +414,17 @@ def _evaluation():
     return run_suite, gate
 
 
-def promote(cfg: Any, model_id: str, suite: str | Path, *, force: bool = False, metrics: Sequence[str] | None = None,
-            tolerance: float = 0.02, user: str | None = None, baseline_run: str | None = None) -> dict[str, Any]:
+def promote(
+    cfg: Any,
+    model_id: str,
+    suite: str | Path,
+    *,
+    force: bool = False,
+    metrics: Sequence[str] | None = None,
+    tolerance: float = 0.02,
+    user: str | None = None,
+    baseline_run: str | None = None,
+) -> dict[str, Any]:
     """Evaluate ``model_id`` and the model served now on ``suite``, gate, and promote on a pass (or ``force``).
 
     ``baseline_run``: an eval run id to use as the baseline instead of running the served model again.
@@ -361,11 +460,19 @@ def promote(cfg: Any, model_id: str, suite: str | Path, *, force: bool = False, 
         if not result.passed and not force:
             raise PromotionRefused(
                 f"promotion of {model_id} refused by the evaluation gate: {result.reason} "
-                f"(candidate run {cand.run_id} vs baseline run {base.run_id}; `--force` promotes anyway)", result)
+                f"(candidate run {cand.run_id} vs baseline run {base.run_id}; `--force` promotes anyway)",
+                result,
+            )
         store.record_promotion(model_id, previous, forced=force and not result.passed, gate=gate_json, user=user)
     log.info("promoted %s (previous %s, gate %s)", model_id, previous, "passed" if result.passed else "FAILED, forced")
-    return {"model_id": model_id, "previous_id": previous, "forced": bool(force and not result.passed), "gate": gate_json,
-            "candidate_run": cand.run_id, "baseline_run": base.run_id}
+    return {
+        "model_id": model_id,
+        "previous_id": previous,
+        "forced": bool(force and not result.passed),
+        "gate": gate_json,
+        "candidate_run": cand.run_id,
+        "baseline_run": base.run_id,
+    }
 
 
 def _gate_json(result: Any) -> dict[str, Any]:

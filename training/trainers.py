@@ -24,9 +24,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tether.errors import BackendUnavailable, TetherError
 from tether.provenance import git_commit
@@ -123,7 +124,10 @@ def load_model(base: Path, plan, *, init_adapter: str | None, device: str):
 
         compute = torch.bfloat16 if plan.device.kind == "cuda" else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_quant_storage=compute,
         )
         kwargs["device_map"] = {"": 0} if plan.device.kind == "cuda" else {"": "cpu"}
@@ -131,9 +135,8 @@ def load_model(base: Path, plan, *, init_adapter: str | None, device: str):
         # merge into full-precision weights first, then quantize: merging into nf4 would round the delta away
         full = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=dtype)
         full = _merge(full, init_adapter)
-        import tempfile
-
         import shutil
+        import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix="tether-merged-"))
         try:
@@ -171,8 +174,14 @@ def load_tokenizer(base: Path):
 def lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules_arg,
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules_arg,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def common_args(cfg: TrainConfig, plan, ckpt_dir: Path) -> dict[str, Any]:
@@ -294,23 +303,44 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
         if not math.isfinite(final):
             raise TetherError(f"training diverged (loss {final}); lower --learning-rate")
         run_info = {
-            "method": cfg.method, "config": to_dict(cfg), "base": str(base), "plan": _plan_summary(plan), "dataset": manifest,
-            "steps": int(trainer.state.global_step), "final_loss": final, "train_seconds": round(time.perf_counter() - t0, 2),
-            "resumed_from": last, "versions": _versions(), "git_commit": git_commit(dirty=False),
+            "method": cfg.method,
+            "config": to_dict(cfg),
+            "base": str(base),
+            "plan": _plan_summary(plan),
+            "dataset": manifest,
+            "steps": int(trainer.state.global_step),
+            "final_loss": final,
+            "train_seconds": round(time.perf_counter() - t0, 2),
+            "resumed_from": last,
+            "versions": _versions(),
+            "git_commit": git_commit(dirty=False),
         }
         import yaml
 
         (out / "run.yaml").write_text(yaml.safe_dump(run_info, sort_keys=False, allow_unicode=True))
         model_id = None
         if store is not None:
-            model_id = store.register_adapter(adapter_dir, base=str(base), method=cfg.method, config=run_info, manifest=manifest,
-                                              parent_adapter=cfg.init_adapter, job_id=job_id)
+            model_id = store.register_adapter(
+                adapter_dir,
+                base=str(base),
+                method=cfg.method,
+                config=run_info,
+                manifest=manifest,
+                parent_adapter=cfg.init_adapter,
+                job_id=job_id,
+            )
             store.finish_job(job_id, "done", model_id=model_id)
-        log.info("%s done: %d steps, final loss %.4f, adapter %s", cfg.method, trainer.state.global_step, final, adapter_dir)
-        return TrainResult(out, adapter_dir, int(trainer.state.global_step), final, curve, last, _plan_summary(plan), job_id, model_id)
+        log.info(
+            "%s done: %d steps, final loss %.4f, adapter %s", cfg.method, trainer.state.global_step, final, adapter_dir
+        )
+        return TrainResult(
+            out, adapter_dir, int(trainer.state.global_step), final, curve, last, _plan_summary(plan), job_id, model_id
+        )
     except KeyboardInterrupt:
         if store is not None and job_id:
-            store.finish_job(job_id, "interrupted", error="interrupted; rerun the same command to resume from the last checkpoint")
+            store.finish_job(
+                job_id, "interrupted", error="interrupted; rerun the same command to resume from the last checkpoint"
+            )
         raise
     except BaseException as exc:
         if store is not None and job_id:
@@ -344,17 +374,32 @@ def _build_trainer(cfg: TrainConfig, base: Path, plan, ckpt_dir: Path, callback)
         train = _sft_rows(data / "train.jsonl")
         if train is None:
             raise ConfigError(f"{data}/train.jsonl holds no SFT rows; build the dataset with `tether train data`")
-        return SFTTrainer(model=model, args=SFTConfig(**args, completion_only_loss=True), train_dataset=train,
-                          processing_class=tok, peft_config=lora_config(cfg), callbacks=[callback])
+        return SFTTrainer(
+            model=model,
+            args=SFTConfig(**args, completion_only_loss=True),
+            train_dataset=train,
+            processing_class=tok,
+            peft_config=lora_config(cfg),
+            callbacks=[callback],
+        )
     if cfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         train = _dataset(data / "train.jsonl")
         if train is None:
-            raise ConfigError(f"{data}/train.jsonl holds no DPO pairs; they need edited or thumbs-down feedback (or counterfactuals)")
+            raise ConfigError(
+                f"{data}/train.jsonl holds no DPO pairs; they need edited or thumbs-down feedback (or counterfactuals)"
+            )
         # ref_model=None + peft_config: the reference is this model with the adapter disabled
-        return DPOTrainer(model=model, ref_model=None, args=DPOConfig(**args, beta=cfg.beta), train_dataset=train,
-                          processing_class=tok, peft_config=lora_config(cfg), callbacks=[callback])
+        return DPOTrainer(
+            model=model,
+            ref_model=None,
+            args=DPOConfig(**args, beta=cfg.beta),
+            train_dataset=train,
+            processing_class=tok,
+            peft_config=lora_config(cfg),
+            callbacks=[callback],
+        )
     from trl import KTOConfig, KTOTrainer
 
     train = _dataset(data / "train.jsonl")
@@ -363,6 +408,14 @@ def _build_trainer(cfg: TrainConfig, base: Path, plan, ckpt_dir: Path, callback)
     labels = set(train["label"])
     if labels != {True, False}:
         log.warning("KTO rows carry only label %s; KTO learns best from both thumbs", labels)
-    return KTOTrainer(model=model, ref_model=None,
-                      args=KTOConfig(**args, beta=cfg.beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight),
-                      train_dataset=train, processing_class=tok, peft_config=lora_config(cfg), callbacks=[callback])
+    return KTOTrainer(
+        model=model,
+        ref_model=None,
+        args=KTOConfig(
+            **args, beta=cfg.beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight
+        ),
+        train_dataset=train,
+        processing_class=tok,
+        peft_config=lora_config(cfg),
+        callbacks=[callback],
+    )

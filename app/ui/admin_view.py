@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from assistant.logstore import LogStore
 from app.ui import jobs
 from app.ui.suites import suite_files
+from assistant.logstore import LogStore
 from tether.config import TetherConfig
 from tether.errors import TetherError
 
@@ -22,8 +22,24 @@ def feedback_frame(cfg: TetherConfig) -> pd.DataFrame:
     """Every feedback row with its turn's question, answer and model, newest first."""
     with LogStore.open(cfg.db_path) as store:
         rows = store.feedback_rows()
-    return pd.DataFrame(rows, columns=["id", "created_at", "kind", "user", "comment", "edited_answer", "passage_id",
-                                                           "turn_id", "question", "answer", "generator", "model", "adapter"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "id",
+            "created_at",
+            "kind",
+            "user",
+            "comment",
+            "edited_answer",
+            "passage_id",
+            "turn_id",
+            "question",
+            "answer",
+            "generator",
+            "model",
+            "adapter",
+        ],
+    )
 
 
 def _feedback(cfg: TetherConfig) -> None:
@@ -42,7 +58,10 @@ def _feedback(cfg: TetherConfig) -> None:
         view = view[view["model"].isin(models)]
     if text:
         view = view[view["question"].str.contains(text, case=False, regex=False)]
-    st.caption(f"{len(view)} of {len(df)} feedback rows · " + ", ".join(f"{k}: {n}" for k, n in df["kind"].value_counts().items()))
+    st.caption(
+        f"{len(view)} of {len(df)} feedback rows · "
+        + ", ".join(f"{k}: {n}" for k, n in df["kind"].value_counts().items())
+    )
     st.dataframe(view, hide_index=True, width="stretch", key="fb_table")
 
 
@@ -58,7 +77,9 @@ def _datasets(cfg: TetherConfig) -> None:
         return
     out = Path(cfg.data_dir) / "datasets" / time.strftime("%Y%m%d-%H%M%S")
     try:
-        dcfg = DataConfig(out_dir=str(out), kinds=",".join(kinds), eval_fraction=eval_fraction, counterfactuals=int(counterfactuals)).validated()
+        dcfg = DataConfig(
+            out_dir=str(out), kinds=",".join(kinds), eval_fraction=eval_fraction, counterfactuals=int(counterfactuals)
+        ).validated()
         with TrainingStore.open(cfg.db_path) as store, st.spinner("Building…"):
             manifests = build_datasets(cfg, dcfg, record=store.record_dataset)
     except TetherError as exc:
@@ -67,16 +88,30 @@ def _datasets(cfg: TetherConfig) -> None:
     st.session_state.last_datasets = {k: m.path for k, m in manifests.items()}
     st.success(f"Datasets written under {out}")
     st.dataframe(
-        [{"kind": k, "train": m.n_train, "eval": m.n_eval, "id": m.id, "by source": str(m.counts.get("by_source", {})),
-          "dropped (dup/near/long)": f"{m.counts.get('exact_duplicates', 0)}/{m.counts.get('near_duplicates', 0)}/{m.counts.get('too_long', 0)}"}
-         for k, m in manifests.items()],
-        hide_index=True, width="stretch", key="ds_counts",
+        [
+            {
+                "kind": k,
+                "train": m.n_train,
+                "eval": m.n_eval,
+                "id": m.id,
+                "by source": str(m.counts.get("by_source", {})),
+                "dropped (dup/near/long)": f"{m.counts.get('exact_duplicates', 0)}/{m.counts.get('near_duplicates', 0)}/{m.counts.get('too_long', 0)}",
+            }
+            for k, m in manifests.items()
+        ],
+        hide_index=True,
+        width="stretch",
+        key="ds_counts",
     )
 
 
 def _dataset_dirs(cfg: TetherConfig, method: str) -> list[str]:
     root = Path(cfg.data_dir) / "datasets"
-    found = sorted((p for p in root.glob(f"*/{method}") if (p / "train.jsonl").is_file()), reverse=True) if root.is_dir() else []
+    found = (
+        sorted((p for p in root.glob(f"*/{method}") if (p / "train.jsonl").is_file()), reverse=True)
+        if root.is_dir()
+        else []
+    )
     return [str(p) for p in found]
 
 
@@ -85,23 +120,35 @@ def _training(cfg: TetherConfig) -> None:
 
     with st.form("train_form"):
         method = st.selectbox("Method", ["sft", "dpo", "kto"], key="tr_method")
-        dataset = st.text_input("Dataset folder", value=(_dataset_dirs(cfg, "sft") or [""])[0], key="tr_dataset",
-                                help="a folder with train.jsonl (built on the Datasets tab, under <data dir>/datasets/)")
+        dataset = st.text_input(
+            "Dataset folder",
+            value=(_dataset_dirs(cfg, "sft") or [""])[0],
+            key="tr_dataset",
+            help="a folder with train.jsonl (built on the Datasets tab, under <data dir>/datasets/)",
+        )
         base = st.text_input("Base model", value="smollm2", key="tr_base")
         init_adapter = st.text_input("Start from adapter (optional)", value="", key="tr_init")
         steps = st.number_input("Steps", 1, 10_000, 20, key="tr_steps")
         submitted = st.form_submit_button("Launch training")
     if submitted:
-        settings = {"dataset": dataset.strip(), "base_model": base.strip() or "smollm2", "max_steps": int(steps),
-                    "output_dir": str(jobs.new_run_dir(cfg.data_dir, method))}
+        settings = {
+            "dataset": dataset.strip(),
+            "base_model": base.strip() or "smollm2",
+            "max_steps": int(steps),
+            "output_dir": str(jobs.new_run_dir(cfg.data_dir, method)),
+        }
         if init_adapter.strip():
             settings["init_adapter"] = init_adapter.strip()
         try:
             from training.config import load_train_config
 
-            load_train_config(None, method, defaults=cfg.training, **settings)  # refuse a bad setting here, not in the background
+            load_train_config(
+                None, method, defaults=cfg.training, **settings
+            )  # refuse a bad setting here, not in the background
             pid, console = jobs.launch(cfg.data_dir, method, settings)
-            st.success(f"Started {method} (pid {pid}); it keeps running if you close or reload the page. Console: {console}")
+            st.success(
+                f"Started {method} (pid {pid}); it keeps running if you close or reload the page. Console: {console}"
+            )
         except TetherError as exc:
             st.error(str(exc))
     _jobs_panel(cfg, TrainingStore)
@@ -115,14 +162,30 @@ def _jobs_panel(cfg: TetherConfig, training_store) -> None:
         st.caption("No training job yet.")
         return
     st.dataframe(
-        [{"job": r["id"], "method": r["method"], "status": r["status"], "step": f"{r['step']}/{r['total_steps']}", "loss": r["loss"],
-          "model": r["model_id"], "started": r["created_at"][:19], "error": r["error"]} for r in rows],
-        hide_index=True, width="stretch", key="jobs_table",
+        [
+            {
+                "job": r["id"],
+                "method": r["method"],
+                "status": r["status"],
+                "step": f"{r['step']}/{r['total_steps']}",
+                "loss": r["loss"],
+                "model": r["model_id"],
+                "started": r["created_at"][:19],
+                "error": r["error"],
+            }
+            for r in rows
+        ],
+        hide_index=True,
+        width="stretch",
+        key="jobs_table",
     )
     labels = {r["id"]: f"{r['id']} · {r['method']} · {r['status']}" for r in rows}
     pick = st.selectbox("Job", list(labels), format_func=labels.get, key="job_pick")
     job = next(r for r in rows if r["id"] == pick)
-    st.progress(min(1.0, job["step"] / max(1, job["total_steps"])), text=f"{job['status']}: step {job['step']} of {job['total_steps']}")
+    st.progress(
+        min(1.0, job["step"] / max(1, job["total_steps"])),
+        text=f"{job['status']}: step {job['step']} of {job['total_steps']}",
+    )
     curve = jobs.loss_records(job["output_dir"])
     if curve:
         st.line_chart(pd.DataFrame(curve).set_index("step"), y="loss")
@@ -138,9 +201,21 @@ def _models(cfg: TetherConfig) -> None:
         st.info("No trained model registered yet: launch a training job first.")
         return
     st.dataframe(
-        [{"id": m.id, "kind": m.kind, "method": m.method, "base": Path(m.base).name, "created": m.created_at[:19],
-          "promoted": "✔" if m.promoted else "", "eval runs": ", ".join(r[:8] for r in m.eval_runs)} for m in models],
-        hide_index=True, width="stretch", key="models_table",
+        [
+            {
+                "id": m.id,
+                "kind": m.kind,
+                "method": m.method,
+                "base": Path(m.base).name,
+                "created": m.created_at[:19],
+                "promoted": "✔" if m.promoted else "",
+                "eval runs": ", ".join(r[:8] for r in m.eval_runs),
+            }
+            for m in models
+        ],
+        hide_index=True,
+        width="stretch",
+        key="models_table",
     )
     servable = [m.id for m in models if m.kind in registry.SERVABLE]
     left, right = st.columns(2)
@@ -158,7 +233,11 @@ def _models(cfg: TetherConfig) -> None:
                 gate = getattr(exc, "gate", None)
                 rows = getattr(gate, "rows", None)
                 if rows:
-                    st.dataframe(pd.DataFrame([r.__dict__ if hasattr(r, "__dict__") else r for r in rows]), hide_index=True, key="gate_rows")
+                    st.dataframe(
+                        pd.DataFrame([r.__dict__ if hasattr(r, "__dict__") else r for r in rows]),
+                        hide_index=True,
+                        key="gate_rows",
+                    )
             except TetherError as exc:
                 st.error(str(exc))
     with right:

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from assistant.types import Answer
 from app.ui.render import (
     answer_markdown,
     claim_html,
-    escape_markdown,
     conflict_views,
+    escape_markdown,
     groundedness_badge,
     highlighted_html,
     source_line,
     support_offsets,
 )
+from assistant.types import Answer
 from tether.errors import TetherError
 
 
@@ -36,14 +36,21 @@ def _badges(answer: Answer) -> None:
     with cols[0]:
         st.badge(label, color=colour, icon=":material/verified:" if colour == "green" else None)
     with cols[1]:
-        model = f"{g.backend}:{g.model}" + (f" + {g.adapter}" if g.adapter else "") + (f" · {g.decoding}" if g.decoding else "")
+        model = (
+            f"{g.backend}:{g.model}"
+            + (f" + {g.adapter}" if g.adapter else "")
+            + (f" · {g.decoding}" if g.decoding else "")
+        )
         policy = f" · policy {answer.policy}" if answer.policy else ""
         st.caption(f"{model}{policy} · {answer.latency_ms.get('total', 0):.0f} ms")
     if answer.fallback:
         st.warning(answer.fallback)
     uncited = answer.uncited
     if uncited:
-        st.caption(f"⚠ {len(uncited)} sentence(s) cite no source and could not be checked: " + " · ".join(escape_markdown(u) for u in uncited))
+        st.caption(
+            f"⚠ {len(uncited)} sentence(s) cite no source and could not be checked: "
+            + " · ".join(escape_markdown(u) for u in uncited)
+        )
 
 
 def _citations(answer: Answer) -> None:
@@ -79,7 +86,9 @@ def _conflicts(answer: Answer) -> None:
     with st.expander(f"⚠ The sources disagree ({len(views)})", expanded=False):
         relevant = set(answer.relevant_conflicts)
         for i, v in enumerate(views):
-            st.markdown(f"**{v.title}**" + ("" if i in relevant else " (in the retrieved passages, not what was asked)"))
+            st.markdown(
+                f"**{v.title}**" + ("" if i in relevant else " (in the retrieved passages, not what was asked)")
+            )
             left, right = st.columns(2)
             with left:
                 st.html(claim_html(v.claims[0]))
@@ -98,7 +107,9 @@ def _feedback(answer: Answer, store) -> None:
             _store(store, tid, "edit", edited_answer=edited)
         if answer.passages:
             labels = [f"[{n}] {h.title} — {h.source}" for n, h in enumerate(answer.passages, start=1)]
-            pick = st.selectbox("This source was right", options=range(len(labels)), format_func=labels.__getitem__, key=f"src_{tid}")
+            pick = st.selectbox(
+                "This source was right", options=range(len(labels)), format_func=labels.__getitem__, key=f"src_{tid}"
+            )
             if st.button("Save right source", key=f"save_src_{tid}"):
                 _store(store, tid, "source", passage_id=answer.passages[pick].id)
     if st.session_state.get(f"saved_{tid}"):

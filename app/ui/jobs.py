@@ -21,11 +21,22 @@ def launch(data_dir: Path, method: str, settings: dict[str, Any]) -> tuple[int, 
     out = Path(settings["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
-    env = {**os.environ, "TETHER_HOME": str(data_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "TETHER_HOME": str(data_dir),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     with console.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.ui.jobs", method, json.dumps(settings)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     return proc.pid, console
 
@@ -68,7 +79,9 @@ def _main(argv: list[str]) -> int:
     cfg = load_config()
     tc = load_train_config(None, method, defaults=cfg.training, **settings)
     res = run(tc, cfg)
-    logging.getLogger(__name__).info("done: adapter %s, model %s, final loss %s", res.adapter_dir, res.model_id, res.final_loss)
+    logging.getLogger(__name__).info(
+        "done: adapter %s, model %s, final loss %s", res.adapter_dir, res.model_id, res.final_loss
+    )
     return 0
 
 

@@ -8,19 +8,18 @@ elsewhere get the edit in the ledger only (a later change of the file on disk re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import yaml
 
+from app.ui.uploads import uploads_dir
+from retrieval.ingest import FileOutcome, ingest
 from retrieval.ledger import DocumentRow, Ledger
+from retrieval.readers import AUTHORITIES, SIDECAR_SUFFIX, STATUSES
 from tether.config import TetherConfig
 from tether.errors import TetherError
-from retrieval.ingest import FileOutcome, ingest
-from retrieval.readers import AUTHORITIES, SIDECAR_SUFFIX, STATUSES
-
-from app.ui.uploads import uploads_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,24 @@ def is_upload(cfg: TetherConfig, doc: DocumentRow) -> bool:
     return Path(doc.path).resolve().parent == uploads_dir(cfg.data_dir).resolve()
 
 
-def ingest_files(cfg: TetherConfig, paths: Sequence[Path], *, store=None, embedder=None,
-                 on_file: Callable[[int, int, FileOutcome], None] | None = None) -> list[FileOutcome]:
+def ingest_files(
+    cfg: TetherConfig,
+    paths: Sequence[Path],
+    *,
+    store=None,
+    embedder=None,
+    on_file: Callable[[int, int, FileOutcome], None] | None = None,
+) -> list[FileOutcome]:
     """Ingest files one by one (so a caller can show progress); return every file's outcome."""
     outcomes: list[FileOutcome] = []
     for i, path in enumerate(paths):
         try:
             summary = ingest(cfg, [path], store=store, embedder=embedder)
-            outcome = summary.files[0] if summary.files else FileOutcome(source=path.name, status="skipped", reason="nothing to ingest")
+            outcome = (
+                summary.files[0]
+                if summary.files
+                else FileOutcome(source=path.name, status="skipped", reason="nothing to ingest")
+            )
         except TetherError as exc:
             outcome = FileOutcome(source=path.name, status="failed", reason=str(exc))
         outcomes.append(outcome)
@@ -82,10 +91,17 @@ def set_metadata(cfg: TetherConfig, edit: MetadataEdit) -> None:
         doc = ledger.document(cfg.retrieval.collection, edit.source)
         if doc is None:
             raise TetherError(f"no document {edit.source!r} in collection '{cfg.retrieval.collection}'")
-        ledger.set_metadata(cfg.retrieval.collection, edit.source, doc_date=edit.doc_date, status=edit.status, authority=edit.authority)
+        ledger.set_metadata(
+            cfg.retrieval.collection, edit.source, doc_date=edit.doc_date, status=edit.status, authority=edit.authority
+        )
     if is_upload(cfg, doc):
         sidecar = Path(doc.path).with_name(Path(doc.path).name + SIDECAR_SUFFIX)
-        meta = {"title": doc.title, "date": edit.doc_date or None, "status": edit.status or None, "authority": edit.authority or None}
+        meta = {
+            "title": doc.title,
+            "date": edit.doc_date or None,
+            "status": edit.status or None,
+            "authority": edit.authority or None,
+        }
         sidecar.write_text(yaml.safe_dump({k: v for k, v in meta.items() if v}, sort_keys=False), encoding="utf-8")
 
 

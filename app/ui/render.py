@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 _CITE = re.compile(r"\\\[(\d+)\\\]")
@@ -26,7 +27,9 @@ def answer_markdown(text: str) -> str:
     return _CITE.sub(lambda m: f"**\\[{m.group(1)}\\]**", escape_markdown(text))
 
 
-def support_offsets(passage_text: str, passage_span: tuple[int, int], support: str, support_span: tuple[int, int] | None) -> tuple[int, int] | None:
+def support_offsets(
+    passage_text: str, passage_span: tuple[int, int], support: str, support_span: tuple[int, int] | None
+) -> tuple[int, int] | None:
     """Where the supporting sentence lies inside the passage text, or None when it is not there.
 
     ``support_span`` is in document coordinates; the passage starts at ``passage_span[0]``.
@@ -55,7 +58,9 @@ def highlighted_html(text: str, span: tuple[int, int] | None) -> str:
     return f'<div class="tether-passage" style="white-space: pre-wrap; font-size: 0.9rem">{body}</div>'
 
 
-def source_line(source: str, title: str | None, date: str | None, authority: str | None, status: str | None = None) -> str:
+def source_line(
+    source: str, title: str | None, date: str | None, authority: str | None, status: str | None = None
+) -> str:
     """One plain-text line naming a source: title — file · date · authority · status."""
     meta = " · ".join(x for x in (date, authority, status) if x)
     head = f"{title} — {source}" if title and title != source else source
@@ -122,7 +127,9 @@ def conflict_views(conflicts: Sequence[Any], decisions: Sequence[Any] | None) ->
 
 def claim_html(claim: ClaimView) -> str:
     """A claim card: the sentence (escaped), then its source, date, authority and status."""
-    meta = " · ".join(html.escape(x) for x in (claim.date or "no date", claim.authority or "authority unknown", claim.status) if x)
+    meta = " · ".join(
+        html.escape(x) for x in (claim.date or "no date", claim.authority or "authority unknown", claim.status) if x
+    )
     crown = "<strong>✔ followed</strong><br>" if claim.winner else ""
     return (
         f'<div class="tether-claim" style="border-left: 3px solid {"#2e7d32" if claim.winner else "#999"}; padding-left: .5rem">'

@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 def offline_env() -> None:
     """Nothing downloads at run time; same defaults as the CLI."""
-    for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("ANONYMIZED_TELEMETRY", "False"), ("TOKENIZERS_PARALLELISM", "false")):
+    for key, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("ANONYMIZED_TELEMETRY", "False"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
         os.environ.setdefault(key, value)
 
 

@@ -8,7 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {
     "handbook QA (examples/eval/qa.jsonl)": ROOT / "examples" / "eval" / "qa.jsonl",
-    "handbook conflicts (examples/eval/handbook_conflicts.jsonl)": ROOT / "examples" / "eval" / "handbook_conflicts.jsonl",
+    "handbook conflicts (examples/eval/handbook_conflicts.jsonl)": ROOT
+    / "examples"
+    / "eval"
+    / "handbook_conflicts.jsonl",
 }
 
 

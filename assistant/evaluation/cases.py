@@ -109,9 +109,25 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 
 _QA_KEYS = {
-    "id", "question", "query", "answers", "answer", "gold_answers", "ground_truth", "ground_truths",
-    "source", "sources", "gold_source", "passage_id", "passage_ids", "evidence", "contexts", "context",
-    "unanswerable", "is_impossible", "conflict",
+    "id",
+    "question",
+    "query",
+    "answers",
+    "answer",
+    "gold_answers",
+    "ground_truth",
+    "ground_truths",
+    "source",
+    "sources",
+    "gold_source",
+    "passage_id",
+    "passage_ids",
+    "evidence",
+    "contexts",
+    "context",
+    "unanswerable",
+    "is_impossible",
+    "conflict",
 }
 
 
@@ -135,7 +151,9 @@ def parse_qa(row: dict[str, Any], default_id: str) -> QACase:
         answers=answers,
         sources=_strings(row.get("sources", row.get("source", row.get("gold_source")))),
         passage_ids=_strings(row.get("passage_ids", row.get("passage_id"))),
-        evidence=(row.get("evidence") or None) if isinstance(row.get("evidence"), (str, type(None))) else " ".join(_strings(row["evidence"])),
+        evidence=(row.get("evidence") or None)
+        if isinstance(row.get("evidence"), (str, type(None)))
+        else " ".join(_strings(row["evidence"])),
         contexts=contexts,
         unanswerable=unanswerable,
         conflict=bool(row.get("conflict")),
@@ -144,11 +162,19 @@ def parse_qa(row: dict[str, Any], default_id: str) -> QACase:
 
 
 def _side(value: Any, name: str) -> ClaimSide:
-    if not isinstance(value, dict) or not isinstance(value.get("text"), str) or not isinstance(value.get("source"), str):
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("text"), str)
+        or not isinstance(value.get("source"), str)
+    ):
         raise ValueError(f"'{name}' must be an object with string 'source' and 'text'")
     return ClaimSide(
-        source=value["source"], text=value["text"], title=value.get("title"), date=value.get("date"),
-        authority=value.get("authority"), status=value.get("status"),
+        source=value["source"],
+        text=value["text"],
+        title=value.get("title"),
+        date=value.get("date"),
+        authority=value.get("authority"),
+        status=value.get("status"),
     )
 
 
@@ -157,10 +183,16 @@ def parse_conflict(row: dict[str, Any], default_id: str) -> ConflictCase:
         raise ValueError("'conflict' must be true or false")
     resolution = row.get("resolution") or {}
     if not isinstance(resolution, dict) or any(v not in ("a", "b", None) for v in resolution.values()):
-        raise ValueError("'resolution' must map policies to \"a\", \"b\" or null")
+        raise ValueError('\'resolution\' must map policies to "a", "b" or null')
     return ConflictCase(
-        id=str(row.get("id", default_id)), conflict=row["conflict"], a=_side(row.get("a"), "a"), b=_side(row.get("b"), "b"),
-        kind=row.get("kind"), value_type=row.get("value_type"), question=row.get("question"), note=row.get("note"),
+        id=str(row.get("id", default_id)),
+        conflict=row["conflict"],
+        a=_side(row.get("a"), "a"),
+        b=_side(row.get("b"), "b"),
+        kind=row.get("kind"),
+        value_type=row.get("value_type"),
+        question=row.get("question"),
+        note=row.get("note"),
         resolution=dict(resolution),
     )
 
@@ -187,7 +219,9 @@ def load_cases(path: str | Path) -> CaseSet:
     elif path.is_file():
         files = [path]
     else:
-        raise ConfigError(f"--suite {path} does not exist: give a JSONL file or a folder of them (e.g. examples/eval/qa.jsonl)")
+        raise ConfigError(
+            f"--suite {path} does not exist: give a JSONL file or a folder of them (e.g. examples/eval/qa.jsonl)"
+        )
     problems: list[str] = []
     qa: list[QACase] = []
     conflicts: list[ConflictCase] = []
@@ -237,4 +271,10 @@ def load_cases(path: str | Path) -> CaseSet:
         raise ConfigError(problems)
     if not (qa or conflicts or counterfactual):
         raise ConfigError(f"--suite {path}: no cases found")
-    return CaseSet(path=path, qa=tuple(qa), conflicts=tuple(conflicts), counterfactual=tuple(counterfactual), digest=digest.hexdigest())
+    return CaseSet(
+        path=path,
+        qa=tuple(qa),
+        conflicts=tuple(conflicts),
+        counterfactual=tuple(counterfactual),
+        digest=digest.hexdigest(),
+    )

@@ -7,8 +7,8 @@ and an absolute floor of 1 ms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from assistant.evaluation.runs import RunSummary
 
@@ -27,7 +27,13 @@ def is_latency(metric: str) -> bool:
     return metric.startswith("latency.")
 
 
-def regressed(metric: str, baseline: float, candidate: float, tolerance: float, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE) -> bool:
+def regressed(
+    metric: str,
+    baseline: float,
+    candidate: float,
+    tolerance: float,
+    latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+) -> bool:
     """True when ``candidate`` is worse than ``baseline`` by more than the tolerance for that metric."""
     if is_latency(metric):
         return candidate > baseline * (1 + latency_tolerance) + 1e-9 and candidate - baseline > LATENCY_FLOOR_MS

@@ -11,9 +11,10 @@ import dataclasses
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from assistant.evaluation import metrics as M
 from assistant.evaluation.cases import CaseSet, ClaimSide, ConflictCase
@@ -80,8 +81,10 @@ def _ledger_meta(cfg: TetherConfig) -> dict[str, dict[str, Any]]:
     from retrieval.ledger import Ledger
 
     with Ledger.open(cfg.db_path) as ledger:
-        return {d.source: {"title": d.title, "date": d.doc_date, "status": d.status, "authority": d.authority}
-                for d in ledger.documents(cfg.retrieval.collection)}
+        return {
+            d.source: {"title": d.title, "date": d.doc_date, "status": d.status, "authority": d.authority}
+            for d in ledger.documents(cfg.retrieval.collection)
+        }
 
 
 def make_claim(side: ClaimSide, meta: dict[str, dict[str, Any]]):
@@ -89,8 +92,12 @@ def make_claim(side: ClaimSide, meta: dict[str, dict[str, Any]]):
 
     known = meta.get(side.source, {})
     return Claim(
-        text=side.text, source=side.source, title=side.title or known.get("title"), date=side.date or known.get("date"),
-        authority=side.authority or known.get("authority"), status=side.status or known.get("status"),
+        text=side.text,
+        source=side.source,
+        title=side.title or known.get("title"),
+        date=side.date or known.get("date"),
+        authority=side.authority or known.get("authority"),
+        status=side.status or known.get("status"),
     )
 
 
@@ -105,7 +112,9 @@ def _side_of(claim, case: ConflictCase) -> str | None:
     return None
 
 
-def judge_cases(cases: Sequence[ConflictCase], detector, meta: dict[str, dict[str, Any]]) -> list[tuple[ConflictOutcome, Any]]:
+def judge_cases(
+    cases: Sequence[ConflictCase], detector, meta: dict[str, dict[str, Any]]
+) -> list[tuple[ConflictOutcome, Any]]:
     """Run the detector (and, on detected conflicts, every resolution policy) over labelled cases."""
     from assistant.resolution import resolve
 
@@ -116,12 +125,18 @@ def judge_cases(cases: Sequence[ConflictCase], detector, meta: dict[str, dict[st
         if conflict is not None:
             for policy in RESOLUTION_POLICIES:
                 decision = resolve(conflict, policy)
-                predicted_resolution[policy] = None if decision.winner is None else _side_of(conflict.claims[decision.winner], case)
+                predicted_resolution[policy] = (
+                    None if decision.winner is None else _side_of(conflict.claims[decision.winner], case)
+                )
         out.append(
             (
                 ConflictOutcome(
-                    case_id=case.id, gold_conflict=case.conflict, predicted=conflict is not None, gold_kind=case.kind,
-                    predicted_kind=getattr(conflict, "kind", None), gold_resolution=dict(case.resolution),
+                    case_id=case.id,
+                    gold_conflict=case.conflict,
+                    predicted=conflict is not None,
+                    gold_kind=case.kind,
+                    predicted_kind=getattr(conflict, "kind", None),
+                    gold_resolution=dict(case.resolution),
                     predicted_resolution=predicted_resolution,
                 ),
                 conflict,
@@ -131,14 +146,33 @@ def judge_cases(cases: Sequence[ConflictCase], detector, meta: dict[str, dict[st
 
 
 def _conflict_item(case: ConflictCase, outcome: ConflictOutcome, conflict) -> EvalItem:
-    wrong_resolution = [p for p, w in outcome.gold_resolution.items() if p in outcome.predicted_resolution and outcome.predicted_resolution[p] != w]
+    wrong_resolution = [
+        p
+        for p, w in outcome.gold_resolution.items()
+        if p in outcome.predicted_resolution and outcome.predicted_resolution[p] != w
+    ]
     return EvalItem(
-        case_id=case.id, kind="conflict", gold=case.gold_json(), question=case.question,
-        prediction=json.dumps({"conflict": outcome.predicted, "kind": outcome.predicted_kind, "resolution": outcome.predicted_resolution,
-                               "confidence": getattr(conflict, "confidence", None), "value_type": getattr(conflict, "value_type", None)}),
+        case_id=case.id,
+        kind="conflict",
+        gold=case.gold_json(),
+        question=case.question,
+        prediction=json.dumps(
+            {
+                "conflict": outcome.predicted,
+                "kind": outcome.predicted_kind,
+                "resolution": outcome.predicted_resolution,
+                "confidence": getattr(conflict, "confidence", None),
+                "value_type": getattr(conflict, "value_type", None),
+            }
+        ),
         correct=outcome.predicted == outcome.gold_conflict and (not outcome.predicted or not wrong_resolution),
-        metrics={"detected": float(outcome.predicted), "kind_correct": float(outcome.predicted_kind == outcome.gold_kind) if outcome.predicted and case.conflict else None,
-                 "wrong_resolution": wrong_resolution},
+        metrics={
+            "detected": float(outcome.predicted),
+            "kind_correct": float(outcome.predicted_kind == outcome.gold_kind)
+            if outcome.predicted and case.conflict
+            else None,
+            "wrong_resolution": wrong_resolution,
+        },
     )
 
 
@@ -153,20 +187,33 @@ def _misclassified(cases: Sequence[ConflictCase], outcomes: Sequence[ConflictOut
         elif o.predicted and o.gold_kind and o.predicted_kind != o.gold_kind:
             error = f"kind {o.predicted_kind} (gold {o.gold_kind})"
         else:
-            wrong = [p for p, w in o.gold_resolution.items() if p in o.predicted_resolution and o.predicted_resolution[p] != w]
+            wrong = [
+                p
+                for p, w in o.gold_resolution.items()
+                if p in o.predicted_resolution and o.predicted_resolution[p] != w
+            ]
             if wrong:
                 error = "resolution wrong under " + ", ".join(wrong)
         if error:
-            rows.append({"id": case.id, "error": error, "gold_kind": case.kind, "predicted_kind": o.predicted_kind,
-                         "a": case.a.text, "b": case.b.text, "note": case.note})
+            rows.append(
+                {
+                    "id": case.id,
+                    "error": error,
+                    "gold_kind": case.kind,
+                    "predicted_kind": o.predicted_kind,
+                    "a": case.a.text,
+                    "b": case.b.text,
+                    "note": case.note,
+                }
+            )
     return rows
 
 
 def follow_context(generator, cf_cases: Sequence[Any]) -> tuple[dict[str, float], list[EvalItem], dict[str, Any]]:
     """Answer each counterfactual case from its context alone, with CAD off and (hf only) on."""
+    from assistant.counterfactual import follows_context
     from assistant.generators.base import GenParams, generate
     from assistant.prompts import PromptSource, build_context_free_messages, build_messages
-    from assistant.counterfactual import follows_context
 
     backend = generator.identity.backend
     settings = [("plain", 0.0)] + ([("cad", CAD_ALPHA)] if capabilities_of(generator).cad else [])
@@ -178,16 +225,32 @@ def follow_context(generator, cf_cases: Sequence[Any]) -> tuple[dict[str, float]
         title = getattr(case, "title", None) or (case.get("title") if isinstance(case, dict) else None) or "Source"
         messages = build_messages(question, [PromptSource(title=title, text=context)])
         for name, alpha in settings:
-            params = GenParams(max_new_tokens=64, cad_alpha=alpha, cad_context_free=tuple(build_context_free_messages(question)) if alpha else ())
+            params = GenParams(
+                max_new_tokens=64,
+                cad_alpha=alpha,
+                cad_context_free=tuple(build_context_free_messages(question)) if alpha else (),
+            )
             text = generate(generator, messages, params).strip()
             follows = follows_context(text, case)
             results[name].append(follows)
             items.append(
-                EvalItem(case_id=f"{getattr(case, 'id', None) or (case.get('id') if isinstance(case, dict) else '') or len(items)}:{name}",
-                         kind="counterfactual", gold={"answer": getattr(case, "answer", None) if not isinstance(case, dict) else case.get("answer")},
-                         question=question, prediction=text, correct=follows, metrics={"setting": name, "follows": follows})
+                EvalItem(
+                    case_id=f"{getattr(case, 'id', None) or (case.get('id') if isinstance(case, dict) else '') or len(items)}:{name}",
+                    kind="counterfactual",
+                    gold={
+                        "answer": getattr(case, "answer", None) if not isinstance(case, dict) else case.get("answer")
+                    },
+                    question=question,
+                    prediction=text,
+                    correct=follows,
+                    metrics={"setting": name, "follows": follows},
+                )
             )
-    metrics = {f"conflicts.follow_context.{name}": rate for name, r in results.items() if (rate := follow_context_rate(r)) is not None}
+    metrics = {
+        f"conflicts.follow_context.{name}": rate
+        for name, r in results.items()
+        if (rate := follow_context_rate(r)) is not None
+    }
     details = {"follow_context_settings": [n for n, _ in settings]}
     if not capabilities_of(generator).cad:
         details["cad_skipped"] = f"context-aware decoding needs the hf generator (this run: {backend})"
@@ -219,8 +282,11 @@ def run_conflicts(
         outcomes = [o for o, _ in judged]
         metrics.update(conflict_metrics(outcomes))
         items += [_conflict_item(case, o, c) for case, (o, c) in zip(cases.conflicts, judged)]
-        details["counts"] = {"conflict_cases": len(cases.conflicts), "conflicts": sum(c.conflict for c in cases.conflicts),
-                             "detected": sum(o.predicted for o in outcomes)}
+        details["counts"] = {
+            "conflict_cases": len(cases.conflicts),
+            "conflicts": sum(c.conflict for c in cases.conflicts),
+            "detected": sum(o.predicted for o in outcomes),
+        }
         details["misclassified"] = _misclassified(cases.conflicts, outcomes)
     cf_path = Path(counterfactual) if counterfactual else None
     if cf_path is None and cases.counterfactual:
@@ -241,7 +307,9 @@ def run_conflicts(
                 details["fallback"] = fallback
         identity = dataclasses.asdict(generator.identity)
         if not capabilities_of(generator).needs_llm_prompt:
-            details["follow_context_skipped"] = f"the {generator.identity.backend} generator answers from passages, not prompts: use an LLM generator"
+            details["follow_context_skipped"] = (
+                f"the {generator.identity.backend} generator answers from passages, not prompts: use an LLM generator"
+            )
         else:
             cf_metrics, cf_items, cf_details = follow_context(generator, load_counterfactual(cf_path))
             metrics.update(cf_metrics)

@@ -3,8 +3,8 @@ tolerance on any gate metric. ``tether eval gate`` and the training registry bot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from assistant.evaluation.compare import DEFAULT_LATENCY_TOLERANCE, comparability_warnings, higher_is_better, regressed
 from assistant.evaluation.runs import RunSummary
@@ -23,7 +23,9 @@ DEFAULT_GATE_METRICS: tuple[str, ...] = (
 )
 
 # metric -> True when higher is better (every other metric: see compare.higher_is_better)
-GATE_DIRECTIONS: dict[str, bool] = {m: higher_is_better(m) for m in DEFAULT_GATE_METRICS + ("latency.total.p95", "answers.false_refusal_rate")}
+GATE_DIRECTIONS: dict[str, bool] = {
+    m: higher_is_better(m) for m in DEFAULT_GATE_METRICS + ("latency.total.p95", "answers.false_refusal_rate")
+}
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,15 @@ def gate(
     bad = [r for r in rows if r.regressed]
     notes = comparability_warnings(baseline, candidate)
     if not compared:
-        return GateResult(False, tuple(rows), f"no gate metric ({', '.join(metrics)}) is in the baseline run {baseline.run_id[:8]}")
+        return GateResult(
+            False, tuple(rows), f"no gate metric ({', '.join(metrics)}) is in the baseline run {baseline.run_id[:8]}"
+        )
     if bad:
-        parts = [f"{r.metric} {_fmt(r.candidate)} vs {_fmt(r.baseline)}" + ("" if r.candidate is None else f" ({r.delta:+.4g})") for r in bad]
+        parts = [
+            f"{r.metric} {_fmt(r.candidate)} vs {_fmt(r.baseline)}"
+            + ("" if r.candidate is None else f" ({r.delta:+.4g})")
+            for r in bad
+        ]
         reason = f"{len(bad)} regression(s) beyond tolerance {tolerance:g}: " + "; ".join(parts)
     else:
         reason = f"no regression beyond tolerance {tolerance:g} on {len(compared)} metric(s)"

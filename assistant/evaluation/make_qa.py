@@ -13,14 +13,14 @@ import json
 import logging
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from assistant.generators.base import Message, capabilities_of
-from tether.text.sentences import split_sentences
 from tether.config import TetherConfig
 from tether.errors import ConfigError, IndexEmpty
+from tether.text.sentences import split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,12 @@ UNITS = r"(?:working days|calendar days|days|day|weeks|week|months|month|years|y
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)"
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("what amount", re.compile(rf"(?:EUR|USD|GBP|CHF|CZK|€|\$|£)\s?{_NUM}(?:\s(?:per|a)\s[a-z]+)?")),
-    ("what date", re.compile(r"\b\d{1,2} (?:January|February|March|April|May|June|July|August|September|October|November|December)(?: \d{4})?\b|\b\d{4}-\d{2}-\d{2}\b")),
+    (
+        "what date",
+        re.compile(
+            r"\b\d{1,2} (?:January|February|March|April|May|June|July|August|September|October|November|December)(?: \d{4})?\b|\b\d{4}-\d{2}-\d{2}\b"
+        ),
+    ),
     ("how long or how many", re.compile(rf"\b{_NUM}\s{UNITS}\b|\b\d+%")),
     ("what time", re.compile(r"\b\d{1,2}:\d{2}\b")),
     ("who or what", re.compile(r"(?<=[a-z,] )(?:the )?(?:[A-Z][a-z]+(?: (?:of |de |van )?[A-Z][a-z]+)+)")),
@@ -69,7 +74,7 @@ def template_question(sentence: str, title: str | None = None) -> tuple[str, str
         if not m or (wh == "who or what" and len(s[: m.start()].split()) < 3):
             continue
         answer = m.group(0).strip()
-        body = (s[: m.start()] + wh + s[m.end():]).rstrip(" .;:!")
+        body = (s[: m.start()] + wh + s[m.end() :]).rstrip(" .;:!")
         if title and len(body) > 1 and (body[1].islower() or body[1] == " "):  # "According to T, the ..."
             body = body[0].lower() + body[1:]
         prefix = f"According to {title}, " if title else ""
@@ -84,9 +89,12 @@ def _squash(text: str) -> str:
 def qa_prompt(passage: str, title: str) -> list[Message]:
     """The messages asking an LLM for one question answered by a short span of the passage."""
     return [
-        Message("system", "You write exam questions. Reply with exactly two lines:\nQuestion: <a question answered by the passage>\n"
-                          "Answer: <a short span copied word for word from the passage>"),
-        Message("user", f"Passage from \"{title}\":\n{passage}"),
+        Message(
+            "system",
+            "You write exam questions. Reply with exactly two lines:\nQuestion: <a question answered by the passage>\n"
+            "Answer: <a short span copied word for word from the passage>",
+        ),
+        Message("user", f'Passage from "{title}":\n{passage}'),
     ]
 
 
@@ -115,7 +123,9 @@ def _sample_chunks(cfg: TetherConfig, n: int, seed: int):
     return rows
 
 
-def make_qa(cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto", generator=None, model_source=None) -> list[GeneratedQA]:
+def make_qa(
+    cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto", generator=None, model_source=None
+) -> list[GeneratedQA]:
     """Up to ``n`` QA cases from distinct sampled passages of the configured collection.
 
     ``maker``: ``template``, ``llm`` (the configured generator must be an LLM) or ``auto`` (the
@@ -156,7 +166,14 @@ def make_qa(cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto
             parsed = parse_llm_qa(reply, text)
             if parsed:
                 question, answer = parsed
-                evidence = next((_squash(text[s:e]) for s, e in split_sentences(text) if _squash(answer).lower() in _squash(text[s:e]).lower()), None)
+                evidence = next(
+                    (
+                        _squash(text[s:e])
+                        for s, e in split_sentences(text)
+                        if _squash(answer).lower() in _squash(text[s:e]).lower()
+                    ),
+                    None,
+                )
                 made = (question, answer, "llm")
             else:
                 log.info("make-qa: the model's question for %s did not check out; using a template", row["id"])
@@ -171,7 +188,9 @@ def make_qa(cfg: TetherConfig, n: int = 20, *, seed: int = 0, maker: str = "auto
         question, answer, how = made
         out.append(GeneratedQA(f"gen{len(out) + 1:03d}", question, (answer,), row["source"], row["id"], evidence, how))
     if not out:
-        raise ConfigError(f"no passage of collection '{cfg.retrieval.collection}' holds a fact the question maker can ask about")
+        raise ConfigError(
+            f"no passage of collection '{cfg.retrieval.collection}' holds a fact the question maker can ask about"
+        )
     return out
 
 

@@ -11,8 +11,8 @@ import math
 import re
 import string
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 # -- answers (SQuAD-style) --------------------------------------------------------------------------
 

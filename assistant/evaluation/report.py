@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from assistant.evaluation.compare import Comparison, metric_order
 from assistant.evaluation.gate import GateResult
 from assistant.evaluation.runs import EvalItem, RunSummary
 
-SECTIONS = (("retrieval", "Retrieval"), ("answers", "Answers"), ("grounding", "Grounding"), ("conflicts", "Conflicts"), ("latency", "Latency (ms)"))
+SECTIONS = (
+    ("retrieval", "Retrieval"),
+    ("answers", "Answers"),
+    ("grounding", "Grounding"),
+    ("conflicts", "Conflicts"),
+    ("latency", "Latency (ms)"),
+)
 
 
 def _fmt(name: str, value: float | None) -> str:
@@ -44,7 +51,7 @@ def run_markdown(run: RunSummary, items: Sequence[EvalItem] = (), *, failures: i
         if not names:
             continue
         lines += ["", f"## {title}", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {n[len(prefix) + 1:]} | {_fmt(n, run.metrics[n])} |" for n in names]
+        lines += [f"| {n[len(prefix) + 1 :]} | {_fmt(n, run.metrics[n])} |" for n in names]
     counts = run.details.get("counts")
     if counts:
         lines += ["", "Counts: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
@@ -53,7 +60,9 @@ def run_markdown(run: RunSummary, items: Sequence[EvalItem] = (), *, failures: i
         lines += ["", f"## Failing cases ({len(wrong)})", ""]
         for it in wrong[:failures]:
             pred = (it.prediction or "").replace("\n", " ")
-            lines.append(f"- **{it.case_id}** {it.question or ''} → {pred[:160]}" + (" (refused)" if it.refused else ""))
+            lines.append(
+                f"- **{it.case_id}** {it.question or ''} → {pred[:160]}" + (" (refused)" if it.refused else "")
+            )
     mis = (run.details.get("conflicts") or {}).get("misclassified") or []
     if mis:
         lines += ["", f"## Misclassified conflict cases ({len(mis)})", ""]
@@ -76,28 +85,44 @@ def comparison_markdown(cmp: Comparison) -> str:
     ]
     for r in cmp.rows:
         flag = "REGRESSION" if r.regressed else ("better" if r.improved else "")
-        delta = "—" if r.delta is None else (f"{r.delta:+.1f}" if r.metric.startswith("latency.") else f"{r.delta:+.3f}")
+        delta = (
+            "—" if r.delta is None else (f"{r.delta:+.1f}" if r.metric.startswith("latency.") else f"{r.delta:+.3f}")
+        )
         lines.append(f"| {r.metric} | {_fmt(r.metric, r.a)} | {_fmt(r.metric, r.b)} | {delta} | {flag} |")
-    lines += ["", f"A: {_generator(a.generator)} · {a.suite} · corpus {a.corpus_hash} · {a.created_at}",
-              f"B: {_generator(b.generator)} · {b.suite} · corpus {b.corpus_hash} · {b.created_at}",
-              f"tolerance {cmp.tolerance:g} (latency: +{cmp.latency_tolerance:.0%}); {len(cmp.regressions)} regression(s)"]
+    lines += [
+        "",
+        f"A: {_generator(a.generator)} · {a.suite} · corpus {a.corpus_hash} · {a.created_at}",
+        f"B: {_generator(b.generator)} · {b.suite} · corpus {b.corpus_hash} · {b.created_at}",
+        f"tolerance {cmp.tolerance:g} (latency: +{cmp.latency_tolerance:.0%}); {len(cmp.regressions)} regression(s)",
+    ]
     lines += [f"warning: {w}" for w in cmp.warnings]
     return "\n".join(lines) + "\n"
 
 
 def comparison_json(cmp: Comparison) -> dict[str, Any]:
     return {
-        "a": cmp.a.run_id, "b": cmp.b.run_id, "tolerance": cmp.tolerance, "latency_tolerance": cmp.latency_tolerance,
-        "warnings": list(cmp.warnings), "rows": [r.__dict__ for r in cmp.rows], "regressions": [r.metric for r in cmp.regressions],
+        "a": cmp.a.run_id,
+        "b": cmp.b.run_id,
+        "tolerance": cmp.tolerance,
+        "latency_tolerance": cmp.latency_tolerance,
+        "warnings": list(cmp.warnings),
+        "rows": [r.__dict__ for r in cmp.rows],
+        "regressions": [r.metric for r in cmp.regressions],
     }
 
 
 def gate_markdown(result: GateResult, candidate: RunSummary, baseline: RunSummary) -> str:
-    lines = [f"gate {'PASSED' if result.passed else 'FAILED'}: candidate {candidate.run_id[:8]} vs baseline {baseline.run_id[:8]}", "",
-             "| metric | candidate | baseline | Δ | |", "|---|---:|---:|---:|---|"]
+    lines = [
+        f"gate {'PASSED' if result.passed else 'FAILED'}: candidate {candidate.run_id[:8]} vs baseline {baseline.run_id[:8]}",
+        "",
+        "| metric | candidate | baseline | Δ | |",
+        "|---|---:|---:|---:|---|",
+    ]
     for r in result.rows:
         delta = "—" if r.delta is None else f"{r.delta:+.4g}"
-        lines.append(f"| {r.metric} | {_fmt(r.metric, r.candidate)} | {_fmt(r.metric, r.baseline)} | {delta} | {'REGRESSION' if r.regressed else ''} |")
+        lines.append(
+            f"| {r.metric} | {_fmt(r.metric, r.candidate)} | {_fmt(r.metric, r.baseline)} | {delta} | {'REGRESSION' if r.regressed else ''} |"
+        )
     lines += ["", result.reason]
     return "\n".join(lines) + "\n"
 

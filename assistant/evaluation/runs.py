@@ -11,13 +11,14 @@ import dataclasses
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from retrieval.ledger import Ledger
-from tether.config import public_dict
 from tether.clock import now_iso
+from tether.config import public_dict
 from tether.db import connect, transaction
 from tether.errors import TetherError
 
@@ -121,27 +122,58 @@ class RunStore:
                 " adapter_hash, decoding, generator_json, config_json, corpus_hash, git_commit, n_items, metrics_json, details_json)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    run_id, created, suite, suite_hash, label, json.dumps(list(suites)), collection,
-                    generator.get("backend", ""), generator.get("model", ""), generator.get("adapter"), generator.get("adapter_hash"),
-                    generator.get("decoding", ""), json.dumps(generator), json.dumps(config), corpus_hash, git_commit, len(items),
-                    json.dumps(metrics, sort_keys=True), json.dumps(details, default=str),
+                    run_id,
+                    created,
+                    suite,
+                    suite_hash,
+                    label,
+                    json.dumps(list(suites)),
+                    collection,
+                    generator.get("backend", ""),
+                    generator.get("model", ""),
+                    generator.get("adapter"),
+                    generator.get("adapter_hash"),
+                    generator.get("decoding", ""),
+                    json.dumps(generator),
+                    json.dumps(config),
+                    corpus_hash,
+                    git_commit,
+                    len(items),
+                    json.dumps(metrics, sort_keys=True),
+                    json.dumps(details, default=str),
                 ),
             )
-            db.executemany("INSERT INTO eval_metrics (run_id, name, value) VALUES (?, ?, ?)", [(run_id, k, v) for k, v in metrics.items()])
+            db.executemany(
+                "INSERT INTO eval_metrics (run_id, name, value) VALUES (?, ?, ?)",
+                [(run_id, k, v) for k, v in metrics.items()],
+            )
             db.executemany(
                 "INSERT INTO eval_items (run_id, idx, case_id, kind, question, prediction, refused, correct, gold_json, retrieved_json,"
                 " citations_json, groundedness, latency_json, metrics_json, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        run_id, i, it.case_id, it.kind, it.question, it.prediction,
-                        None if it.refused is None else int(it.refused), None if it.correct is None else int(it.correct),
-                        json.dumps(it.gold), _json_or_none(it.retrieved), _json_or_none(it.citations), it.groundedness,
-                        _json_or_none(it.latency_ms), json.dumps(it.metrics), it.error,
+                        run_id,
+                        i,
+                        it.case_id,
+                        it.kind,
+                        it.question,
+                        it.prediction,
+                        None if it.refused is None else int(it.refused),
+                        None if it.correct is None else int(it.correct),
+                        json.dumps(it.gold),
+                        _json_or_none(it.retrieved),
+                        _json_or_none(it.citations),
+                        it.groundedness,
+                        _json_or_none(it.latency_ms),
+                        json.dumps(it.metrics),
+                        it.error,
                     )
                     for i, it in enumerate(items)
                 ],
             )
-        return RunSummary(run_id, created, suite, label, generator, metrics, corpus_hash, git_commit, config, len(items), details)
+        return RunSummary(
+            run_id, created, suite, label, generator, metrics, corpus_hash, git_commit, config, len(items), details
+        )
 
     def load_run(self, run_id: str) -> RunSummary:
         """A stored run by id, unique id prefix (at least 4 characters), or label (the latest run with it).
@@ -153,15 +185,21 @@ class RunStore:
         if row is None and len(run_id) >= 4:
             rows = db.execute("SELECT * FROM eval_runs WHERE id LIKE ? ORDER BY created_at", (run_id + "%",)).fetchall()
             if len(rows) > 1:
-                raise TetherError(f"run id prefix {run_id!r} matches {len(rows)} runs: give more characters (tether eval list)")
+                raise TetherError(
+                    f"run id prefix {run_id!r} matches {len(rows)} runs: give more characters (tether eval list)"
+                )
             row = rows[0] if rows else None
         if row is None:
-            row = db.execute("SELECT * FROM eval_runs WHERE label = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (run_id,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM eval_runs WHERE label = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (run_id,)
+            ).fetchone()
         if row is None:
             raise TetherError(f"no evaluation run {run_id!r} in {self.path}: `tether eval list` shows the stored runs")
         return _summary(row)
 
-    def list_runs(self, *, suite: str | None = None, label: str | None = None, limit: int | None = None) -> list[RunSummary]:
+    def list_runs(
+        self, *, suite: str | None = None, label: str | None = None, limit: int | None = None
+    ) -> list[RunSummary]:
         """Stored runs, newest first, optionally only those of one suite path or label."""
         sql, args = "SELECT * FROM eval_runs WHERE 1 = 1", []
         if suite:
@@ -182,10 +220,19 @@ class RunStore:
         loads = lambda v: None if v is None else json.loads(v)  # noqa: E731
         return [
             EvalItem(
-                case_id=r["case_id"], kind=r["kind"], gold=json.loads(r["gold_json"]), metrics=json.loads(r["metrics_json"]),
-                question=r["question"], prediction=r["prediction"], refused=None if r["refused"] is None else bool(r["refused"]),
-                correct=None if r["correct"] is None else bool(r["correct"]), retrieved=loads(r["retrieved_json"]),
-                citations=loads(r["citations_json"]), groundedness=r["groundedness"], latency_ms=loads(r["latency_json"]), error=r["error"],
+                case_id=r["case_id"],
+                kind=r["kind"],
+                gold=json.loads(r["gold_json"]),
+                metrics=json.loads(r["metrics_json"]),
+                question=r["question"],
+                prediction=r["prediction"],
+                refused=None if r["refused"] is None else bool(r["refused"]),
+                correct=None if r["correct"] is None else bool(r["correct"]),
+                retrieved=loads(r["retrieved_json"]),
+                citations=loads(r["citations_json"]),
+                groundedness=r["groundedness"],
+                latency_ms=loads(r["latency_json"]),
+                error=r["error"],
             )
             for r in rows
         ]
@@ -210,8 +257,18 @@ def store_run(
     """Write one run and its items in one transaction; return its summary."""
     with RunStore.open(db_path) as runs:
         return runs.store_run(
-            suite=suite, suite_hash=suite_hash, label=label, suites=suites, collection=collection, generator=generator, config=config,
-            corpus_hash=corpus_hash, git_commit=git_commit, metrics=metrics, details=details, items=items,
+            suite=suite,
+            suite_hash=suite_hash,
+            label=label,
+            suites=suites,
+            collection=collection,
+            generator=generator,
+            config=config,
+            corpus_hash=corpus_hash,
+            git_commit=git_commit,
+            metrics=metrics,
+            details=details,
+            items=items,
         )
 
 
@@ -221,9 +278,16 @@ def _json_or_none(value: Any) -> str | None:
 
 def _summary(row) -> RunSummary:
     return RunSummary(
-        run_id=row["id"], created_at=row["created_at"], suite=row["suite"], label=row["label"],
-        generator=json.loads(row["generator_json"]), metrics=json.loads(row["metrics_json"]), corpus_hash=row["corpus_hash"],
-        git_commit=row["git_commit"], config=json.loads(row["config_json"]), n_items=row["n_items"],
+        run_id=row["id"],
+        created_at=row["created_at"],
+        suite=row["suite"],
+        label=row["label"],
+        generator=json.loads(row["generator_json"]),
+        metrics=json.loads(row["metrics_json"]),
+        corpus_hash=row["corpus_hash"],
+        git_commit=row["git_commit"],
+        config=json.loads(row["config_json"]),
+        n_items=row["n_items"],
         details=json.loads(row["details_json"]),
     )
 
@@ -234,7 +298,9 @@ def load_run(db_path: str | Path, run_id: str) -> RunSummary:
         return runs.load_run(run_id)
 
 
-def list_runs(db_path: str | Path, *, suite: str | None = None, label: str | None = None, limit: int | None = None) -> list[RunSummary]:
+def list_runs(
+    db_path: str | Path, *, suite: str | None = None, label: str | None = None, limit: int | None = None
+) -> list[RunSummary]:
     """Stored runs, newest first, optionally only those of one suite path or label."""
     with RunStore.open(db_path) as runs:
         return runs.list_runs(suite=suite, label=label, limit=limit)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from assistant.evaluation import metrics as M
 from assistant.evaluation.cases import CaseSet, QACase, load_cases
@@ -63,7 +63,9 @@ def ingest_contexts(cfg: TetherConfig, cases: Sequence[QACase], *, embedder=None
     if summary.failed:
         raise ConfigError([f"context file {f.source}: {f.reason}" for f in summary.failed])
     out = [
-        dataclasses.replace(c, sources=tuple(dict.fromkeys(names[t] for t in c.contexts))) if c.contexts and not c.has_retrieval_gold else c
+        dataclasses.replace(c, sources=tuple(dict.fromkeys(names[t] for t in c.contexts)))
+        if c.contexts and not c.has_retrieval_gold
+        else c
         for c in cases
     ]
     return cfg, out
@@ -78,7 +80,9 @@ def _ranked(engine, query: str, answer) -> list:
     return engine.searcher.search(query, k=engine.cfg.assistant.top_k)
 
 
-def evaluate_qa(engine, cases: Sequence[QACase], suites: Sequence[str]) -> tuple[list[EvalItem], dict[str, float], dict]:
+def evaluate_qa(
+    engine, cases: Sequence[QACase], suites: Sequence[str]
+) -> tuple[list[EvalItem], dict[str, float], dict]:
     """Answer every case with ``engine`` and compute the requested QA suites: (items, metrics, counts)."""
     need_answer = any(s in suites for s in ("answers", "grounding", "latency"))
     items: list[EvalItem] = []
@@ -125,7 +129,12 @@ def evaluate_qa(engine, cases: Sequence[QACase], suites: Sequence[str]) -> tuple
                     item_metrics["groundedness"] = answer.groundedness
                 if gold and not case.unanswerable:
                     ok = [
-                        M.citation_correct(c.source, answer.passages[c.n - 1].text if 1 <= c.n <= len(answer.passages) else "", gold, c.passage_id)
+                        M.citation_correct(
+                            c.source,
+                            answer.passages[c.n - 1].text if 1 <= c.n <= len(answer.passages) else "",
+                            gold,
+                            c.passage_id,
+                        )
                         for c in answer.citations
                     ]
                     cit_total += len(ok)
@@ -138,16 +147,48 @@ def evaluate_qa(engine, cases: Sequence[QACase], suites: Sequence[str]) -> tuple
             if "latency" in suites:
                 for stage, ms in answer.latency_ms.items():
                     latency.setdefault(stage, []).append(float(ms))
-        for name in ("recall@1", "recall@3", "recall@5", "recall@10", "rr", f"ndcg@{NDCG_K}", "em", "f1", "contains", "refusal_correct",
-                     "false_refusal", "groundedness", "citation_hit"):
+        for name in (
+            "recall@1",
+            "recall@3",
+            "recall@5",
+            "recall@10",
+            "rr",
+            f"ndcg@{NDCG_K}",
+            "em",
+            "f1",
+            "contains",
+            "refusal_correct",
+            "false_refusal",
+            "groundedness",
+            "citation_hit",
+        ):
             add(name, item_metrics.get(name))
         items.append(
             EvalItem(
-                case_id=case.id, kind="qa", gold=case.gold_json(), metrics=item_metrics, question=case.question,
-                prediction=answer.text if answer is not None else None, refused=answer.refused if answer is not None else None,
-                correct=correct, retrieved=[{"rank": i, "id": h.id, "source": h.source, "score": round(h.score, 5)} for i, h in enumerate(ranked_hits, 1)],
-                citations=[{"n": c.n, "id": c.passage_id, "source": c.source, "supported": c.supported, "score": round(c.score, 4)} for c in answer.citations]
-                if answer is not None else None,
+                case_id=case.id,
+                kind="qa",
+                gold=case.gold_json(),
+                metrics=item_metrics,
+                question=case.question,
+                prediction=answer.text if answer is not None else None,
+                refused=answer.refused if answer is not None else None,
+                correct=correct,
+                retrieved=[
+                    {"rank": i, "id": h.id, "source": h.source, "score": round(h.score, 5)}
+                    for i, h in enumerate(ranked_hits, 1)
+                ],
+                citations=[
+                    {
+                        "n": c.n,
+                        "id": c.passage_id,
+                        "source": c.source,
+                        "supported": c.supported,
+                        "score": round(c.score, 4),
+                    }
+                    for c in answer.citations
+                ]
+                if answer is not None
+                else None,
                 groundedness=answer.groundedness if answer is not None else None,
                 latency_ms={k: round(v, 2) for k, v in answer.latency_ms.items()} if answer is not None else None,
             )
@@ -226,17 +267,25 @@ def run_suite(
     qa_suites = [s for s in suites if s in QA_SUITES]
     items: list[EvalItem] = []
     metrics: dict[str, float] = {}
-    details: dict = {"suites": [], "suite_hash": cases.digest, "collection": cfg.retrieval.collection, "top_k": cfg.assistant.top_k}
+    details: dict = {
+        "suites": [],
+        "suite_hash": cases.digest,
+        "collection": cfg.retrieval.collection,
+        "top_k": cfg.assistant.top_k,
+    }
     generator: dict | None = None
     own_engine = False
     if qa and qa_suites:
         if engine is None:
             from assistant.engine import ChatEngine
-
             from retrieval.search import Searcher
 
-            engine = ChatEngine(cfg, searcher=Searcher(cfg, embedder=embedder) if embedder is not None else None, log_turns=False,
-                                model_source=model_source)
+            engine = ChatEngine(
+                cfg,
+                searcher=Searcher(cfg, embedder=embedder) if embedder is not None else None,
+                log_turns=False,
+                model_source=model_source,
+            )
             own_engine = True
         try:
             qa_items, qa_metrics, counts = evaluate_qa(engine, qa, qa_suites)
@@ -252,8 +301,14 @@ def run_suite(
     if cases.conflicts or cases.counterfactual or counterfactual is not None:
         from assistant.evaluation.conflicts import run_conflicts
 
-        result = run_conflicts(cfg, cases, counterfactual=counterfactual, embedder=embedder, generator=engine.generator if engine is not None else None,
-                               model_source=model_source)
+        result = run_conflicts(
+            cfg,
+            cases,
+            counterfactual=counterfactual,
+            embedder=embedder,
+            generator=engine.generator if engine is not None else None,
+            model_source=model_source,
+        )
         items += result.items
         metrics.update(result.metrics)
         details["suites"].append("conflicts")
@@ -262,10 +317,19 @@ def run_suite(
     if not details["suites"]:
         raise ConfigError(f"--suite {suite_path}: none of the suites {', '.join(suites)} applies to its cases")
     return store_run(
-        cfg.db_path, suite=str(suite_path), suite_hash=cases.digest, label=label, suites=details["suites"],
-        collection=cfg.retrieval.collection, generator=generator or {"backend": "none", "model": "", "decoding": ""},
-        config=config_dict(cfg), corpus_hash=corpus_hash(cfg.db_path, cfg.retrieval.collection), git_commit=git_commit(),
-        metrics=metrics, details=details, items=items,
+        cfg.db_path,
+        suite=str(suite_path),
+        suite_hash=cases.digest,
+        label=label,
+        suites=details["suites"],
+        collection=cfg.retrieval.collection,
+        generator=generator or {"backend": "none", "model": "", "decoding": ""},
+        config=config_dict(cfg),
+        corpus_hash=corpus_hash(cfg.db_path, cfg.retrieval.collection),
+        git_commit=git_commit(),
+        metrics=metrics,
+        details=details,
+        items=items,
     )
 
 

@@ -8,8 +8,8 @@ reads the declaration (``capabilities_of``), never the backend's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:

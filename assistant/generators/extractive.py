@@ -10,18 +10,19 @@ it refuses. It is also the announced fallback when no LLM can be loaded.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.generators.base import Capabilities, GenParams, GeneratorIdentity, Message
+from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
 from assistant.prompts import REFUSAL
+from retrieval.search import SearchHit
 from tether.config import AssistantConfig, ExtractiveSection, TetherConfig
+from tether.errors import ConfigError
 from tether.text.sentences import heading_prefix, split_sentences
 from tether.text.terms import LEXICAL_WEIGHT, lexical_overlap
-from retrieval.search import SearchHit
-from tether.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ExtractiveConfig:
@@ -29,21 +30,28 @@ class ExtractiveConfig:
     where the defaults and their help live) plus ``assistant.min_relevance``. Build it with ``from_config(cfg)``."""
 
     max_sentences: int = ExtractiveSection.max_sentences
-    min_relevance: float = AssistantConfig.min_relevance  # below this best score, refuse (handbook QA: answerable >= 0.62, 4 of 6 unanswerable below)
+    min_relevance: float = (
+        AssistantConfig.min_relevance
+    )  # below this best score, refuse (handbook QA: answerable >= 0.62, 4 of 6 unanswerable below)
     keep_ratio: float = ExtractiveSection.keep_ratio  # later sentences must score at least this share of the best
     mmr_lambda: float = ExtractiveSection.mmr_lambda
     lexical_weight: float = LEXICAL_WEIGHT
 
     @classmethod
-    def from_config(cls, cfg: TetherConfig) -> "ExtractiveConfig":
+    def from_config(cls, cfg: TetherConfig) -> ExtractiveConfig:
         """The answerer's settings from a loaded config (``cfg.extractive`` and ``cfg.assistant.min_relevance``)."""
         e = cfg.extractive
-        return cls(max_sentences=e.max_sentences, min_relevance=cfg.assistant.min_relevance, keep_ratio=e.keep_ratio, mmr_lambda=e.mmr_lambda)
+        return cls(
+            max_sentences=e.max_sentences,
+            min_relevance=cfg.assistant.min_relevance,
+            keep_ratio=e.keep_ratio,
+            mmr_lambda=e.mmr_lambda,
+        )
 
 
 def _drop_heading(sentence: str) -> str:
     """'Approval\nEvery trip must…' -> 'Every trip must…'; 'A: For trips…' -> 'For trips…' (FAQ markers)."""
-    sentence = sentence[heading_prefix(sentence):].strip()
+    sentence = sentence[heading_prefix(sentence) :].strip()
     return re.sub(r"^(?:Q|A):\s+", "", sentence)
 
 
@@ -56,13 +64,17 @@ class ExtractiveAnswerer:
     def __init__(self, embedder, config: ExtractiveConfig = ExtractiveConfig()):
         self.embedder = embedder
         self.config = config
-        self.identity = GeneratorIdentity(backend="extractive", model=getattr(embedder, "name", "embedder"), decoding="extractive")
+        self.identity = GeneratorIdentity(
+            backend="extractive", model=getattr(embedder, "name", "embedder"), decoding="extractive"
+        )
 
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]:
         """The whole answer (with ``[n]`` citations), or ``REFUSAL``, as one piece."""
         if params.grounding is None:
-            raise ConfigError("the extractive generator answers from passages, not from a prompt: "
-                              "pass GenParams(grounding=Grounding(question, passages))")
+            raise ConfigError(
+                "the extractive generator answers from passages, not from a prompt: "
+                "pass GenParams(grounding=Grounding(question, passages))"
+            )
         text, _ = self.answer(params.grounding.question, params.grounding.passages)
         yield text
 

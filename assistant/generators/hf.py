@@ -35,11 +35,12 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
-from assistant.generators.base import Capabilities, GenParams, GeneratorIdentity, Message
+from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
 from tether.config import HF_CACHES as CACHES
 from tether.config import HF_DEVICES as DEVICES
 from tether.config import HF_DTYPES as DTYPES
@@ -154,7 +155,9 @@ class _Rows:
             (compiled on CUDA); None: eager.
     """
 
-    def __init__(self, model, rows: Sequence[Sequence[int]], *, device, make_cache, prefix=None, step_fn=None, batched=True):
+    def __init__(
+        self, model, rows: Sequence[Sequence[int]], *, device, make_cache, prefix=None, step_fn=None, batched=True
+    ):
         self.model, self.device, self.step_fn, self.batched = model, device, step_fn, batched
         self.row_caches = None  # batched=False: each row keeps its own cache and its own forward
         self.rows = [list(r) for r in rows]
@@ -204,7 +207,7 @@ class _Rows:
         self.positions = torch.tensor([[len(r)] for r in self.rows], dtype=torch.long, device=self.device)
         for layer in range(len(caches[0].layers)):
             keys, values = [], []
-            for cache, ids in zip(caches, self.rows):
+            for cache in caches:
                 k, v = cache.layers[layer].keys, cache.layers[layer].values
                 pad = width - k.shape[-2]
                 keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
@@ -345,7 +348,9 @@ class HFGenerator:
             problems.append(f"quantize ({quantize!r}) must be one of {', '.join(QUANTIZE)}")
         on_cuda = device.startswith("cuda") or (device == "auto" and has_cuda)
         if quantize == "int8" and (on_cuda or adapter is not None or load_in_4bit):
-            problems.append("quantize='int8' is for the CPU without an adapter or 4-bit: use device='cpu', or drop quantize")
+            problems.append(
+                "quantize='int8' is for the CPU without an adapter or 4-bit: use device='cpu', or drop quantize"
+            )
         if compile is True and cache == "dynamic":
             problems.append("compile=True needs cache='static' (or 'auto')")
         if problems:
@@ -372,7 +377,9 @@ class HFGenerator:
             try:
                 import bitsandbytes  # noqa: F401
             except ImportError as exc:
-                raise BackendUnavailable("load_in_4bit needs bitsandbytes: pip install 'tether[gpu]' (bitsandbytes==0.50.2)") from exc
+                raise BackendUnavailable(
+                    "load_in_4bit needs bitsandbytes: pip install 'tether[gpu]' (bitsandbytes==0.50.2)"
+                ) from exc
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -416,7 +423,14 @@ class HFGenerator:
             backend="hf", model=str(model_path), adapter=str(adapter) if adapter else None, adapter_hash=a_hash
         )
         self.last_stats: dict[str, float] = {}
-        log.info("loaded %s%s on %s (%s) in %.0f ms", model_path, f" + {adapter}" if adapter else "", self.device, torch_dtype, self.load_ms)
+        log.info(
+            "loaded %s%s on %s (%s) in %.0f ms",
+            model_path,
+            f" + {adapter}" if adapter else "",
+            self.device,
+            torch_dtype,
+            self.load_ms,
+        )
 
     @classmethod
     def from_config(cls, model_path: Path, adapter: Path | None, cfg: HFConfig) -> HFGenerator:
@@ -490,8 +504,12 @@ class HFGenerator:
 
             def step(input_ids, position_ids, attention_mask, cache):
                 out = model(
-                    input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                    input_ids=input_ids,
+                    position_ids=position_ids,
+                    attention_mask=attention_mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
                 )
                 return out.logits[:, -1, :].float()
 
@@ -567,13 +585,22 @@ class HFGenerator:
                 rng.seed()
         prefix = self._take_prefix(rows[0])
         stats = {
-            "prompt_tokens": len(rows[0]), "new_tokens": 0, "ttft_ms": 0.0, "total_ms": 0.0,
-            "reused_prefix_tokens": prefix[1] if prefix else 0, "rows": len(rows),
+            "prompt_tokens": len(rows[0]),
+            "new_tokens": 0,
+            "ttft_ms": 0.0,
+            "total_ms": 0.0,
+            "reused_prefix_tokens": prefix[1] if prefix else 0,
+            "rows": len(rows),
         }
         self.last_stats = stats
         state = _Rows(
-            self.model, rows, device=self.device, make_cache=self._make_cache(len(rows), longest + max_new),
-            prefix=prefix, step_fn=self._decode_step(), batched=self.cad_batched,
+            self.model,
+            rows,
+            device=self.device,
+            make_cache=self._make_cache(len(rows), longest + max_new),
+            prefix=prefix,
+            step_fn=self._decode_step(),
+            batched=self.cad_batched,
         )
         t0 = time.perf_counter()
         try:

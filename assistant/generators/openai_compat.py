@@ -150,7 +150,9 @@ class OpenAIGenerator:
             ConfigError: ``openai.url`` is not set, or a value is invalid.
         """
         if not cfg.url:
-            raise ConfigError(["openai.url is not set (e.g. http://127.0.0.1:8000/v1); set it in tether.yaml under openai:"])
+            raise ConfigError(
+                ["openai.url is not set (e.g. http://127.0.0.1:8000/v1); set it in tether.yaml under openai:"]
+            )
         return cls(cfg.url, cfg.model, api_key=cfg.api_key, timeout=cfg.timeout_s, max_retries=cfg.max_retries)
 
     # -- request -----------------------------------------------------------------------------------
@@ -231,7 +233,9 @@ class OpenAIGenerator:
         except openai.OpenAIError as exc:
             raise self._request_failed(exc, retried=False) from exc
         except (ValueError, AttributeError, TypeError) as exc:
-            raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed /v1/models reply") from exc
+            raise BackendUnavailable(
+                f"OpenAI-compatible server at {self.base_url} sent a malformed /v1/models reply"
+            ) from exc
 
     # -- the Generator protocol ----------------------------------------------------------------------
 
@@ -272,12 +276,20 @@ class OpenAIGenerator:
             if stats["finish_reason"] is None:
                 raise self._broken("the stream ended before the reply finished (no finish_reason)", yielded)
         except openai.APIConnectionError as exc:
-            reason = f"no data for {self.timeout:g} s" if isinstance(exc, openai.APITimeoutError) else f"connection lost: {exc.__cause__ or exc}"
+            reason = (
+                f"no data for {self.timeout:g} s"
+                if isinstance(exc, openai.APITimeoutError)
+                else f"connection lost: {exc.__cause__ or exc}"
+            )
             raise self._broken(reason, yielded) from exc
         except openai.APIError as exc:  # an error event inside the stream
-            raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} failed while generating: {exc.message}") from exc
+            raise BackendUnavailable(
+                f"OpenAI-compatible server at {self.base_url} failed while generating: {exc.message}"
+            ) from exc
         except (ValueError, AttributeError, TypeError) as exc:  # an event whose data is not a JSON chunk
-            raise BackendUnavailable(f"OpenAI-compatible server at {self.base_url} sent a malformed event: {exc}") from exc
+            raise BackendUnavailable(
+                f"OpenAI-compatible server at {self.base_url} sent a malformed event: {exc}"
+            ) from exc
         finally:
             chunks.close()
 

@@ -25,15 +25,54 @@ from dataclasses import dataclass
 # -- number words ------------------------------------------------------------------------------
 
 _UNITS_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-    "seventeen": 17, "eighteen": 18, "nineteen": 19,
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
 }
-_TENS_WORDS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+_TENS_WORDS = {
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+}
 _SCALE_WORDS = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
 _ORDINAL_WORDS = {
-    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9,
-    "tenth": 10, "eleventh": 11, "twelfth": 12, "fifteenth": 15, "twentieth": 20, "last": -1,
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "eleventh": 11,
+    "twelfth": 12,
+    "fifteenth": 15,
+    "twentieth": 20,
+    "last": -1,
 }
 _SIMPLE_WORD = "|".join(sorted(list(_UNITS_WORDS) + list(_TENS_WORDS), key=len, reverse=True))
 # "twenty-five", "one hundred", "two thousand"; never "one-off", "one-twelfth", "one-way"
@@ -81,32 +120,82 @@ def parse_number(text: str) -> float | None:
 
 # -- units -------------------------------------------------------------------------------------
 
-CURRENCIES = {"€": "EUR", "eur": "EUR", "euro": "EUR", "euros": "EUR", "$": "USD", "usd": "USD", "dollar": "USD",
-              "dollars": "USD", "£": "GBP", "gbp": "GBP", "pound": "GBP", "pounds": "GBP", "czk": "CZK", "kč": "CZK",
-              "koruna": "CZK", "crowns": "CZK", "chf": "CHF"}
+CURRENCIES = {
+    "€": "EUR",
+    "eur": "EUR",
+    "euro": "EUR",
+    "euros": "EUR",
+    "$": "USD",
+    "usd": "USD",
+    "dollar": "USD",
+    "dollars": "USD",
+    "£": "GBP",
+    "gbp": "GBP",
+    "pound": "GBP",
+    "pounds": "GBP",
+    "czk": "CZK",
+    "kč": "CZK",
+    "koruna": "CZK",
+    "crowns": "CZK",
+    "chf": "CHF",
+}
 _SCALE_SUFFIX = {"k": 1e3, "thousand": 1e3, "m": 1e6, "mn": 1e6, "million": 1e6, "bn": 1e9, "billion": 1e9}
 
 # unit word -> (base unit, factor). Calendar days, working days, months and minutes are separate
 # bases: "1 month" is not a fixed number of days, and working days are not calendar days.
 _DURATION_UNITS = {
-    "second": ("second", 1), "minute": ("minute", 1), "min": ("minute", 1), "hour": ("minute", 60), "hr": ("minute", 60),
-    "day": ("day", 1), "calendar day": ("day", 1), "week": ("day", 7), "calendar week": ("day", 7), "fortnight": ("day", 14),
-    "working day": ("working day", 1), "business day": ("working day", 1), "workday": ("working day", 1),
-    "working week": ("working day", 5), "business week": ("working day", 5),
-    "month": ("month", 1), "calendar month": ("month", 1), "year": ("month", 12), "calendar year": ("month", 12),
+    "second": ("second", 1),
+    "minute": ("minute", 1),
+    "min": ("minute", 1),
+    "hour": ("minute", 60),
+    "hr": ("minute", 60),
+    "day": ("day", 1),
+    "calendar day": ("day", 1),
+    "week": ("day", 7),
+    "calendar week": ("day", 7),
+    "fortnight": ("day", 14),
+    "working day": ("working day", 1),
+    "business day": ("working day", 1),
+    "workday": ("working day", 1),
+    "working week": ("working day", 5),
+    "business week": ("working day", 5),
+    "month": ("month", 1),
+    "calendar month": ("month", 1),
+    "year": ("month", 12),
+    "calendar year": ("month", 12),
 }
 _DURATION_WORD = r"(?:calendar\s+|working\s+|business\s+)?(?:seconds?|minutes?|mins?|hours?|hrs?|days?|weeks?|fortnights?|months?|years?|workdays?)"
 # words allowed between a number and its unit: "ten consecutive working days"
 _FILLER = r"(?:(?!(?:and|or|to|of|per|a|an|the|in|on|at|for|is|are|working|calendar|business)\s)[a-z][a-z-]*\s+){0,2}"
-_MONTHS = {m: i for i, m in enumerate(
-    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"], 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        [
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ],
+        1,
+    )
+}
 _MONTHS.update({m[:3]: i for m, i in list(_MONTHS.items())})
 _MONTHS["sept"] = 9
 _MONTH_RE = r"(?:January|February|March|April|May|June|July|August|September|October|November|December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\.?"
 
 _MIN_WORDS = r"(?:at\s+least|a\s+minimum\s+of|minimum(?:\s+of)?|min\.|no\s+less\s+than|not\s+less\s+than|no\s+fewer\s+than|more\s+than|over|above|longer\s+than|exceeding|in\s+excess\s+of|from)"
-_MAX_WORDS = (r"(?:up\s+to|at\s+most|a\s+maximum\s+of|maximum(?:\s+of)?|max\.|no\s+more\s+than|not\s+more\s+than|no\s+later\s+than|"
-              r"under|below|less\s+than|fewer\s+than|within|limited\s+to|capped\s+at|shorter\s+than|not\s+exceeding)")
+_MAX_WORDS = (
+    r"(?:up\s+to|at\s+most|a\s+maximum\s+of|maximum(?:\s+of)?|max\.|no\s+more\s+than|not\s+more\s+than|no\s+later\s+than|"
+    r"under|below|less\s+than|fewer\s+than|within|limited\s+to|capped\s+at|shorter\s+than|not\s+exceeding)"
+)
 _APPROX_WORDS = r"(?:about|around|approximately|approx\.|roughly|some|circa|nearly|almost)"
 APPROX_TOLERANCE = 0.15  # "about 3 weeks" matches 18-24 days
 
@@ -143,7 +232,9 @@ class Quantity:
         lo = _fmt(self.value)
         rng = f"{lo}-{_fmt(self.high)}" if self.high is not None else lo
         if self.kind == "amount":
-            out = f"{self.unit} {_fmt(self.value, money=True)}" + (f"-{_fmt(self.high, money=True)}" if self.high is not None else "")
+            out = f"{self.unit} {_fmt(self.value, money=True)}" + (
+                f"-{_fmt(self.high, money=True)}" if self.high is not None else ""
+            )
         elif self.kind == "percent":
             out = f"{rng}%"
         elif self.kind == "duration":
@@ -155,7 +246,9 @@ class Quantity:
             rng = f"{_fmt(lo_v)}-{_fmt(hi_v)}" if hi_v is not None else _fmt(lo_v)
             out = f"{rng} {_plural(unit, hi_v if hi_v is not None else lo_v)}"
         else:
-            out = f"{rng} {_plural(self.unit, self.high if self.high is not None else self.value)}" if self.unit else rng
+            out = (
+                f"{rng} {_plural(self.unit, self.high if self.high is not None else self.value)}" if self.unit else rng
+            )
         return out + (f" per {self.per}" if self.per else "")
 
     def comparable(self, other: Quantity) -> bool:
@@ -182,7 +275,9 @@ class Quantity:
             return b_lo - 1e-9 <= a_lo and a_hi <= b_hi + 1e-9
         if "approx" in (self.bound, other.bound):
             ref = max(abs(a_lo), abs(b_lo), 1e-9)
-            return abs(a_lo - b_lo) <= APPROX_TOLERANCE * ref and abs(a_hi - b_hi) <= APPROX_TOLERANCE * max(abs(a_hi), abs(b_hi), 1e-9)
+            return abs(a_lo - b_lo) <= APPROX_TOLERANCE * ref and abs(a_hi - b_hi) <= APPROX_TOLERANCE * max(
+                abs(a_hi), abs(b_hi), 1e-9
+            )
         return abs(a_lo - b_lo) <= 1e-9 * max(1.0, abs(a_lo)) and abs(a_hi - b_hi) <= 1e-9 * max(1.0, abs(a_hi))
 
     def _interval(self) -> tuple[float, float]:
@@ -250,7 +345,8 @@ _DAY_OF_MONTH = re.compile(
 _YEAR = re.compile(r"(?<![\w.,+-])((?:19|20)\d{2})(?![\w-]|,\d|\.\d)")
 _TIME = re.compile(r"(?<![\d:])([01]?\d|2[0-3])[:.h]([0-5]\d)(?![\d:])(?:\s*(am|pm))?")
 _TIME_RANGE = re.compile(
-    r"(?:\b(?:between|from)\s+)?(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)\s*(?:-|–|to|and|until)\s*([01]?\d|2[0-3]):([0-5]\d)(?![\d:])", re.I
+    r"(?:\b(?:between|from)\s+)?(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)\s*(?:-|–|to|and|until)\s*([01]?\d|2[0-3]):([0-5]\d)(?![\d:])",
+    re.I,
 )
 _CUR_SYM = r"(?:€|\$|£|EUR|USD|GBP|CZK|CHF|Kč)"
 _CUR_WORD = r"(?:euros?|EUR|USD|GBP|CZK|CHF|Kč|dollars?|pounds?|koruna|crowns)"
@@ -260,10 +356,12 @@ _AMOUNT_POST = re.compile(rf"(?<![\w.,])({NUMBER})({_SCALE})?\s?({_CUR_WORD})(?!
 _PERCENT = re.compile(rf"(?<![\w.,])({NUMBER})\s?(%|percent\b|per\s+cent\b)", re.I)
 _DURATION = re.compile(rf"(?<![\w.,:])({NUMBER})(?:\s+|-){_FILLER}({_DURATION_WORD})(?![\w-])(?:'s?)?", re.I)
 _RANGE_DURATION = re.compile(
-    rf"(?:\b(between|from)\s+)?(?<![\w.,:])({NUMBER})\s*(?:and|to|-|–|or)\s*({NUMBER})(?:\s+|-){_FILLER}({_DURATION_WORD})(?![\w-])", re.I
+    rf"(?:\b(between|from)\s+)?(?<![\w.,:])({NUMBER})\s*(?:and|to|-|–|or)\s*({NUMBER})(?:\s+|-){_FILLER}({_DURATION_WORD})(?![\w-])",
+    re.I,
 )
 _RANGE_AMOUNT = re.compile(
-    rf"\b(between|from)\s+({_CUR_SYM})\s?({_DIGITS})({_SCALE})?\s+(?:and|to)\s+(?:{_CUR_SYM})?\s?({_DIGITS})({_SCALE})?", re.I
+    rf"\b(between|from)\s+({_CUR_SYM})\s?({_DIGITS})({_SCALE})?\s+(?:and|to)\s+(?:{_CUR_SYM})?\s?({_DIGITS})({_SCALE})?",
+    re.I,
 )
 _COUNT = re.compile(
     rf"(?<![\w.,:/+#-])({NUMBER})(?:\s+|-)((?:(?:written|additional|extra|unused|new|separate|different|full|paid|more|"
@@ -271,18 +369,90 @@ _COUNT = re.compile(
     re.I,
 )
 _NOT_COUNT_NOUN = {
-    "and", "or", "to", "of", "in", "on", "at", "for", "per", "the", "a", "an", "is", "are", "was", "be", "by", "with",
-    "from", "as", "if", "than", "that", "this", "times", "time", "percent", "cent", "after", "before", "until", "am", "pm",
-    "hundred", "thousand", "million", "billion", "euro", "euros", "eur", "usd", "gbp", "czk", "dollars", "pounds",
+    "and",
+    "or",
+    "to",
+    "of",
+    "in",
+    "on",
+    "at",
+    "for",
+    "per",
+    "the",
+    "a",
+    "an",
+    "is",
+    "are",
+    "was",
+    "be",
+    "by",
+    "with",
+    "from",
+    "as",
+    "if",
+    "than",
+    "that",
+    "this",
+    "times",
+    "time",
+    "percent",
+    "cent",
+    "after",
+    "before",
+    "until",
+    "am",
+    "pm",
+    "hundred",
+    "thousand",
+    "million",
+    "billion",
+    "euro",
+    "euros",
+    "eur",
+    "usd",
+    "gbp",
+    "czk",
+    "dollars",
+    "pounds",
 }
 _PER = re.compile(
     r"^\s*(?:per|a|an|/|each|every|for\s+each|for\s+every|for\s+a)\s+((?:weekend\s+day|public\s+holiday|calendar\s+day|working\s+day|one-way\s+trip|"
     r"[a-z-]+))\b",
     re.I,
 )
-_PER_WORDS = {"night", "day", "week", "month", "year", "km", "kilometre", "kilometer", "mile", "hour", "person", "employee",
-              "transaction", "trip", "weekday", "weekend", "weekend day", "public holiday", "calendar day", "working day",
-              "call-out", "visit", "page", "seat", "user", "licence", "license", "item", "order", "meal", "one-way trip"}
+_PER_WORDS = {
+    "night",
+    "day",
+    "week",
+    "month",
+    "year",
+    "km",
+    "kilometre",
+    "kilometer",
+    "mile",
+    "hour",
+    "person",
+    "employee",
+    "transaction",
+    "trip",
+    "weekday",
+    "weekend",
+    "weekend day",
+    "public holiday",
+    "calendar day",
+    "working day",
+    "call-out",
+    "visit",
+    "page",
+    "seat",
+    "user",
+    "licence",
+    "license",
+    "item",
+    "order",
+    "meal",
+    "one-way trip",
+}
 
 
 def _span_free(span: tuple[int, int], taken: list[tuple[int, int]]) -> bool:
@@ -339,22 +509,60 @@ def extract_quantities(text: str) -> list[Quantity]:
     for m in _ISO_DATE.finditer(text):
         y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if _valid_date(y, mo, d):
-            add(Quantity("date", dt.date(y, mo, d).toordinal(), "date", m.group(0), m.span(), iso=f"{y:04d}-{mo:02d}-{d:02d}"))
+            add(
+                Quantity(
+                    "date", dt.date(y, mo, d).toordinal(), "date", m.group(0), m.span(), iso=f"{y:04d}-{mo:02d}-{d:02d}"
+                )
+            )
     for m in _DMY.finditer(text):
         d, mo = int(m.group(1)), _MONTHS[m.group(2).lower().rstrip(".")]
         if m.group(3):
             y = int(m.group(3))
             if _valid_date(y, mo, d):
-                add(Quantity("date", dt.date(y, mo, d).toordinal(), "date", m.group(0), m.span(), bound=_bound_before(text, m.start()), iso=f"{y:04d}-{mo:02d}-{d:02d}"))
+                add(
+                    Quantity(
+                        "date",
+                        dt.date(y, mo, d).toordinal(),
+                        "date",
+                        m.group(0),
+                        m.span(),
+                        bound=_bound_before(text, m.start()),
+                        iso=f"{y:04d}-{mo:02d}-{d:02d}",
+                    )
+                )
         elif _valid_date(2000, mo, d):
-            add(Quantity("date", mo * 100 + d, "day-of-year", m.group(0), m.span(), bound=_bound_before(text, m.start()), iso=f"--{mo:02d}-{d:02d}"))
+            add(
+                Quantity(
+                    "date",
+                    mo * 100 + d,
+                    "day-of-year",
+                    m.group(0),
+                    m.span(),
+                    bound=_bound_before(text, m.start()),
+                    iso=f"--{mo:02d}-{d:02d}",
+                )
+            )
     for m in _MDY.finditer(text):
         mo, d, y = _MONTHS[m.group(1).lower().rstrip(".")], int(m.group(2)), int(m.group(3))
         if _valid_date(y, mo, d):
-            add(Quantity("date", dt.date(y, mo, d).toordinal(), "date", m.group(0), m.span(), iso=f"{y:04d}-{mo:02d}-{d:02d}"))
+            add(
+                Quantity(
+                    "date", dt.date(y, mo, d).toordinal(), "date", m.group(0), m.span(), iso=f"{y:04d}-{mo:02d}-{d:02d}"
+                )
+            )
     for m in _MY.finditer(text):
         mo, y = _MONTHS[m.group(1).lower().rstrip(".")], int(m.group(2))
-        add(Quantity("date", y * 12 + mo, "month", m.group(0), m.span(), bound=_bound_before(text, m.start()), iso=f"{y:04d}-{mo:02d}"))
+        add(
+            Quantity(
+                "date",
+                y * 12 + mo,
+                "month",
+                m.group(0),
+                m.span(),
+                bound=_bound_before(text, m.start()),
+                iso=f"{y:04d}-{mo:02d}",
+            )
+        )
     for m in _DAY_OF_MONTH.finditer(text):
         day = int(m.group(1)) if m.group(1) else _ORDINAL_WORDS[m.group(2).lower()]
         kind_of_day = (m.group(3) or "day").lower().replace("business", "working")
@@ -372,7 +580,17 @@ def extract_quantities(text: str) -> list[Quantity]:
             h += 12
         if ":" not in m.group(0) and not m.group(3):
             continue  # "2.30" is a number, not a time
-        add(Quantity("date", h * 60 + mi, "time", m.group(0), m.span(), bound=_bound_before(text, m.start()), iso=_fmt_time(h * 60 + mi)))
+        add(
+            Quantity(
+                "date",
+                h * 60 + mi,
+                "time",
+                m.group(0),
+                m.span(),
+                bound=_bound_before(text, m.start()),
+                iso=_fmt_time(h * 60 + mi),
+            )
+        )
 
     # ranges
     for m in _RANGE_AMOUNT.finditer(text):
@@ -391,19 +609,50 @@ def extract_quantities(text: str) -> list[Quantity]:
         if base is None or lo is None or hi is None or hi < lo:
             continue
         unit, factor = base
-        add(Quantity("duration", lo * factor, unit, m.group(0), m.span(), bound="range", high=hi * factor, per=_per_after(text, m.end())))
+        add(
+            Quantity(
+                "duration",
+                lo * factor,
+                unit,
+                m.group(0),
+                m.span(),
+                bound="range",
+                high=hi * factor,
+                per=_per_after(text, m.end()),
+            )
+        )
 
     # amounts, percentages
     for m in _AMOUNT_PRE.finditer(text):
         cur = CURRENCIES.get(m.group(1).lower(), m.group(1).upper())
         v = float(m.group(2).replace(",", "")) * _scale(m.group(3))
-        add(Quantity("amount", v, cur, m.group(0), m.span(), bound=_bound_before(text, m.start()), per=_per_after(text, m.end())))
+        add(
+            Quantity(
+                "amount",
+                v,
+                cur,
+                m.group(0),
+                m.span(),
+                bound=_bound_before(text, m.start()),
+                per=_per_after(text, m.end()),
+            )
+        )
     for m in _AMOUNT_POST.finditer(text):
         v = parse_number(m.group(1))
         if v is None:
             continue
         cur = CURRENCIES.get(m.group(3).lower(), m.group(3).upper())
-        add(Quantity("amount", v * _scale(m.group(2)), cur, m.group(0), m.span(), bound=_bound_before(text, m.start()), per=_per_after(text, m.end())))
+        add(
+            Quantity(
+                "amount",
+                v * _scale(m.group(2)),
+                cur,
+                m.group(0),
+                m.span(),
+                bound=_bound_before(text, m.start()),
+                per=_per_after(text, m.end()),
+            )
+        )
     for m in _PERCENT.finditer(text):
         v = parse_number(m.group(1))
         if v is not None:
@@ -416,7 +665,17 @@ def extract_quantities(text: str) -> list[Quantity]:
         if v is None or base is None:
             continue
         unit, factor = base
-        add(Quantity("duration", v * factor, unit, m.group(0), m.span(), bound=_bound_before(text, m.start()), per=_per_after(text, m.end())))
+        add(
+            Quantity(
+                "duration",
+                v * factor,
+                unit,
+                m.group(0),
+                m.span(),
+                bound=_bound_before(text, m.start()),
+                per=_per_after(text, m.end()),
+            )
+        )
 
     # bare years ("the 2024 budget", "in 2023"): scope more often than a value
     for m in _YEAR.finditer(text):
@@ -432,9 +691,22 @@ def extract_quantities(text: str) -> list[Quantity]:
         if v is None:
             continue
         prefix = text[max(0, m.start() - 6) : m.start()]
-        if re.search(r"[A-Za-z]\s?$|[+\d]\s$", prefix) and not re.search(r"\b(?:at least|up to|than|of|to|every|all|the|and|only|just|with|have|has|get|gets|receive|receives|take|takes|needs?|requires?|are|is|be|by|for|in|on|least|most|over|under|about|around|some|maximum|minimum)\s?$", prefix.lower()):
+        if re.search(r"[A-Za-z]\s?$|[+\d]\s$", prefix) and not re.search(
+            r"\b(?:at least|up to|than|of|to|every|all|the|and|only|just|with|have|has|get|gets|receive|receives|take|takes|needs?|requires?|are|is|be|by|for|in|on|least|most|over|under|about|around|some|maximum|minimum)\s?$",
+            prefix.lower(),
+        ):
             continue  # "Lab 3 before", "HS-400 sensor": part of a name
-        add(Quantity("count", v, singular(noun), m.group(0), m.span(), bound=_bound_before(text, m.start()), per=_per_after(text, m.end())))
+        add(
+            Quantity(
+                "count",
+                v,
+                singular(noun),
+                m.group(0),
+                m.span(),
+                bound=_bound_before(text, m.start()),
+                per=_per_after(text, m.end()),
+            )
+        )
 
     out.sort(key=lambda q: q.span)
     return out
@@ -478,7 +750,9 @@ def find_numbers(text: str, *, in_codes: bool = False) -> list[Number]:
     Digits glued to letters ("A4", "v2") are part of a name, not numbers, unless ``in_codes``
     (a citation check wants every digit a claim writes)."""
     out = [
-        Number(m.group(0), m.span(), v) for m in _NUMBER_TOKEN.finditer(text) if (v := parse_number(m.group(0))) is not None
+        Number(m.group(0), m.span(), v)
+        for m in _NUMBER_TOKEN.finditer(text)
+        if (v := parse_number(m.group(0))) is not None
     ]
     if in_codes:
         out += [Number(m.group(0), m.span(), float(m.group(0).replace(",", ""))) for m in _CODE_DIGITS.finditer(text)]

@@ -5,7 +5,28 @@ from __future__ import annotations
 
 import re
 
-_ABBREV = {"e.g", "i.e", "etc", "vs", "no", "nr", "art", "approx", "incl", "excl", "dr", "mr", "mrs", "ms", "st", "fig", "p", "pp", "min", "max"}
+_ABBREV = {
+    "e.g",
+    "i.e",
+    "etc",
+    "vs",
+    "no",
+    "nr",
+    "art",
+    "approx",
+    "incl",
+    "excl",
+    "dr",
+    "mr",
+    "mrs",
+    "ms",
+    "st",
+    "fig",
+    "p",
+    "pp",
+    "min",
+    "max",
+}
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)|\n(?=#)|(?<=:)\n")
 
 
@@ -19,7 +40,12 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         last_word = re.search(r"([\w.]+)\.$", piece.rstrip())
         if last_word and last_word.group(1).lower() in _ABBREV and "\n" not in match.group(0):
             continue  # "e.g. the" is not a boundary
-        if re.search(r"\d\.$", piece) and match.group(0).strip() == "" and end < len(text) and text[match.end() : match.end() + 1].isdigit():
+        if (
+            re.search(r"\d\.$", piece)
+            and match.group(0).strip() == ""
+            and end < len(text)
+            and text[match.end() : match.end() + 1].isdigit()
+        ):
             continue
         _add(text, start, end, spans)
         start = match.end()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from assistant.engine import promoted_model_paths
-from assistant.events import consume
-from assistant.types import Answer, Conversation
 from app.ui import resources
 from app.ui.chat_view import render_answer
 from app.ui.render import escape_markdown
+from assistant.engine import promoted_model_paths
+from assistant.events import consume
+from assistant.types import Answer, Conversation
 from tether.errors import IndexEmpty, TetherError
 
 
@@ -21,19 +21,38 @@ def _settings(cfg):
     st.sidebar.header("Answering")
     changes = {}
     gens = list(rc.GENERATORS)
-    changes["generator"] = st.sidebar.selectbox("Generator", gens, index=gens.index(a.generator), key="opt_generator",
-                                                help="hf: a local model · extractive: quotes the best sentences · openai: a server")
+    changes["generator"] = st.sidebar.selectbox(
+        "Generator",
+        gens,
+        index=gens.index(a.generator),
+        key="opt_generator",
+        help="hf: a local model · extractive: quotes the best sentences · openai: a server",
+    )
     if changes["generator"] == "hf":
         model, adapter = a.model, a.adapter
         served = promoted_model_paths(cfg, resources.model_source())
         if served is not None:  # the registry's promoted model replaces the configured one
             model, adapter = str(served[0]), str(served[1]) if served[1] else None
-        changes["model"] = st.sidebar.text_input("Model", value=model, key="opt_model", help="'smollm2' or a local checkpoint folder").strip() or model
-        changes["adapter"] = st.sidebar.text_input("Adapter", value=adapter or "", key="opt_adapter", help="PEFT adapter folder (optional)").strip() or None
+        changes["model"] = (
+            st.sidebar.text_input(
+                "Model", value=model, key="opt_model", help="'smollm2' or a local checkpoint folder"
+            ).strip()
+            or model
+        )
+        changes["adapter"] = (
+            st.sidebar.text_input(
+                "Adapter", value=adapter or "", key="opt_adapter", help="PEFT adapter folder (optional)"
+            ).strip()
+            or None
+        )
     modes = list(rc.CAD_MODES)
-    changes["cad"] = st.sidebar.radio("Context-aware decoding", modes, index=modes.index(a.cad), key="opt_cad", horizontal=True)
+    changes["cad"] = st.sidebar.radio(
+        "Context-aware decoding", modes, index=modes.index(a.cad), key="opt_cad", horizontal=True
+    )
     policies = list(rc.CONFLICT_POLICIES)
-    changes["conflict_policy"] = st.sidebar.selectbox("When sources disagree", policies, index=policies.index(a.conflict_policy), key="opt_policy")
+    changes["conflict_policy"] = st.sidebar.selectbox(
+        "When sources disagree", policies, index=policies.index(a.conflict_policy), key="opt_policy"
+    )
     changes["top_k"] = st.sidebar.slider("Passages retrieved", 1, 10, value=min(a.top_k, 10), key="opt_top_k")
     try:
         return cfg.with_assistant(**changes)
@@ -78,8 +97,10 @@ def main() -> None:
     with st.chat_message("assistant"):
         placeholder = st.empty()
         try:  # the text shown so far, a replacement (cad=auto, the conflict rewrite) included, then the answer
-            answer = consume(engine.stream(question, st.session_state.conversation),
-                             on_text=lambda shown: placeholder.markdown(escape_markdown(shown) + " ▌"))
+            answer = consume(
+                engine.stream(question, st.session_state.conversation),
+                on_text=lambda shown: placeholder.markdown(escape_markdown(shown) + " ▌"),
+            )
         except IndexEmpty:
             placeholder.empty()
             msg = "The knowledge base is empty: upload documents on the Documents page (or run `tether ingest PATH`)."

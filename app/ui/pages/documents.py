@@ -6,8 +6,8 @@ import streamlit as st
 
 from app.ui import library, resources
 from app.ui.uploads import ALLOWED_SUFFIXES, UploadRejected, save_upload
-from tether.errors import TetherError
 from retrieval.readers import AUTHORITIES, STATUSES
+from tether.errors import TetherError
 
 
 def _upload(cfg) -> None:
@@ -37,7 +37,9 @@ def _upload(cfg) -> None:
     def on_file(done: int, total: int, outcome) -> None:
         bar.progress(done / total, text=f"{done}/{total}: {outcome.source} — {outcome.status}")
 
-    outcomes = library.ingest_files(cfg, saved, store=search.store, embedder=search.embedder, on_file=on_file) if saved else []
+    outcomes = (
+        library.ingest_files(cfg, saved, store=search.store, embedder=search.embedder, on_file=on_file) if saved else []
+    )
     bar.progress(1.0, text="Done")
     for up, o in zip(uploads, outcomes):
         if o.status in ("failed", "skipped"):
@@ -60,10 +62,21 @@ def _library(cfg) -> None:
     if not docs:
         st.info("No documents yet: upload some above (or run `tether ingest PATH`).")
         return
-    st.caption(f"{len(docs)} documents, {sum(d.n_chunks for d in docs)} chunks. Date, status and authority are editable.")
+    st.caption(
+        f"{len(docs)} documents, {sum(d.n_chunks for d in docs)} chunks. Date, status and authority are editable."
+    )
     rows = [
-        {"source": d.source, "title": d.title, "kind": d.kind, "chunks": d.n_chunks, "date": d.doc_date or "",
-         "status": d.status, "authority": d.authority, "ingested": d.ingested_at, "upload": library.is_upload(cfg, d)}
+        {
+            "source": d.source,
+            "title": d.title,
+            "kind": d.kind,
+            "chunks": d.n_chunks,
+            "date": d.doc_date or "",
+            "status": d.status,
+            "authority": d.authority,
+            "ingested": d.ingested_at,
+            "upload": library.is_upload(cfg, d),
+        }
         for d in docs
     ]
     edited = st.data_editor(
@@ -79,7 +92,9 @@ def _library(cfg) -> None:
         },
     )
     changes = [
-        library.MetadataEdit(new["source"], (new["date"] or "").strip() or None, new["status"] or None, new["authority"] or None)
+        library.MetadataEdit(
+            new["source"], (new["date"] or "").strip() or None, new["status"] or None, new["authority"] or None
+        )
         for old, new in zip(rows, edited)
         if (old["date"], old["status"], old["authority"]) != (new["date"], new["status"], new["authority"])
     ]
@@ -107,7 +122,10 @@ def _library(cfg) -> None:
     if right.button("Delete", key="delete", type="secondary"):
         st.session_state.confirm_delete = pick
     if st.session_state.get("confirm_delete") == pick:
-        st.warning(f"Delete {pick} from the knowledge base" + (" and its uploaded file?" if any(d.source == pick and library.is_upload(cfg, d) for d in docs) else "?"))
+        st.warning(
+            f"Delete {pick} from the knowledge base"
+            + (" and its uploaded file?" if any(d.source == pick and library.is_upload(cfg, d) for d in docs) else "?")
+        )
         if st.button("Yes, delete", key="confirm_delete_btn"):
             try:
                 n = library.delete_document(cfg, pick, search.store)
