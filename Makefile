@@ -28,7 +28,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[train,dev,bench]"
 	touch $@
 
-install: $(VENV)/.installed $(DATA)/models/smollm2-135m-instruct/tether-model.json
+# exports MiniLM to ONNX once (parity-checked), so the light commands start without torch
+$(DATA)/models/encoders/all-MiniLM-L6-v2/manifest.json: | $(VENV)/.installed
+	$(BIN)/tether --data-dir $(DATA) models export-encoder
+
+install: $(VENV)/.installed $(DATA)/models/smollm2-135m-instruct/tether-model.json $(DATA)/models/encoders/all-MiniLM-L6-v2/manifest.json
 
 install-dev: $(VENV)/.installed-dev
 

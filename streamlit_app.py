@@ -15,9 +15,10 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts the script's folder first;
 
 import streamlit as st  # noqa: E402
 
-from app.ui.resources import offline_env  # noqa: E402
+from app.ui.resources import offline_env, warm_up  # noqa: E402
 
 offline_env()
+warm_up()  # the encoder, the model and the conflict detector load in the background from the first page load
 st.set_page_config(page_title="Tether", page_icon=":material/link:", layout="wide")
 PAGES = ROOT / "app" / "ui" / "pages"
 navigation = st.navigation(

@@ -13,6 +13,7 @@ users should see (``TetherError``) print one line and exit with code 2.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from assistant import cli as assistant_cli
 from assistant.evaluation.cli import eval_app
 from retrieval import cli as retrieval_cli
 from tether.cli import CliOptions, offline_env
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 from training import cli as training_cli
 from training.registry import RegistryModelSource
 
@@ -56,7 +57,7 @@ def main_options(
     ctx.obj = replace(given, data_dir=data_dir or given.data_dir, config=config or given.config, model_source=source)
 
 
-retrieval_cli.register(app)
+retrieval_cli.register(app, models_app)
 assistant_cli.register(app, models_app)
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
@@ -64,17 +65,48 @@ training_cli.register(app, models_app)
 
 
 def main() -> None:
-    """The console script. Usage errors (typer/click) print their message and exit 2 (standalone
-    mode); a ``TetherError`` prints one line and exits 2; Ctrl-C exits 130."""
+    """The console script. Usage errors (typer/click) print their usage panel and exit 2 (standalone
+    mode); a ``TetherError`` prints one line and exits 2; so do an unusable database and an
+    environment error (a folder or file that cannot be read or written), with the traceback only
+    under ``--verbose``; Ctrl-C exits 130."""
     offline_env()
     try:
         app(standalone_mode=True, prog_name="tether")
     except TetherError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(user_message(exc), exc)
+    except sqlite3.DatabaseError as exc:  # past ``tether.db.connect``: a file damaged in use
+        _fail(
+            f"the database failed ({exc}): run `tether doctor` to check it (it names the fix), "
+            "or pass --data-dir another folder",
+            exc,
+        )
+    except BrokenPipeError:  # `tether ... | head`: the reader left; nothing to report
+        sys.stderr.close()
+        sys.exit(0)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        _fail(
+            f"cannot use{where} ({exc.strerror or exc}): check that the data dir (--data-dir, $TETHER_HOME) and the "
+            "paths given are folders and files you can read and write",
+            exc,
+        )
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def user_message(exc: TetherError) -> str:
+    """One line for an error users should see; a ``ConfigError`` with several problems keeps one
+    line per problem."""
+    if isinstance(exc, ConfigError) and len(exc.problems) == 1:
+        return f"invalid configuration: {exc.problems[0]}"
+    return str(exc)
+
+
+def _fail(message: str, exc: BaseException) -> None:
+    log.debug("details", exc_info=exc)  # the traceback, with --verbose
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

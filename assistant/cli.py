@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from tether.cli import load, options, with_assistant
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 
 logs_app = typer.Typer(help="The conversation log.")
 
@@ -50,9 +50,14 @@ def ask(
     from assistant.engine import ChatEngine
     from assistant.events import consume
 
+    question = _decoded(question, "the question")
+    if not question.strip():
+        raise TetherError('the question is empty: ask something, e.g. tether ask "who approves trips?"')
     cfg = load(ctx, collection=collection)
     cfg = with_assistant(cfg, generator=generator, top_k=k, conflict_policy=policy, cad=cad, consistency=consistency)
     engine = ChatEngine(cfg, model_source=options(ctx).model_source)
+    if warning := engine.searcher.health().warning:  # the dense half empty or out of step with the ledger
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         answer = engine.answer(question)
         typer.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
@@ -91,14 +96,17 @@ def chat(
     cfg = load(ctx, collection=collection)
     cfg = with_assistant(cfg, generator=generator, conflict_policy=policy, cad=cad)
     engine = ChatEngine(cfg, model_source=options(ctx).model_source)
+    if warning := engine.searcher.health().warning:  # the dense half empty or out of step with the ledger
+        typer.echo(f"warning: {warning}", err=True)
     if engine.fallback:
         typer.echo(f"note: {engine.fallback}", err=True)
     conversation = Conversation(user=user)
     last = None
+    _tolerant_stdin()
     typer.echo("Ask about your documents. /sources, /feedback up|down [comment], /new, /quit")
     while True:
         try:
-            line = input("you> ").strip()
+            line = _decoded(input("you> "), "that line").strip()
         except EOFError:
             typer.echo("")
             return
@@ -141,20 +149,42 @@ def chat(
 
 def serve(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
-    port: int = typer.Option(8000, "--port"),
-    model_name: str = typer.Option("tether", "--model-name", help="the model name clients send"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address to bind (loopback by default; others need --api-key)"
+    ),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    model_name: str = typer.Option("tether", "--model-name", help="the name clients send for the raw model"),
     model: str | None = typer.Option(None, "--model", help="'smollm2' or a checkpoint dir (default: config)"),
     adapter: Path | None = typer.Option(None, "--adapter", help="PEFT adapter dir"),
     api_key: str | None = typer.Option(None, "--api-key", envvar="TETHER_API_KEY", help="require this bearer key"),
+    insecure: bool = typer.Option(False, "--insecure", help="serve a non-loopback address without an API key"),
+    rag: bool = typer.Option(True, "--rag/--no-rag", help="also serve Tether's grounded answers over the collection"),
+    rag_model_name: str = typer.Option("tether-rag", "--rag-model-name", help="the name of the grounded model"),
+    collection: str | None = typer.Option(None, "--collection", "-c"),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="ceiling on a request's max_tokens (above: 400)"),
+    max_queue: int = typer.Option(8, "--max-queue", help="requests that may wait while one generates (then 503)"),
+    timeout: float = typer.Option(120.0, "--timeout", help="seconds a request may take, queueing included"),
+    max_body_bytes: int = typer.Option(1024 * 1024, "--max-body-bytes", help="largest request body"),
 ) -> None:
-    """Serve a Tether model as an OpenAI-compatible /v1/chat/completions endpoint."""
-    from assistant.engine import promoted_model_paths
+    """Serve a Tether model and Tether's grounded answers as an OpenAI-compatible /v1/chat/completions endpoint."""
+    from assistant.serve import ServeLimits, check_bind, make_server
+
+    check_bind(host, api_key, insecure)  # before anything loads
+    limits = ServeLimits(
+        max_tokens=max_tokens,
+        default_max_tokens=min(160, max_tokens),
+        max_queue=max_queue,
+        timeout_s=timeout,
+        max_body_bytes=max_body_bytes,
+    )
+    if limits.problems():
+        raise ConfigError(limits.problems())
+
+    from assistant.engine import ChatEngine, promoted_model_paths
     from assistant.generators.hf import HFGenerator
     from assistant.models import resolve_model
-    from assistant.serve import serve as run_server
 
-    cfg = load(ctx)
+    cfg = load(ctx, collection=collection)
     promoted = None if (model or adapter) else promoted_model_paths(cfg, options(ctx).model_source)
     if promoted is not None:
         path, chosen_adapter = promoted  # the registry's promoted model (tether models promote), injected by app/cli.py
@@ -162,8 +192,29 @@ def serve(
         path = resolve_model(model or cfg.assistant.model, cfg.models_dir)
         chosen_adapter = adapter or (Path(cfg.assistant.adapter) if cfg.assistant.adapter else None)
     generator = HFGenerator.from_config(path, chosen_adapter, cfg.hf)
-    typer.echo(f"serving {path} as '{model_name}' on http://{host}:{port}/v1", err=True)
-    run_server(generator, host=host, port=port, model_name=model_name, api_key=api_key)
+    engine = None
+    if rag:
+        # the grounded answers share the served model when the config's generator is hf; else its own
+        shared = generator if cfg.assistant.generator == "hf" else None
+        engine = ChatEngine(cfg, generator=shared, model_source=options(ctx).model_source)
+        if engine.fallback:
+            typer.echo(f"note: {engine.fallback}", err=True)
+    server = make_server(
+        generator,
+        host,
+        port,
+        model_name=model_name,
+        engine=engine,
+        rag_model_name=rag_model_name,
+        api_key=api_key,
+        insecure=insecure,
+        limits=limits,
+    )
+    names = f"'{model_name}' ({path})" + (
+        f" and '{rag_model_name}' (collection {cfg.retrieval.collection})" if rag else ""
+    )
+    typer.echo(f"serving {names} on {server.url}", err=True)
+    server.run()
 
 
 def models_install(
@@ -211,14 +262,46 @@ def logs_export(
             out.close()
 
 
+_SHOWN_CONFLICTS = 5  # conflicts listed under an answer (the stated ones always)
+
+
+def _decoded(text: str, what: str) -> str:
+    """``text`` from argv or stdin with any byte that is not UTF-8 (which Python carries as a lone
+    surrogate) replaced by U+FFFD, with a note on stderr when there was one."""
+    from assistant.engine import readable_text
+
+    fixed = readable_text(text)
+    if fixed != text:
+        typer.echo(f"note: {what} holds bytes that are not UTF-8; each was replaced by \ufffd", err=True)
+    return fixed
+
+
+def _tolerant_stdin() -> None:
+    """Read stdin so that invalid UTF-8 reaches ``_decoded`` (as surrogates) instead of raising."""
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None and getattr(sys.stdin, "errors", None) == "strict":
+        reconfigure(errors="surrogateescape")
+
+
 def _print_sources(answer) -> None:
     from assistant.consistency import summarise
 
     if answer.fallback:
         typer.echo(f"note: {answer.fallback}", err=True)
-    for i, (conflict, decision) in enumerate(answer.conflict_decisions()):
+    pairs = answer.conflict_decisions()
+    stated = set(answer.stated_conflicts)
+    # the conflicts the answer states, then others, up to a screenful; --json has every one
+    order = sorted(range(len(pairs)), key=lambda i: (i not in stated, i not in answer.relevant_conflicts, i))
+    shown = order[: max(len(stated), _SHOWN_CONFLICTS)]
+    for i in sorted(shown):
+        conflict, decision = pairs[i]
         a, b = conflict.claims
-        tag = "" if i in answer.relevant_conflicts else " (about something else than the question)"
+        if i in stated:
+            tag = ""
+        elif i in answer.relevant_conflicts:
+            tag = " (not stated in the answer)"
+        else:
+            tag = " (about something else than the question)"
         typer.echo(f"  conflict ({conflict.kind}){tag}: {conflict.subject}")
         for claim in (a, b):
             meta = ", ".join(x for x in (claim.date, claim.authority, claim.status) if x)
@@ -227,6 +310,10 @@ def _print_sources(answer) -> None:
             f"    {decision.policy}: "
             + ("both shown" if decision.winner is None else f"{conflict.claims[decision.winner].source} applies")
             + f" — {decision.reason}"
+        )
+    if len(pairs) > len(shown):
+        typer.echo(
+            f"  ({len(pairs) - len(shown)} more conflicts between the sources: `tether ask --json` lists every one)"
         )
     note = summarise(answer.consistency)
     if note:

@@ -5,8 +5,11 @@
     select_context    question, passages, Findings    -> Context (passages to cite, the grounded prompt)
     generate          Context, Findings               -> Draft (reply cleaned, citations attached)
     retry_with_cad    Context, Draft                  -> Draft (cad=auto: a poorly grounded reply again, with CAD)
-    resolve           Draft, Context, Findings        -> Resolved (relevant conflicts named, the policy applied)
+    resolve           Draft, Context, Findings        -> Resolved (relevant conflicts named, the policy applied,
+                                                          the answer bounded: conflicts, characters, citations)
     verify            Resolved, passages              -> Verification (citations checked, uncited sentences)
+    guard             Answer, Context, Resolved       -> Answer (a looping, unverified or inventing LLM reply
+                                                          replaced by the extractive answer, labelled; emits Replace)
     log               Answer, Conversation, Context   -> Answer (with its turn and conversation ids)
 
 ``ChatEngine.stream`` yields events (assistant/events.py): ``Token`` pieces as the generator
@@ -23,6 +26,7 @@ The engine logs; callers only render.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Generator as Streaming
 from collections.abc import Iterator, Sequence
@@ -49,17 +53,24 @@ from assistant.prompts import (
     condense_query,
 )
 from assistant.resolution import Decision, resolve
-from assistant.types import Answer, Citation, Conversation, Turn
+from assistant.types import Answer, Citation, Conversation, Rejected, Turn
 from retrieval.search import Searcher, SearchHit
 from tether.config import TetherConfig
 from tether.errors import BackendUnavailable, ConfigError
-from tether.text.sentences import citation_numbers, split_sentences, split_sentences_text
+from tether.text.quantities import missing_values
+from tether.text.sentences import citation_numbers, split_sentences, split_sentences_text, strip_citations
 from tether.text.terms import LEXICAL_WEIGHT, lexical_overlap
 
 log = logging.getLogger(__name__)
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 CAD_RETRY = "groundedness {g:.2f} < {min}: regenerating with context-aware decoding"
 CONFLICT_REWRITE = "conflicting sources: the answer now names the conflict and applies the policy"
+ANSWER_CUT = "the answer was longer than assistant.max_answer_chars or max_citations allow: cut"
+GUARD_LABEL = "The model's answer could not be verified; showing sentences from the sources."
+GUARD_NGRAM = 4  # a reply loops when one word n-gram of this length ...
+GUARD_MAX_REPEATS = 3  # ... occurs this many times (SmolLM2's loops repeat a phrase until max_new_tokens)
 
 
 # -- the model to serve -----------------------------------------------------------------------
@@ -125,17 +136,24 @@ class Retrieved:
 
 @dataclass(frozen=True)
 class Findings:
-    """The conflicts among the retrieved passages, the policy's decision on each, and the indexes
-    of those the question is about (only these enter the prompt and the answer)."""
+    """The conflicts among the retrieved passages, the policy's decision on each, the indexes of
+    those the question is about, and of those chosen to be stated (``to_state``: the relevant ones,
+    one per pair of values, most relevant first, at most ``assistant.max_conflicts_stated``, in
+    index order; None = every relevant one). Only the chosen ones enter the prompt and the answer."""
 
     conflicts: tuple[Any, ...] = ()  # retrieval.conflicts.Conflict
     decisions: tuple[Decision, ...] = ()
     relevant: tuple[int, ...] = ()
+    to_state: tuple[int, ...] | None = None
+
+    def chosen(self) -> tuple[int, ...]:
+        """The conflicts the prompt and the answer speak about."""
+        return self.relevant if self.to_state is None else self.to_state
 
     def claims_by_passage(self) -> dict[str, list[str]]:
-        """Passage id -> the relevant conflicting claims it holds (the prompt must show them)."""
+        """Passage id -> the chosen conflicting claims it holds (the prompt must show them)."""
         out: dict[str, list[str]] = {}
-        for i in self.relevant:
+        for i in self.chosen():
             for c in self.conflicts[i].claims:
                 if c.passage_id:
                     out.setdefault(c.passage_id, []).append(c.text)
@@ -171,6 +189,7 @@ class Resolved:
     refused: bool
     statements: tuple[str, ...] = ()  # Tether's own words about conflicts, appended to the answer
     checked: Verification | None = None
+    stated: tuple[int, ...] = ()  # the conflicts the answer states (by Tether's statement or the reply's own words)
 
 
 class Clock:
@@ -226,6 +245,7 @@ class ChatEngine:
         self._sentence_cache: dict[tuple[str, str], list[tuple[float, str]]] = {}
         self.nli = NLIJudge(cfg.assistant.nli_model) if cfg.assistant.nli_model else None
         self._detector = None
+        self._extractive: ExtractiveAnswerer | None = None  # the guard's stand-in, built on first use
 
     @property
     def capabilities(self) -> Capabilities:
@@ -249,7 +269,7 @@ class ChatEngine:
 
     def stream(self, question: str, conversation: Conversation | None = None) -> Iterator[Event]:
         """``Token``s as the answer is generated, a ``Replace`` when the text shown so far is replaced, then ``Final``."""
-        question = (question or "").strip()
+        question = readable_text(question or "").strip()
         if not question:
             raise ConfigError("the question is empty")
         conversation = conversation if conversation is not None else Conversation()
@@ -266,6 +286,7 @@ class ChatEngine:
             verification = self.verify(resolved, context.passages)
         consistency = self.check_consistency(question, resolved, clock)
         answer = self.compose(retrieved, found, context, resolved, verification, consistency, clock.total())
+        answer = yield from self.guard(answer, context, found, resolved)
         yield Final(self.log(answer, conversation, context))
 
     # -- stages -----------------------------------------------------------------------------
@@ -280,8 +301,15 @@ class ChatEngine:
         return Retrieved(question, query, tuple(passages))
 
     def detect_conflicts(self, question: str, passages: Sequence[SearchHit]) -> Findings:
+        """The conflicts, the policy's decision on each, the relevant ones and those to state."""
         conflicts, decisions = self.find_conflicts(passages)
-        return Findings(tuple(conflicts), tuple(decisions), tuple(self.relevant_conflicts(question, conflicts)))
+        if not conflicts:
+            return Findings()
+        scores = self.conflict_scores(question, conflicts)
+        relevant = [i for i, sc in enumerate(scores) if sc >= self.cfg.assistant.relevant_conflict]
+        ranked = sorted(relevant, key=lambda i: -scores[i])
+        to_state = sorted(distinct_conflicts(conflicts, ranked)[: self.cfg.assistant.max_conflicts_stated])
+        return Findings(tuple(conflicts), tuple(decisions), tuple(relevant), tuple(to_state))
 
     def select_context(self, question: str, passages: Sequence[SearchHit], found: Findings) -> Context:
         """What the generator answers from. A generator that reads no prompt gets every passage.
@@ -295,9 +323,8 @@ class ChatEngine:
         claims = found.claims_by_passage()
         shown = self.focus(question, passages, keep=set(claims))
         numbers = {h.id: n for n, h in enumerate(shown, start=1)}
-        notes = prompt_notes(
-            [found.conflicts[i] for i in found.relevant], [found.decisions[i] for i in found.relevant], numbers
-        )
+        chosen = found.chosen()
+        notes = prompt_notes([found.conflicts[i] for i in chosen], [found.decisions[i] for i in chosen], numbers)
         messages = self.build_messages(question, shown, notes=notes, keep=claims)
         return Context(question, tuple(shown), tuple(messages))
 
@@ -327,19 +354,56 @@ class ChatEngine:
         return self.finish(raw, context, cad=True)
 
     def resolve(self, draft: Draft, context: Context, found: Findings) -> Streaming[Event, None, Resolved]:
-        """Name each relevant conflict the answer does not already name and apply the policy
-        (``add_conflict_statements``): a ``Token`` when that only appends, a ``Replace`` when it
-        also drops a sentence stating the overridden claim."""
-        if draft.refused or not found.relevant:
+        """Name each chosen conflict the answer does not already name and apply the policy
+        (``add_conflict_statements``: one per pair of values, at most ``assistant.max_conflicts_stated``),
+        then keep the answer within ``assistant.max_answer_chars`` and ``assistant.max_citations``
+        (``bound``; every conflict stays in the ``Answer``). A ``Token`` when that only appends, a
+        ``Replace`` when it also drops or cuts something."""
+        if draft.refused:
             return Resolved(draft.text, draft.refused, (), draft.checked)
-        text, statements = self.add_conflict_statements(
-            draft.text, context.passages, found.conflicts, found.decisions, found.relevant
+        chosen = distinct_conflicts(found.conflicts, found.chosen())[: self.cfg.assistant.max_conflicts_stated]
+        reply, named, added = self.add_conflict_statements(
+            draft.text, context.passages, found.conflicts, found.decisions, chosen
         )
+        reply, added = self.bound(reply, added)
+        numbers = {h.id: n for n, h in enumerate(context.passages, start=1)}
+        named = [i for i in named if names_conflict(reply, found.conflicts[i], numbers)]  # still, once bounded
+        statements = [statement for _, statement in added]
+        text = " ".join(x for x in [reply.strip(), *statements] if x)
         if text.startswith(draft.text) and len(text) > len(draft.text):
             yield Token(text[len(draft.text) :])
         elif text != draft.text:
-            yield Replace(text, CONFLICT_REWRITE)
-        return Resolved(text, False, tuple(statements), draft.checked if text == draft.text else None)
+            yield Replace(text, CONFLICT_REWRITE if statements else ANSWER_CUT)
+        checked = draft.checked if text == draft.text else None
+        stated = tuple(sorted([*named, *(i for i, _ in added)]))
+        return Resolved(text, False, tuple(statements), checked, stated)
+
+    def bound(self, reply: str, added: Sequence[tuple[int, str]]) -> tuple[str, list[tuple[int, str]]]:
+        """The reply and the conflict statements (``(conflict index, statement)``) cut to
+        ``assistant.max_answer_chars`` characters and ``assistant.max_citations`` citations, by whole
+        sentences and statements: the reply's later sentences go first, then the last statements
+        (their conflicts are then not stated). A first sentence still over the limits is cut at a
+        word and ends in " …"; a statement is never cut inside."""
+        a = self.cfg.assistant
+        added = list(added)
+
+        def fits(parts: Sequence[str]) -> bool:
+            text = " ".join(x for x in parts if x)
+            return len(text) <= a.max_answer_chars and len(citation_numbers(text)) <= a.max_citations
+
+        if fits([reply, *(x for _, x in added)]):
+            return reply, added
+        sentences = [reply[s:e] for s, e in split_sentences(reply)] or ([reply] if reply.strip() else [])
+        keep = len(sentences)
+        while not fits([*sentences[:keep], *(x for _, x in added)]) and (keep > 1 or added):
+            if keep > 1:
+                keep -= 1
+            else:
+                added.pop()
+        reply = " ".join(sentences[:keep])
+        if not fits([reply]):
+            reply = _cut(reply, a.max_answer_chars, a.max_citations)
+        return reply, added
 
     def verify(self, resolved: Resolved, passages: Sequence[SearchHit]) -> Verification:
         """Every citation checked against its passage; sentences that cite nothing (Tether's own
@@ -352,6 +416,63 @@ class ChatEngine:
         if uncited:  # a claim no source backs counts against the answer, not as nothing
             groundedness = sum(c.supported for c in checked.citations) / (len(checked.citations) + len(uncited))
         return Verification(checked.citations, groundedness, uncited)
+
+    def guard(
+        self, answer: Answer, context: Context, found: Findings, resolved: Resolved
+    ) -> Streaming[Event, None, Answer]:
+        """Never show a failed LLM reply as the answer. When the model's own words (Tether's conflict
+        statements left out) loop, cite nothing that verifies, or state a value that neither the
+        sources nor the question hold, the extractive answer over the same passages (resolved and
+        verified like any other) replaces it: ``Replace(text, GUARD_LABEL + reasons)``, and the
+        answer keeps the attempt and the reasons in ``rejected`` (logged, a negative for training)."""
+        if (
+            not self.cfg.assistant.guard
+            or answer.refused
+            or not self.capabilities.needs_llm_prompt
+            or not context.passages
+        ):
+            return answer
+        reasons = self.failures(answer, context, resolved.statements)
+        if not reasons:
+            return answer
+        if self._extractive is None:
+            self._extractive = ExtractiveAnswerer(self.embedder, ExtractiveConfig.from_config(self.cfg))
+        params = GenParams(grounding=Grounding(context.question, context.passages))
+        text = "".join(self._extractive.stream((), params)) or REFUSAL
+        draft = Draft(text, refused=text == REFUSAL)
+        shown = _result(self.resolve(draft, context, found))  # its events are not shown: one Replace is
+        verification = self.verify(shown, context.passages)
+        log.info("guard: the %s reply was replaced by the extractive answer: %s", answer.generator.backend, reasons)
+        yield Replace(shown.text, GUARD_LABEL + " (" + "; ".join(reasons) + ")")
+        return replace(
+            answer,
+            text=shown.text,
+            refused=shown.refused,
+            citations=verification.citations,
+            groundedness=verification.groundedness,
+            uncited=verification.uncited,
+            rejected=Rejected(answer.text, tuple(reasons), answer.groundedness),
+        )
+
+    def failures(self, answer: Answer, context: Context, statements: Sequence[str] = ()) -> list[str]:
+        """Why the model's reply must not be shown (empty: it may be). Only the model's own sentences
+        count; Tether's conflict statements are its words, not the model's."""
+        own = answer.text
+        for statement in statements:
+            own = own.replace(statement, " ")
+        own = " ".join(own.split())
+        out = []
+        loop = repeated_ngram(own, GUARD_NGRAM)
+        if loop is not None and loop[1] >= GUARD_MAX_REPEATS:
+            out.append(f"it repeats itself ('{loop[0]}' {loop[1]} times)")
+        own_citations = [c for c in answer.citations if " ".join(c.sentence.split()) in own]
+        if not any(c.supported for c in own_citations):
+            out.append("none of its citations is supported by its source" if own_citations else "it cites no source")
+        evidence = " ".join([context.question, *(h.text for h in context.passages)])
+        invented = missing_values(strip_citations(own), evidence)
+        if invented:
+            out.append("it states values no source holds: " + ", ".join(dict.fromkeys(v.text for v in invented)))
+        return out
 
     def check_consistency(self, question: str, resolved: Resolved, clock: Clock | None = None) -> dict[str, Any] | None:
         """The intra-memory check (``assistant.consistency``), for generators that can answer from memory."""
@@ -385,6 +506,7 @@ class ChatEngine:
             decisions=found.decisions,
             policy=self.cfg.assistant.conflict_policy if found.conflicts else None,
             relevant_conflicts=found.relevant,
+            stated_conflicts=resolved.stated,
             consistency=consistency,
             fallback=self.fallback,
         )
@@ -473,27 +595,35 @@ class ChatEngine:
         """
         if not conflicts:
             return []
+        threshold = self.cfg.assistant.relevant_conflict
+        return [i for i, sc in enumerate(self.conflict_scores(question, conflicts)) if sc >= threshold]
+
+    def conflict_scores(self, question: str, conflicts: Sequence) -> list[float]:
+        """How close each conflict is to the question: its closer claim's score (cosine + 0.25 x shared words)."""
         texts = [c.claims[k].text for c in conflicts for k in (0, 1)]
         vecs = self.embedder.embed_batch([question] + texts)
         scores = vecs[1:] @ vecs[0] + LEXICAL_WEIGHT * lexical_overlap(question, texts)  # claims a0, b0, a1, b1, ...
-        threshold = self.cfg.assistant.relevant_conflict
-        return [i for i in range(len(conflicts)) if max(scores[2 * i], scores[2 * i + 1]) >= threshold]
+        return [float(max(scores[2 * i], scores[2 * i + 1])) for i in range(len(conflicts))]
 
-    def add_conflict_statements(self, text, passages, conflicts, decisions, relevant) -> tuple[str, list[str]]:
-        """Name every relevant conflict the answer does not already name: quote and cite both
-        claims, drop any sentence stating the overridden claim as fact, and give the decision.
-        Returns (the new text, the statements added)."""
+    def add_conflict_statements(
+        self, text: str, passages: Sequence[SearchHit], conflicts, decisions, chosen: Sequence[int]
+    ) -> tuple[str, list[int], list[tuple[int, str]]]:
+        """Name every chosen conflict the answer does not already name: quote and cite both claims,
+        drop any sentence stating the overridden claim as fact, and give the decision. Returns (the
+        reply with those sentences dropped, the conflicts the reply already names, the
+        ``(conflict index, statement)`` pairs to append, in conflict order)."""
         numbers = {h.id: n for n, h in enumerate(passages, start=1)}
-        statements = []
-        for i in relevant:
+        named, added = [], []
+        for i in sorted(chosen):  # in conflict order: training.data.split_statements reads them so
             conflict, decision = conflicts[i], decisions[i]
             if names_conflict(text, conflict, numbers):
+                named.append(i)
                 continue
             statement = conflict_statement(conflict, decision, numbers, answer=text)
             if statement:
                 text = drop_overridden(text, conflict, decision, numbers)
-                statements.append(statement)
-        return " ".join(x for x in [text.strip(), *statements] if x), statements
+                added.append((i, statement))
+        return text, named, added
 
     # -- context steps ----------------------------------------------------------------------
 
@@ -615,6 +745,30 @@ class ChatEngine:
         return out
 
 
+def distinct_conflicts(conflicts: Sequence, order: Sequence[int]) -> list[int]:
+    """``order`` without the conflicts that repeat an earlier one: the same subject with the same
+    pair of values, or the same subject between the same pair of sources (stated once)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    out = []
+    for i in order:
+        c = conflicts[i]
+        subject = " ".join(str(c.subject).lower().split())
+        values = frozenset(" ".join((x.value or x.text).lower().split()) for x in c.claims)
+        sources = frozenset(x.source for x in c.claims)
+        keys = {(subject + "|values", values), (subject + "|sources", sources)}
+        if keys & seen:
+            continue
+        seen |= keys
+        out.append(i)
+    return out
+
+
+def readable_text(text: str) -> str:
+    """``text`` as valid Unicode: bytes that were not UTF-8 (carried as lone surrogates by argv and
+    stdin, or sent as ``\\udcff`` in JSON) become U+FFFD, so no tokenizer sees a string it cannot encode."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def uncited_sentences(text: str, own: Sequence[str] = ()) -> list[str]:
     """The answer's sentences that state something (3+ words) without citing a source, leaving out
     Tether's own words about conflicts (``own``)."""
@@ -625,6 +779,47 @@ def uncited_sentences(text: str, own: Sequence[str] = ()) -> list[str]:
             continue
         out.append(sentence)
     return out
+
+
+def repeated_ngram(text: str, n: int = GUARD_NGRAM) -> tuple[str, int] | None:
+    """The word n-gram of ``text`` (lower-cased, punctuation ignored) that occurs most often, with
+    its count, when one occurs more than once; None otherwise."""
+    words = [w for w in (t.strip(".,;:!?\"'()[]") for t in text.lower().split()) if w]
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+    if not counts:
+        return None
+    gram, count = max(counts.items(), key=lambda kv: kv[1])
+    return (" ".join(gram), count) if count > 1 else None
+
+
+def _result(stage: Streaming[Event, None, Any]) -> Any:
+    """Run a streaming stage to its result, dropping its events."""
+    while True:
+        try:
+            next(stage)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _cut(text: str, max_chars: int, max_citations: int) -> str:
+    """``text`` cut at a word to at most ``max_chars`` characters (ending in " …") and with the
+    citations past the first ``max_citations`` removed."""
+    count = 0
+
+    def keep(match: re.Match) -> str:
+        nonlocal count
+        count += len(citation_numbers(match.group(0)))
+        return match.group(0) if count <= max_citations else ""
+
+    text = _CITATION.sub(keep, text)
+    if len(text) <= max_chars:
+        return text
+    head = text[: max_chars - 2]
+    head = head[: head.rfind(" ")] if " " in head else head
+    return head.rstrip() + " …"
 
 
 def _clip(sentence: str, words: int) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assistant.generators.base import Message
+from assistant.generators.base import GeneratorIdentity, Message
 from assistant.types import Answer
 from retrieval.ledger import chunks_by_id
 from tether.clock import now_iso
@@ -76,6 +76,26 @@ class RetrievedPassage:
     doc_date: str | None
     authority: str | None
     status: str | None
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """A conversation as the sidebar lists it."""
+
+    id: str
+    user: str | None
+    title: str
+    created_at: str
+    last_at: str  # when its latest turn was logged
+    turns: int
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """A logged turn read back: the answer as it was, and the feedback rows it received (oldest first)."""
+
+    answer: Answer
+    feedback: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -232,6 +252,14 @@ class LogStore:
                 db.execute(
                     "UPDATE turns SET consistency_json = ? WHERE id = ?", (json.dumps(answer.consistency), turn_id)
                 )
+            db.execute(
+                "UPDATE turns SET rejected_json = ?, uncited_json = ? WHERE id = ?",
+                (
+                    json.dumps(answer.rejected.to_json()) if answer.rejected is not None else None,
+                    json.dumps(list(answer.uncited)),
+                    turn_id,
+                ),
+            )
         return conversation_id, turn_id
 
     def add_feedback(
@@ -265,10 +293,172 @@ class LogStore:
             dict(r)
             for r in self.db.execute(
                 "SELECT f.id, f.created_at, f.kind, f.user, f.comment, f.edited_answer, f.passage_id, f.turn_id,"
-                " t.question, t.answer, t.generator, t.model, t.adapter FROM feedback f JOIN turns t ON t.id = f.turn_id"
-                " ORDER BY f.created_at DESC, f.id DESC"
+                " t.question, t.answer, t.generator, t.model, t.adapter, t.conversation_id"
+                " FROM feedback f JOIN turns t ON t.id = f.turn_id ORDER BY f.created_at DESC, f.id DESC"
             )
         ]
+
+    # -- conversations as their users see them ----------------------------------------------------
+
+    def conversations(self, user: str | None, *, all_users: bool = False) -> list[ConversationRow]:
+        """``user``'s conversations that have a turn, most recently active first (``all_users``: everyone's)."""
+        where, args = ("", ()) if all_users else (" WHERE c.user IS ?", (user,))
+        return [
+            ConversationRow(r["id"], r["user"], r["title"] or "", r["created_at"], r["last_at"], r["turns"])
+            for r in self.db.execute(
+                "SELECT c.id, c.user, c.title, c.created_at, MAX(t.created_at) AS last_at, COUNT(t.id) AS turns"
+                f" FROM conversations c JOIN turns t ON t.conversation_id = c.id{where}"
+                " GROUP BY c.id ORDER BY last_at DESC, c.rowid DESC",
+                args,
+            )
+        ]
+
+    def conversation_owner(self, conversation_id: str) -> str | None:
+        """The user a conversation belongs to; TetherError when there is no such conversation."""
+        row = self.db.execute("SELECT user FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None:
+            raise TetherError(f"no conversation with id {conversation_id}")
+        return row["user"]
+
+    def rename_conversation(self, conversation_id: str, title: str, *, user: str | None) -> None:
+        """Give ``user``'s conversation a new title (refused for anyone else's)."""
+        title = " ".join((title or "").split())[:120]
+        if not title:
+            raise TetherError("a conversation title cannot be empty")
+        with transaction(self.db) as db:
+            cur = db.execute(
+                "UPDATE conversations SET title = ? WHERE id = ? AND user IS ?", (title, conversation_id, user)
+            )
+            if not cur.rowcount:
+                raise TetherError(f"no conversation {conversation_id} of {user or 'the local user'}")
+
+    def delete_conversation(self, conversation_id: str, *, user: str | None) -> int:
+        """Delete ``user``'s conversation with its turns and their feedback; returns the turns deleted."""
+        with transaction(self.db) as db:
+            if not db.execute(
+                "SELECT 1 FROM conversations WHERE id = ? AND user IS ?", (conversation_id, user)
+            ).fetchone():
+                raise TetherError(f"no conversation {conversation_id} of {user or 'the local user'}")
+            n = db.execute("SELECT COUNT(*) FROM turns WHERE conversation_id = ?", (conversation_id,)).fetchone()[0]
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        return int(n)
+
+    def conversation_answers(self, conversation_id: str) -> list[StoredTurn]:
+        """Every turn of a conversation, oldest first, as the ``Answer`` it was (passages read back
+        from the ledger; one gone since is shown as such) with its stored feedback."""
+        ids = [
+            r["id"]
+            for r in self.db.execute(
+                "SELECT id FROM turns WHERE conversation_id = ? ORDER BY seq, rowid", (conversation_id,)
+            )
+        ]
+        return [self.stored_turn(tid) for tid in ids]
+
+    def stored_turn(self, turn_id: str) -> StoredTurn:
+        """One logged turn rebuilt as its ``Answer`` (with its turn and conversation ids) and feedback."""
+        from assistant.resolution import Decision
+        from assistant.types import Citation, Rejected
+        from retrieval.conflicts import Conflict
+        from retrieval.search import SearchHit
+
+        rec = self.turn(turn_id)
+        chunks = chunks_by_id(self.db, sorted({r["passage_id"] for r in rec["retrievals"]}))
+        passages = []
+        for r in rec["retrievals"]:
+            c = chunks.get(r["passage_id"])
+            passages.append(
+                SearchHit(
+                    id=r["passage_id"],
+                    text=c.text if c else "(this passage is no longer in the knowledge base)",
+                    source=r["source"],
+                    title=c.title if c else r["source"],
+                    span=(c.start_char, c.end_char) if c else (0, 0),
+                    page=c.page if c else None,
+                    score=r["score"],
+                    rank=r["rank"],
+                    dense_score=None,
+                    bm25_score=None,
+                    date=c.doc_date if c else None,
+                    status=c.status if c else None,
+                    authority=c.authority if c else None,
+                    document_id=c.document_id if c else -1,
+                )
+            )
+        by_id = {h.id: h for h in passages}
+        citations = []
+        for c in rec["citations"]:
+            hit = by_id.get(c["passage_id"])
+            span = (c["start_char"], c["end_char"]) if c["start_char"] is not None else None
+            support = ""
+            if hit is not None and span is not None and hit.span[0] <= span[0] < span[1] <= hit.span[1]:
+                support = hit.text[span[0] - hit.span[0] : span[1] - hit.span[0]]
+            citations.append(
+                Citation(
+                    c["n"], c["passage_id"], c["source"], c["sentence"], support, span, bool(c["supported"]), c["score"]
+                )
+            )
+        conflicts, decisions, relevant = [], [], []
+        for c in rec["conflicts"]:
+            try:
+                conflict = Conflict.from_json(c["claims"])
+                decision = Decision.from_json(c["decision"]) if c["decision"] else None
+            except (ValueError, KeyError, TypeError):  # written by an older version: shown without it
+                continue
+            if decision is not None and c["decision"].get("relevant"):
+                relevant.append(len(conflicts))
+            conflicts.append(conflict)
+            decisions.append(decision)
+        rejected = rec["rejected"]
+        answer = Answer(
+            text=rec["answer"],
+            refused=bool(rec["refused"]),
+            question=rec["question"],
+            query=rec["query"],
+            passages=tuple(passages),
+            citations=tuple(citations),
+            groundedness=rec["groundedness"],
+            generator=GeneratorIdentity(
+                rec["generator"], rec["model"], rec["adapter"], rec["adapter_hash"], rec["decoding"]
+            ),
+            latency_ms=rec["latency_ms"],
+            uncited=tuple(rec["uncited"]),
+            conflicts=tuple(conflicts),
+            decisions=tuple(decisions),
+            policy=rec["policy"],
+            relevant_conflicts=tuple(relevant),
+            consistency=rec["consistency"],
+            fallback=rec["fallback"],
+            rejected=Rejected(rejected["text"], tuple(rejected["reasons"]), rejected.get("groundedness"))
+            if rejected
+            else None,
+            turn_id=rec["id"],
+            conversation_id=rec["conversation_id"],
+        )
+        return StoredTurn(answer, tuple(rec["feedback"]))
+
+    def rejected_turns(self) -> list[dict[str, Any]]:
+        """Turns whose LLM reply the engine's guard replaced, oldest first: the question, the prompt
+        the model saw, its attempt (a negative for training), the reasons and the answer shown."""
+        out = []
+        for r in self.db.execute(
+            "SELECT id, question, answer, prompt_json, rejected_json, generator, model, adapter FROM turns"
+            " WHERE rejected_json IS NOT NULL ORDER BY created_at, rowid"
+        ):
+            rejected = json.loads(r["rejected_json"])
+            out.append(
+                {
+                    "turn_id": r["id"],
+                    "question": r["question"],
+                    "prompt": json.loads(r["prompt_json"]) if r["prompt_json"] else None,
+                    "attempt": rejected["text"],
+                    "reasons": rejected["reasons"],
+                    "shown": r["answer"],
+                    "generator": r["generator"],
+                    "model": r["model"],
+                    "adapter": r["adapter"],
+                }
+            )
+        return out
 
     def turn(self, turn_id: str) -> dict[str, Any]:
         """The full record of one turn, as stored."""
@@ -286,6 +476,8 @@ class LogStore:
             dict(r) for r in db.execute("SELECT * FROM citations WHERE turn_id = ? ORDER BY idx", (turn_id,))
         ]
         out["consistency"] = json.loads(out.pop("consistency_json")) if out.get("consistency_json") else None
+        out["rejected"] = json.loads(out.pop("rejected_json")) if out.get("rejected_json") else None
+        out["uncited"] = json.loads(out.pop("uncited_json")) if out.get("uncited_json") else []
         out["conflicts"] = [
             {
                 **dict(r),

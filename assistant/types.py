@@ -49,6 +49,20 @@ class Conversation:
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """An LLM reply the engine's guard would not show (it loops, cites nothing that verifies, or
+    states a value no source holds): the verified extractive answer was shown instead. Logged with
+    the turn (``turns.rejected_json``) as a negative for training."""
+
+    text: str  # the model's attempt, as it would have been shown
+    reasons: tuple[str, ...]
+    groundedness: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "reasons": list(self.reasons), "groundedness": self.groundedness}
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     refused: bool
@@ -63,9 +77,13 @@ class Answer:
     conflicts: tuple[Any, ...] = ()  # retrieval.conflicts.Conflict, all found among the passages
     decisions: tuple[Any, ...] = ()  # assistant.resolution.Decision, one per conflict
     policy: str | None = None
-    relevant_conflicts: tuple[int, ...] = ()  # indexes of the conflicts the answer speaks about
+    relevant_conflicts: tuple[int, ...] = ()  # indexes of the conflicts the question is about
+    # indexes of the conflicts the answer states (relevant ones, each pair of values once, at most
+    # assistant.max_conflicts_stated); the others are only here and in to_json, with stated: false
+    stated_conflicts: tuple[int, ...] = ()
     consistency: dict[str, Any] | None = None  # intra-memory check (assistant/consistency.py), when asked for
     fallback: str | None = None  # why the configured generator was replaced, if it was
+    rejected: Rejected | None = None  # the LLM's reply the guard replaced by the extractive answer, and why
     turn_id: str | None = None
     conversation_id: str | None = None
 
@@ -89,10 +107,12 @@ class Answer:
                     "decision": d.to_json() if d is not None else None,
                     "policy": self.policy,
                     "relevant": i in self.relevant_conflicts,
+                    "stated": i in self.stated_conflicts,
                 }
                 for i, (c, d) in enumerate(self.conflict_decisions())
             ],
             "policy": self.policy,
+            "conflicts_stated": len(self.stated_conflicts),
             "consistency": self.consistency,
             "sources": [
                 {
@@ -109,6 +129,7 @@ class Answer:
             ],
             "generator": asdict(self.generator),
             "fallback": self.fallback,
+            "rejected": self.rejected.to_json() if self.rejected else None,
             "latency_ms": {k: round(v, 1) for k, v in self.latency_ms.items()},
             "turn_id": self.turn_id,
             "conversation_id": self.conversation_id,

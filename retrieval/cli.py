@@ -4,6 +4,7 @@ tether ingest PATH...  -> retrieval.ingest.ingest
 tether search QUERY    -> retrieval.search.Searcher.search
 tether docs            -> retrieval.ledger.Ledger.documents
 tether doctor          -> retrieval.ingest.doctor
+tether models export-encoder -> retrieval.onnx_encoder.export_encoder
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from tether.cli import load
 from tether.errors import TetherError
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``ingest``, ``search``, ``docs`` and ``doctor`` to the root app."""
+def register(app: typer.Typer, models_app: typer.Typer | None = None) -> None:
+    """Add ``ingest``, ``search``, ``docs`` and ``doctor`` to the root app, ``export-encoder`` to ``models``."""
     app.command("ingest")(ingest)
     app.command("search")(search)
     app.command("docs")(docs)
     app.command("doctor")(doctor)
+    if models_app is not None:
+        models_app.command("export-encoder")(export_encoder)
 
 
 def ingest(
@@ -135,3 +138,25 @@ def doctor(
         for line in report.lines():
             typer.echo(line)
     raise typer.Exit(report.exit_code)
+
+
+def export_encoder(
+    ctx: typer.Context,
+    model: str | None = typer.Option(
+        None, "--model", help="sentence-transformers model (default retrieval.embed_model)"
+    ),
+    out: Path | None = typer.Option(None, "--out", help="output folder (default <data dir>/models/encoders/<model>)"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+) -> None:
+    """Export the embedder to ONNX (fp32 and int8), parity-checked; `retrieval.encoder: auto` then uses it."""
+    from retrieval.onnx_encoder import encoder_dir
+    from retrieval.onnx_encoder import export_encoder as run_export
+
+    cfg = load(ctx)
+    name = model or cfg.retrieval.embed_model
+    report = run_export(name, out or encoder_dir(cfg.models_dir, name))
+    if as_json:
+        typer.echo(json.dumps(report.manifest, indent=2))
+    else:
+        for line in report.lines():
+            typer.echo(line)

@@ -128,7 +128,38 @@ def get_embedder(
         return _CACHE[key]
 
 
-def embedder_for(cfg) -> SentenceTransformerEmbedder:
-    """The embedder a TetherConfig asks for."""
+_ONNX_CACHE: dict[tuple[str, int], Embedder] = {}
+
+
+def get_onnx_embedder(onnx_file, name: str, batch_size: int = 16) -> Embedder:
+    """One ONNX Runtime session per (file, batch size) per process."""
+    from retrieval.onnx_encoder import OnnxEmbedder
+
+    key = (str(onnx_file), batch_size)
+    with _CACHE_LOCK:
+        if key not in _ONNX_CACHE:
+            _ONNX_CACHE[key] = OnnxEmbedder(onnx_file, name=name, batch_size=batch_size)
+        return _ONNX_CACHE[key]
+
+
+def embedder_for(cfg) -> Embedder:
+    """The embedder a TetherConfig asks for (``retrieval.encoder``).
+
+    ``auto`` and ``onnx`` take the ONNX export of ``embed_model`` under ``<data dir>/models/encoders``
+    (``tether models export-encoder``): no torch in the process. ``auto`` falls back to
+    sentence-transformers when there is none; ``onnx`` raises. Both runtimes give vectors of the
+    same identity (``embed_identity``): docs/BENCHMARKS.md, "ONNX encoder", has the measurements."""
+    from retrieval.onnx_encoder import usable_export
+
     r = cfg.retrieval
+    if r.encoder in ("auto", "onnx"):
+        onnx_file = usable_export(cfg.models_dir, r.embed_model, r.embed_int8)
+        if onnx_file is not None:
+            return get_onnx_embedder(onnx_file, r.embed_model, r.embed_batch_size)
+        if r.encoder == "onnx":
+            raise BackendUnavailable(
+                f"retrieval.encoder is 'onnx' but {r.embed_model!r} has no current ONNX export under "
+                f"{cfg.models_dir / 'encoders'}: run `tether models export-encoder` (or set retrieval.encoder: auto)"
+            )
+        log.info("no ONNX export of %s: loading it with sentence-transformers", r.embed_model)
     return get_embedder(r.embed_model, r.embed_batch_size, r.embed_int8)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.chunking import Chunk
+from retrieval.chunking import Chunk, index_text
 from tether.clock import now_iso
 from tether.db import connect, transaction
 from tether.errors import ConfigError
@@ -77,7 +77,7 @@ def ensure_collection(db: sqlite3.Connection, name: str, embed_model: str) -> No
     elif row["embed_model"] != embed_model:
         raise ConfigError(
             f"collection '{name}' was embedded with {row['embed_model']!r} but the configuration asks for "
-            f"{embed_model!r} (retrieval.embed_model / retrieval.embed_int8): use another --collection, or set them back"
+            f"{embed_model!r} (retrieval.embed_model / retrieval.embed_int8 / retrieval.heading_prefix): use another --collection, or set them back"
         )
 
 
@@ -158,9 +158,10 @@ def commit_document(
         )
         doc_id = cur.lastrowid
         db.executemany(
-            "INSERT INTO chunks (id, collection, document_id, seq, text, start_char, end_char, page) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (id, collection, document_id, seq, text, start_char, end_char, page, heading)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (cid, collection, doc_id, c.seq, c.text, c.start, c.end, page)
+                (cid, collection, doc_id, c.seq, c.text, c.start, c.end, page, c.heading or None)
                 for cid, c, page in zip(chunk_ids, chunks, pages)
             ],
         )
@@ -242,8 +243,12 @@ def chunk_count(db: sqlite3.Connection, collection: str) -> int:
 
 
 def all_chunks(db: sqlite3.Connection, collection: str) -> tuple[list[str], list[str]]:
-    rows = db.execute("SELECT id, text FROM chunks WHERE collection = ? ORDER BY rowid", (collection,)).fetchall()
-    return [r["id"] for r in rows], [r["text"] for r in rows]
+    """(ids, index texts) of every committed chunk in written order; the index text is what BM25
+    indexes: the heading path, if any, before the text (``retrieval.chunking.index_text``)."""
+    rows = db.execute(
+        "SELECT id, text, heading FROM chunks WHERE collection = ? ORDER BY rowid", (collection,)
+    ).fetchall()
+    return [r["id"] for r in rows], [index_text(r["heading"], r["text"]) for r in rows]
 
 
 def chunks_by_id(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, ChunkRow]:
@@ -275,7 +280,8 @@ def chunk_ids_of(db: sqlite3.Connection, collection: str, sources: Iterable[str]
 
 @dataclass(frozen=True)
 class StoreEntry:
-    """What the vector store holds for a committed chunk: its text (to embed) and its metadata."""
+    """What the vector store holds for a committed chunk: its index text (to embed: the heading
+    path, if any, before the text) and its metadata."""
 
     id: str
     text: str
@@ -297,12 +303,22 @@ def store_entries(db: sqlite3.Connection, collection: str, ids: Sequence[str]) -
     for lo in range(0, len(ids), 500):
         part = ids[lo : lo + 500]
         rows = db.execute(
-            "SELECT c.rowid AS r, c.id, c.text, d.source, d.doc_date, d.content_hash, c.seq FROM chunks c"
+            "SELECT c.rowid AS r, c.id, c.text, c.heading, d.source, d.doc_date, d.content_hash, c.seq FROM chunks c"
             f" JOIN documents d ON d.id = c.document_id WHERE c.collection = ? AND c.id IN ({','.join('?' * len(part))})",
             [collection, *part],
         )
         found += [
-            (r["r"], StoreEntry(r["id"], r["text"], r["source"], r["doc_date"], r["content_hash"], r["seq"]))
+            (
+                r["r"],
+                StoreEntry(
+                    r["id"],
+                    index_text(r["heading"], r["text"]),
+                    r["source"],
+                    r["doc_date"],
+                    r["content_hash"],
+                    r["seq"],
+                ),
+            )
             for r in rows
         ]
     return [entry for _, entry in sorted(found, key=lambda x: x[0])]

@@ -41,6 +41,24 @@ AUTHORITIES = ("official", "team", "informal")
 
 
 @dataclass(frozen=True)
+class Section:
+    """A titled part of a document: its title and the span of text it governs (title included).
+
+    Levels: 1-6 for headings (HTML h1-h6, Markdown ``#``-``######``); a definition-list term (HTML
+    ``<dt>``, as reference pages give option and parameter names) is ``TERM_LEVEL`` plus its list's
+    nesting depth and governs its definition, up to the next term or the end of its list."""
+
+    level: int
+    title: str
+    title_start: int  # offsets into ParsedDocument.text
+    start: int
+    end: int
+
+
+TERM_LEVEL = 7
+
+
+@dataclass(frozen=True)
 class ParsedDocument:
     kind: str
     text: str
@@ -51,6 +69,11 @@ class ParsedDocument:
     authority: str | None = None
     page_starts: tuple[int, ...] = ()  # PDF: offset in text where page i+1 begins
     warnings: tuple[str, ...] = field(default=())
+    sections: tuple[Section, ...] = ()  # heading structure (HTML, Markdown), by title_start
+
+    def heading_path(self, offset: int) -> list[Section]:
+        """The sections that govern text[offset] and whose title lies before it, outermost first."""
+        return [s for s in self.sections if s.start <= offset < s.end and s.title_start < offset]
 
     def page_at(self, offset: int) -> int | None:
         if not self.page_starts:
@@ -123,8 +146,12 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
             return data.decode("utf-16"), None
         except UnicodeDecodeError as exc:
             raise FileRejected(f"broken UTF-16 text ({exc.reason} at byte {exc.start})") from exc
-    if b"\x00" in data[:8192]:
-        raise FileRejected("binary content (NUL bytes) in a text file")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        utf16 = _bomless_utf16(data)
+        if utf16 is not None:
+            return utf16
+        raise FileRejected(f"binary content (NUL bytes, the first at offset {nul}) in a text file")
     try:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError as exc:
@@ -138,6 +165,25 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
             "encoding fits; re-save the file as UTF-8"
         )
     return str(best), f"not UTF-8: decoded as {best.encoding}"
+
+
+def _bomless_utf16(data: bytes) -> tuple[str, str] | None:
+    """(text, warning) when data reads as UTF-16 without a byte-order mark (NUL in most high bytes
+    of ASCII-range text, nothing unprintable once decoded); None otherwise."""
+    if len(data) < 4 or len(data) % 2:
+        return None
+    sample = data[:65536]
+    for encoding, high in (("utf-16-le", sample[1::2]), ("utf-16-be", sample[0::2])):
+        if high.count(0) < 0.4 * len(high):
+            continue
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        printable = sum(1 for ch in text[:20000] if ch.isprintable() or ch in "\n\r\t")
+        if "\x00" not in text and printable >= 0.97 * min(len(text), 20000):
+            return text, f"no byte-order mark: decoded as {encoding.upper()}"
+    return None
 
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", re.S)
@@ -155,6 +201,7 @@ def _read_markdown(data: bytes, path: Path, kind: str) -> ParsedDocument:
     if sidecar:
         side = _load_yaml_meta(sidecar.read_text(encoding="utf-8"), sidecar.name)
         meta = {k: side.get(k) or meta.get(k) for k in META_KEYS}
+    sections = _markdown_sections(text, body_start) if kind == "markdown" else ()
     title = meta.get("title")
     if not title and kind == "markdown":
         heading = re.search(r"^#\s+(.+)$", text[body_start:], re.M)
@@ -168,7 +215,44 @@ def _read_markdown(data: bytes, path: Path, kind: str) -> ParsedDocument:
         status=meta.get("status"),
         authority=meta.get("authority"),
         warnings=(warning,) if warning else (),
+        sections=sections,
     )
+
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def _markdown_sections(text: str, body_start: int) -> tuple[Section, ...]:
+    """ATX headings (``#`` to ``######``) outside fenced code, each governing the text up to the
+    next heading of the same or a higher level."""
+    found: list[tuple[int, str, int]] = []  # (level, title, offset of the heading line)
+    fence: str | None = None
+    at = body_start
+    for line in text[body_start:].splitlines(keepends=True):
+        bare = line.rstrip("\r\n")
+        opened = _FENCE.match(bare)
+        if fence is not None:
+            if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence):
+                fence = None
+        elif opened:
+            fence = opened.group(1)
+        else:
+            match = _ATX.match(bare)
+            if match:
+                found.append((len(match.group(1)), match.group(2).strip(), at))
+        at += len(line)
+    return _close_sections(found, len(text))
+
+
+def _close_sections(found: list[tuple[int, str, int]], n: int) -> tuple[Section, ...]:
+    """Sections from (level, title, start) headings in text order: each ends where the next
+    heading of the same or a higher level (a smaller number) starts."""
+    out = []
+    for i, (level, title, start) in enumerate(found):
+        end = next((s for lv, _, s in found[i + 1 :] if lv <= level), n)
+        out.append(Section(level, title, start, start, end))
+    return tuple(out)
 
 
 # --- HTML ----------------------------------------------------------------------------------
@@ -215,6 +299,21 @@ _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|font-siz
 
 def html_visible_text(html: str) -> tuple[str, str | None]:
     """The text a reader sees: (text, <title>). Drops scripts, styles, comments and hidden elements."""
+    text, title, _ = html_document(html)
+    return text, title
+
+
+# Marks put around headings, terms and definition lists while walking the tree, then taken out
+# again with their offsets; an input holding any of these characters gets no sections.
+_MARKS = re.compile("[\ue000-\ue0ff]")
+_OPEN_TITLE, _CLOSE_TITLE, _OPEN_LIST, _CLOSE_LIST = "\ue000", "\ue001", "\ue002", "\ue003"
+_LEVEL_BASE = 0xE010
+_HEADINGS = {f"h{i}": i for i in range(1, 7)}
+
+
+def html_document(html: str) -> tuple[str, str | None, tuple[Section, ...]]:
+    """(visible text, <title>, sections): ``html_visible_text`` plus the heading structure (h1-h6,
+    and ``<dt>`` terms, which govern their definitions)."""
     from bs4 import BeautifulSoup, Comment, NavigableString, Tag
 
     soup = BeautifulSoup(html, "html.parser")
@@ -234,6 +333,7 @@ def html_visible_text(html: str) -> tuple[str, str | None]:
         ):
             tag.decompose()
     parts: list[str] = []
+    mark = not _MARKS.search(html)
 
     def walk(node: Any) -> None:
         for child in node.children:
@@ -245,21 +345,113 @@ def html_visible_text(html: str) -> tuple[str, str | None]:
                     parts.append("\n\n" if child.name not in ("br", "li", "tr", "dt", "dd") else "\n")
                 if child.name in ("td", "th"):
                     parts.append(" | ")
+                level = _HEADINGS.get(child.name, TERM_LEVEL if child.name == "dt" else 0) if mark else 0
+                if mark and child.name == "dl":
+                    parts.append(_OPEN_LIST)
+                if level:
+                    parts.append(_OPEN_TITLE + chr(_LEVEL_BASE + level))
                 walk(child)
+                if level:
+                    parts.append(_CLOSE_TITLE)
+                if mark and child.name == "dl":
+                    parts.append(_CLOSE_LIST)
                 if block:
                     parts.append("\n\n" if child.name not in ("br", "li", "tr", "dt", "dd") else "\n")
 
     walk(soup)
     raw = "".join(parts)
+    if not mark:
+        return _normalise_html_text(raw), title, ()
+    text = _normalise_html_text(_MARKS.sub("", raw))
+    return text, title, _html_sections(_normalise_html_text(raw), text)
+
+
+def _normalise_html_text(raw: str) -> str:
     lines = [re.sub(r"[ \t\r\f\v\u00a0]+", " ", line).strip() for line in raw.split("\n")]
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    return text, title
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _html_sections(marked: str, text: str) -> tuple[Section, ...]:
+    """Sections from the marks in ``marked`` (the normalised text with its marks), as offsets into
+    ``text`` (the same without them). Taking a mark out can leave a space or newline that the
+    normalisation would have removed; offsets are mapped past those. Anything that does not line up
+    gives no sections rather than wrong ones."""
+    bare: list[str] = []
+    events: list[tuple[int, str]] = []
+    at = 0
+    for piece in re.split("([\ue000-\ue0ff])", marked):
+        if len(piece) == 1 and _MARKS.match(piece):
+            events.append((at, piece))
+        elif piece:
+            bare.append(piece)
+            at += len(piece)
+    joined = "".join(bare)
+    to_text = [0] * (len(joined) + 1)
+    j = 0
+    for i, ch in enumerate(joined):
+        to_text[i] = j
+        if j < len(text) and ch == text[j]:
+            j += 1
+        elif not ch.isspace():
+            log.debug("heading marks do not line up with the text; no sections")
+            return ()
+    to_text[len(joined)] = j
+    if j != len(text):
+        log.debug("heading marks do not line up with the text; no sections")
+        return ()
+
+    found: list[tuple[int, str, int]] = []  # headings: (level, title, start)
+    terms: list[Section] = []
+    lists: list[list[Section]] = []  # open definition lists: their terms so far
+    open_title: tuple[int, int] | None = None  # (level, start) of the title being read
+    last_close = -1
+    k = 0
+    while k < len(events):
+        pos, ev = events[k]
+        pos = to_text[pos]
+        if ev == _OPEN_TITLE and k + 1 < len(events):
+            open_title = (ord(events[k + 1][1]) - _LEVEL_BASE, pos)
+            k += 1
+        elif ev == _CLOSE_TITLE and open_title is not None:
+            level, start = open_title
+            open_title = None
+            name = " ".join(text[start:pos].split())
+            if not name:
+                pass
+            elif level < TERM_LEVEL:
+                found.append((level, name, start))
+            elif lists:
+                mine = lists[-1]
+                if mine and last_close >= 0 and not text[last_close:start].strip() and mine[-1].end == last_close:
+                    prev = mine.pop()  # a run of terms shares one definition
+                    mine.append(Section(prev.level, f"{prev.title}, {name}", prev.title_start, prev.start, pos))
+                else:
+                    if mine:
+                        mine[-1] = _ended(mine[-1], start)
+                    mine.append(Section(TERM_LEVEL + len(lists) - 1, name, start, start, pos))
+                last_close = pos
+        elif ev == _OPEN_LIST:
+            lists.append([])
+        elif ev == _CLOSE_LIST and lists:
+            mine = lists.pop()
+            if mine:
+                mine[-1] = _ended(mine[-1], pos)
+            terms.extend(mine)
+        k += 1
+    for mine in lists:  # unclosed lists (cannot happen with html.parser) end with the text
+        terms.extend(mine[:-1] + [_ended(mine[-1], len(text))] if mine else [])
+    sections = list(_close_sections(found, len(text))) + terms
+    return tuple(sorted(sections, key=lambda s: (s.title_start, s.level)))
+
+
+def _ended(section: Section, end: int) -> Section:
+    return Section(section.level, section.title, section.title_start, section.start, max(end, section.start))
 
 
 def _read_html(data: bytes, path: Path) -> ParsedDocument:
     html, warning = decode_text(data)
-    text, html_title = html_visible_text(html)
-    return _with_sidecar(path, "html", text, html_title, warnings=(warning,) if warning else ())
+    text, html_title, sections = html_document(html)
+    return _with_sidecar(path, "html", text, html_title, warnings=(warning,) if warning else (), sections=sections)
 
 
 def _sidecar_meta(path: Path) -> dict[str, str | None]:

@@ -95,8 +95,11 @@ class SearchTimings:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def rrf_fuse(rankings: Sequence[Sequence[str]], k: int) -> list[tuple[str, float]]:
-    """Reciprocal rank fusion of ranked id lists (rank 1 = best).
+def rrf_fuse(
+    rankings: Sequence[Sequence[str]], k: int, weights: Sequence[float] | None = None
+) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion of ranked id lists (rank 1 = best): score = sum of w / (k + rank),
+    with one weight per list (default 1 each).
 
     Ties (the same ranks swapped between lists) go to the better rank in the first list, so the
     order never depends on ids; pass the dense ranking first.
@@ -104,11 +107,31 @@ def rrf_fuse(rankings: Sequence[Sequence[str]], k: int) -> list[tuple[str, float
     scores: dict[str, float] = {}
     first_rank: dict[str, int] = {}
     for i, ranking in enumerate(rankings):
+        w = 1.0 if weights is None else float(weights[i])
         for rank, cid in enumerate(ranking, start=1):
-            scores[cid] = scores.get(cid, 0.0) + 1.0 / (k + rank)
+            scores[cid] = scores.get(cid, 0.0) + w / (k + rank)
             if i == 0:
                 first_rank[cid] = rank
     return sorted(scores.items(), key=lambda kv: (-round(kv[1], 12), first_rank.get(kv[0], 1 << 30), kv[0]))
+
+
+def page_fuse(
+    fused: Sequence[tuple[str, float]], page_of: dict[str, int], k: int, weight: float, best: int = 2
+) -> list[tuple[str, float]]:
+    """Chunk-level plus page-level fusion: each page scores the sum of the fused scores of its
+    ``best`` best chunks; pages are ranked by it, and every chunk gets ``weight / (k + its page's
+    rank)`` added to its own fused score. Chunks without a page (``page_of`` lacks them) get nothing
+    added. Ties keep the order of ``fused``."""
+    per_page: dict[int, list[float]] = {}
+    for cid, score in fused:
+        page = page_of.get(cid)
+        if page is not None and len(per_page.setdefault(page, [])) < best:
+            per_page[page].append(score)
+    ranked = sorted(per_page, key=lambda p: -sum(per_page[p]))  # stable: first-seen page wins a tie
+    page_rank = {p: r for r, p in enumerate(ranked, start=1)}
+    out = [(cid, score + (weight / (k + page_rank[page_of[cid]]) if cid in page_of else 0.0)) for cid, score in fused]
+    order = {cid: i for i, (cid, _) in enumerate(fused)}
+    return sorted(out, key=lambda kv: (-round(kv[1], 12), order[kv[0]]))
 
 
 class Searcher:
@@ -220,12 +243,20 @@ class Searcher:
         timings.bm25_ms = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
-        fused = rrf_fuse([[h.id for h in dense], [cid for cid, _ in lexical]], self.cfg.retrieval.rrf_k)
+        r = self.cfg.retrieval
+        fused = rrf_fuse(
+            [[h.id for h in dense], [cid for cid, _ in lexical]], r.rrf_k, weights=(r.dense_weight, r.bm25_weight)
+        )
         dense_by_id = {h.id: h.similarity for h in dense}
         bm25_by_id = dict(lexical)
         reranker = self.reranker()
-        take = max(k, self.cfg.retrieval.rerank_top) if reranker else k
-        rows = self._rows([cid for cid, _ in fused[: take * 2]])
+        take = max(k, r.rerank_top) if reranker else k
+        if r.page_weight > 0:
+            rows = self._rows([cid for cid, _ in fused])
+            page_of = {cid: row.document_id for cid, row in rows.items()}
+            fused = page_fuse(fused, page_of, r.rrf_k, r.page_weight, r.page_chunks)
+        else:
+            rows = self._rows([cid for cid, _ in fused[: take * 2]])
         scored = [(cid, s) for cid, s in fused if cid in rows][:take]
         timings.fuse_ms = (time.perf_counter() - t) * 1e3
 

@@ -40,6 +40,8 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def all_ids(self) -> list[str]: ...  # every id held (reconciliation with the ledger)
+
 
 def _tether_embedding_function(model: str, int8: bool = False):
     """Chroma's EmbeddingFunction over our embedder, loaded only when Chroma calls it."""

@@ -403,3 +403,47 @@ def test_stored_configuration_blanks_the_api_key(tmp_path):
     assert stored == public_dict(cfg)
     assert stored["openai"]["api_key"] == "***" and stored["openai"]["url"] == "http://127.0.0.1:9/v1"
     assert "sk-very-secret" not in json.dumps(stored)
+
+
+# -- answer bounds (assistant.max_conflicts_stated, max_answer_chars, max_citations) ----------------
+
+
+def test_answer_bounds_have_defaults_help_and_range_checks(tmp_path):
+    from tether.config import AssistantConfig
+
+    a = load_config(tmp_path / "d").assistant
+    assert (a.max_conflicts_stated, a.max_answer_chars, a.max_citations) == (3, 2000, 8)
+    helps = {f.name: f.metadata.get("help") for f in dataclasses.fields(AssistantConfig)}
+    assert all(helps[k] for k in ("max_conflicts_stated", "max_answer_chars", "max_citations"))
+    data = tmp_path / "d"
+    data.mkdir(exist_ok=True)
+    (data / "tether.yaml").write_text(
+        "assistant:\n  max_conflicts_stated: 51\n  max_answer_chars: 199\n  max_citations: 0\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    assert info.value.problems == [
+        "assistant.max_conflicts_stated (51) must be between 0 and 50 (0 = state none)",
+        "assistant.max_answer_chars (199) must be between 200 and 100000",
+        "assistant.max_citations (0) must be between 1 and 100",
+    ]
+    (data / "tether.yaml").write_text("assistant:\n  max_citations: 2.5\n  max_conflicts_stated: 0\n")
+    with pytest.raises(ConfigError, match=r"assistant.max_citations must be an integer, got 2.5"):
+        load_config(data)
+    (data / "tether.yaml").write_text("assistant:\n  max_conflicts_stated: 0\n  max_answer_chars: 200\n")
+    assert load_config(data).assistant.max_conflicts_stated == 0
+
+
+def test_config_file_read_errors_are_one_problem_each(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "tether.yaml").write_bytes(b"\xef\xbb\xbfretrieval:\n  chunk_size: 120\n")  # a UTF-8 BOM is fine
+    assert load_config(data).retrieval.chunk_size == 120
+    (data / "tether.yaml").write_bytes(b"retrieval:\n  collection: \xff\n")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 25 is 0xff\): save it as UTF-8"):
+        load_config(data)
+    with pytest.raises(ConfigError, match=r"--config .* is a folder: give the path of a YAML file"):
+        load_config(data, config_file=tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"the data dir .*file is a file, not a folder"):
+        load_config(tmp_path / "file")

@@ -24,6 +24,7 @@ def test_migrate_blank_database_creates_the_schema():
         "start_char": "INTEGER",
         "end_char": "INTEGER",
         "page": "INTEGER",
+        "heading": "TEXT",  # m007
     }
     doc_cols = _columns(db, "documents")
     for col in ("source", "path", "content_hash", "title", "doc_date", "status", "authority", "text", "n_chunks"):

@@ -555,3 +555,76 @@ def test_ask_prints_a_one_piece_answer_once(handbook_cfg):
     assert result.exit_code == 0, result.output
     first = result.output.splitlines()[0]
     assert "25 working days" in first and first.count("25 working days") == 1 and "with citations" not in result.output
+
+
+# -- the guard: a failed LLM reply never reaches the user as the answer ------------------------------
+
+
+def test_guard_replaces_a_looping_reply_with_the_labelled_extractive_answer(engine):
+    from assistant.engine import GUARD_LABEL
+    from assistant.events import Final, Replace
+
+    loop = ["Leave is the one that says leave is the one that says " * 4]
+    events = list(_llm(engine, Scripted(loop)).stream(LEAVE))
+    replaced = [e for e in events if isinstance(e, Replace)]
+    answer = events[-1].answer
+    assert isinstance(events[-1], Final) and len(replaced) == 1 and replaced[0].reason.startswith(GUARD_LABEL)
+    assert "repeats itself" in replaced[0].reason
+    assert "25 working days" in answer.text and "the one that says" not in answer.text
+    assert answer.rejected is not None and answer.rejected.text.startswith("Leave is the one that says")
+    stored = engine.logstore.rejected_turns()  # logged: a negative for training
+    assert any(r["attempt"] == answer.rejected.text for r in stored)
+
+
+def test_guard_replaces_a_reply_that_invents_a_value(engine):
+    from assistant.events import Replace
+
+    events = list(
+        _llm(engine, Scripted(["Full-time employees get 97 working days of paid annual leave [1]."])).stream(LEAVE)
+    )
+    reasons = [e.reason for e in events if isinstance(e, Replace)]
+    answer = events[-1].answer
+    assert len(reasons) == 1 and "97" in reasons[0] and "97" not in answer.text
+    assert "25 working days" in answer.text and answer.rejected is not None
+
+
+def test_guard_keeps_a_verified_reply_and_can_be_turned_off(engine):
+    from assistant.events import Replace
+
+    good = _llm(engine, Scripted(LEAVE_REPLY)).answer(LEAVE)
+    assert good.rejected is None and "25 working days" in good.text and good.groundedness == 1.0
+    off = _llm(engine, Scripted(["Full-time employees get 97 working days of paid annual leave [1]."]), guard=False)
+    events = list(off.stream(LEAVE))
+    assert not any(isinstance(e, Replace) for e in events) and "97" in events[-1].answer.text
+
+
+def test_conversations_are_listed_restored_renamed_and_deleted_per_user(engine):
+    from tether.errors import TetherError
+
+    store = engine.logstore
+    conv = Conversation(user="cleo")
+    first = engine.answer(LEAVE, conv)
+    second = engine.answer("And how many can I carry over?", conv)
+    other = engine.answer(LEAVE, Conversation(user="dex"))
+    mine = store.conversations("cleo")
+    assert [c.id for c in mine] == [conv.id] and mine[0].turns == 2 and mine[0].user == "cleo"
+    assert other.conversation_id not in {c.id for c in mine}
+    assert {conv.id, other.conversation_id} <= {c.id for c in store.conversations(None, all_users=True)}
+    restored = store.conversation_answers(conv.id)
+    assert [t.answer.turn_id for t in restored] == [first.turn_id, second.turn_id]
+    assert restored[0].answer.text == first.text and restored[0].answer.question == LEAVE
+    assert [c.n for c in restored[0].answer.citations] == [c.n for c in first.citations]
+    assert [h.id for h in restored[0].answer.passages] == [h.id for h in first.passages]
+    store.add_feedback(first.turn_id, "up", user="cleo")
+    assert [f["kind"] for f in store.stored_turn(first.turn_id).feedback] == ["up"]
+    store.rename_conversation(conv.id, "  Leave   questions ", user="cleo")
+    assert store.conversations("cleo")[0].title == "Leave questions"
+    with pytest.raises(TetherError):
+        store.rename_conversation(conv.id, "mine now", user="dex")  # not bo's
+    with pytest.raises(TetherError):
+        store.delete_conversation(conv.id, user="dex")
+    assert store.conversation_owner(conv.id) == "cleo"
+    assert store.delete_conversation(conv.id, user="cleo") == 2
+    assert store.conversations("cleo") == []
+    with pytest.raises(TetherError):
+        store.conversation_owner(conv.id)

@@ -226,3 +226,102 @@ def run_stage(stage):
             events.append(next(stage))
         except StopIteration as stop:
             return events, stop.value
+
+
+# -- bounded answers: a corpus that contradicts itself everywhere -----------------------------------
+
+LEAVE = "How many days of annual leave do employees receive?"
+
+
+@pytest.fixture(scope="module")
+def contradictions_cfg(tmp_path_factory):
+    """30 small documents that each give another number of leave days (435 conflicting pairs), plus
+    6 that repeat one pair of values (20 vs 25 days, between two sources each)."""
+    from retrieval.embeddings import embedder_for
+
+    root = tmp_path_factory.mktemp("contradictions")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"leave-{i:02d}.md").write_text(
+            f"---\ndate: 2024-01-{i + 1:02d}\nauthority: official\n---\n# Leave policy {i}\n\n"
+            f"Employees receive {10 + i} days of annual leave per year.\n"
+        )
+    cfg = load_config(root / "data").with_assistant(generator="extractive", top_k=30)
+    assert ingest(cfg, [corpus], embedder=embedder_for(cfg)).exit_code == 0
+    return cfg
+
+
+def test_many_contradictions_give_a_bounded_answer_and_the_json_keeps_them_all(contradictions_cfg):
+    a = _answer(contradictions_cfg, LEAVE)
+    limits = contradictions_cfg.assistant
+    assert len(a.conflicts) >= 100 and len(a.relevant_conflicts) >= 100  # the corpus does contradict itself
+    assert 1 <= len(a.stated_conflicts) <= limits.max_conflicts_stated == 3
+    assert len(a.text) <= limits.max_answer_chars and len(a.citations) <= limits.max_citations
+    assert a.text.count("The sources disagree on") == len(a.stated_conflicts)  # one statement each, no repeats
+    out = a.to_json()
+    assert len(out["conflicts"]) == len(a.conflicts)
+    assert [i for i, c in enumerate(out["conflicts"]) if c["stated"]] == list(a.stated_conflicts)
+    assert out["conflicts_stated"] == len(a.stated_conflicts)
+    # the caps are configuration: one conflict, a shorter answer, fewer citations
+    b = _answer(contradictions_cfg, LEAVE, max_conflicts_stated=1, max_answer_chars=400, max_citations=2)
+    assert len(b.stated_conflicts) <= 1 and len(b.text) <= 400 and len(b.citations) <= 2
+    assert _answer(contradictions_cfg, LEAVE, max_conflicts_stated=0).stated_conflicts == ()
+
+
+def test_ask_json_lists_every_conflict_with_stated_true_or_false(contradictions_cfg):
+    from app.cli import app as tether
+
+    args = ["--data-dir", str(contradictions_cfg.data_dir), "ask", LEAVE, "-g", "extractive", "-k", "30"]
+    out = json.loads(CliRunner().invoke(tether, [*args, "--json"]).output)
+    flags = [c["stated"] for c in out["conflicts"]]
+    assert len(flags) >= 100 and 1 <= sum(flags) <= 3 and len(out["answer"]) <= 2000
+    assert len(out["citations"]) <= 8
+    text = CliRunner().invoke(tether, args)
+    assert (
+        text.exit_code == 0 and "more conflicts between the sources: `tether ask --json` lists every one" in text.output
+    )
+    assert text.output.count("  conflict (") <= 5
+
+
+def test_conflicts_over_the_same_values_or_sources_are_stated_once():
+    from assistant.engine import distinct_conflicts
+    from retrieval.conflicts import Claim, Conflict
+
+    def conflict(a, b, va, vb):
+        return Conflict(
+            "numeric",
+            "duration",
+            "annual leave",
+            (Claim(f"{va} text", a, value=va), Claim(f"{vb} text", b, value=vb)),
+            0.9,
+        )
+
+    cs = [
+        conflict("x.md", "y.md", "20 days", "25 days"),
+        conflict("z.md", "w.md", "25 days", "20 days"),  # the same pair of values, other sources
+        conflict("x.md", "y.md", "4 weeks", "25 days"),  # the same pair of sources
+        conflict("x.md", "w.md", "20 days", "30 days"),
+    ]
+    assert distinct_conflicts(cs, [0, 1, 2, 3]) == [0, 3]
+    assert distinct_conflicts(cs, [3, 1, 2, 0]) == [3, 1, 2]
+
+
+def test_bound_cuts_later_reply_sentences_first_then_statements(handbook_cfg):
+    engine = ChatEngine(handbook_cfg.with_assistant(max_answer_chars=200, max_citations=2))
+    try:
+        reply = "First fact [1]. Second fact [2]. Third fact [3]."
+        statement = "The sources disagree on x. " + '"a" [1]. "b" [2].'
+        kept, added = engine.bound(reply, [(4, statement)])
+        assert kept == "First fact [1]." and added == []  # 3 citations in all: the statement cannot fit
+        kept, added = engine.bound("Only [1].", [(4, statement)])
+        assert kept == "Only [1]." and added == []
+        engine = ChatEngine(
+            handbook_cfg.with_assistant(max_answer_chars=200, max_citations=3), searcher=engine.searcher
+        )
+        assert engine.bound(reply, [(4, statement)]) == ("First fact [1].", [(4, statement)])
+        long = "word " * 100 + "[1] [2] [3] [4]."
+        cut, _ = engine.bound(long, [])
+        assert len(cut) <= 200 and cut.endswith(" …")
+    finally:
+        engine.searcher.close()

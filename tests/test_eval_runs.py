@@ -141,7 +141,9 @@ def test_run_metrics_agree_with_the_stored_items(two_runs, handbook_cfg):
 def test_top_k_1_regresses_recall_at_5(two_runs):
     a, b = two_runs
     assert b.metrics["retrieval.recall@5"] == pytest.approx(a.metrics["retrieval.recall@1"])
-    assert a.metrics["retrieval.recall@5"] - b.metrics["retrieval.recall@5"] >= 3 / 6 - 1e-9
+    # top-1 misses 2 of the 6 gold passages that top-5 finds (3 before heading-prefixed chunks and rrf_k 20
+    # ranked the handbook better: docs/BENCHMARKS.md, issue 11)
+    assert a.metrics["retrieval.recall@5"] - b.metrics["retrieval.recall@5"] >= 2 / 6 - 1e-9
     cmp = compare(a, b)
     row = next(r for r in cmp.rows if r.metric == "retrieval.recall@5")
     assert row.regressed and row.delta == pytest.approx(

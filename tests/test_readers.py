@@ -68,6 +68,14 @@ def test_decoding():
     assert "café" in text and warning and "decoded as" in warning
     with pytest.raises(FileRejected, match="binary content"):
         decode_text(b"abc\x00\x01\x02" * 10)
+    # UTF-16 without a byte-order mark is recognised, with a warning; NUL bytes anywhere else are binary
+    assert decode_text("Größe: 240 Liter\n".encode("utf-16-le") * 3) == (
+        "Größe: 240 Liter\n" * 3,
+        "no byte-order mark: decoded as UTF-16-LE",
+    )
+    assert decode_text("Größe: 240 Liter\n".encode("utf-16-be") * 3)[1] == "no byte-order mark: decoded as UTF-16-BE"
+    with pytest.raises(FileRejected, match="NUL bytes, the first at offset 20000"):
+        decode_text(b"plain text " * 1818 + b"xx" + b"\x00\x00 tail")
 
 
 @pytest.mark.parametrize(

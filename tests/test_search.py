@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.ingest import ingest
-from retrieval.search import Searcher, SearchFilters, rrf_fuse
+from retrieval.search import Searcher, SearchFilters, page_fuse, rrf_fuse
 from tests.corpus import make_corpus
 from tether.errors import IndexEmpty
 
@@ -27,6 +27,54 @@ def test_rrf_fuse_by_hand():
     # a tie (ranks swapped between the lists) goes to the first list's better rank, whatever the ids
     assert [cid for cid, _ in rrf_fuse([["z", "y"], ["y", "z"]], k=60)] == ["z", "y"]
     assert [cid for cid, _ in rrf_fuse([["a", "b"], ["b", "a"]], k=60)] == ["a", "b"]
+
+
+def test_rrf_fuse_weights_each_list():
+    fused = dict(rrf_fuse([["a", "b"], ["b", "a"]], k=10, weights=(1.0, 0.5)))
+    assert fused["a"] == pytest.approx(1 / 11 + 0.5 / 12)
+    assert fused["b"] == pytest.approx(1 / 12 + 0.5 / 11)
+    assert [cid for cid, _ in rrf_fuse([["a", "b"], ["b", "a"]], k=10, weights=(0.5, 1.0))] == ["b", "a"]
+    assert rrf_fuse([["a"], ["b"]], k=10, weights=(1.0, 1.0)) == rrf_fuse([["a"], ["b"]], k=10)
+
+
+def test_page_fuse_lifts_chunks_of_the_strongest_page():
+    # page 1 has two good chunks, page 2 one slightly better chunk: page 1 ranks first
+    fused = [("p2a", 0.050), ("p1a", 0.049), ("p1b", 0.048), ("p3a", 0.047)]
+    page_of = {"p2a": 2, "p1a": 1, "p1b": 1, "p3a": 3}
+    out = page_fuse(fused, page_of, k=10, weight=1.0, best=2)
+    scores = dict(out)
+    assert scores["p1a"] == pytest.approx(0.049 + 1 / 11)
+    assert scores["p2a"] == pytest.approx(0.050 + 1 / 12)
+    assert scores["p3a"] == pytest.approx(0.047 + 1 / 13)
+    assert [cid for cid, _ in out] == ["p1a", "p1b", "p2a", "p3a"]
+    # with one chunk per page score, page 2's single best chunk wins
+    assert [cid for cid, _ in page_fuse(fused, page_of, k=10, weight=1.0, best=1)][0] == "p2a"
+    # a chunk without a page keeps its own score
+    assert dict(page_fuse(fused, {"p1a": 1}, k=10, weight=1.0))["p2a"] == pytest.approx(0.050)
+
+
+def test_page_fusion_puts_the_best_page_first(cfg, embedder, tmp_path):
+    folder = make_corpus(tmp_path / "kb")
+    ingest(cfg, [folder], embedder=embedder)
+    # rrf_k=1: chunk scores lie in [0, 1]; page_weight=10 gives page ranks 1 and 2 a gap of 10/2 - 10/3 > 1
+    base = cfg.with_retrieval(rrf_k=1)
+    plain = Searcher(base, embedder=embedder)
+    paged = Searcher(base.with_retrieval(page_weight=10.0, page_chunks=2), embedder=embedder)
+    try:
+        for query in ("how many days of annual leave", "who approves business trips", "password length"):
+            fused = plain.search(query, k=100)  # every fused candidate, with its fused score
+            per_page: dict[str, list[float]] = {}
+            for h in fused:
+                if len(per_page.setdefault(h.source, [])) < 2:
+                    per_page[h.source].append(h.score)
+            best = max(per_page, key=lambda src: sum(per_page[src]))
+            top = paged.search(query, k=3)
+            assert top[0].source == best
+            own_best = max((h for h in fused if h.source == best), key=lambda h: h.score)
+            assert top[0].id == own_best.id  # inside the page, the chunk order is the fused one
+    finally:
+        plain.close()
+        paged.close()
 
 
 @pytest.fixture

@@ -44,6 +44,9 @@ DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 
 
+ENCODERS = ("auto", "onnx", "torch")  # retrieval/embeddings.py: embedder_for
+
+
 @dataclass(frozen=True)
 class RetrievalConfig:
     """Ingestion, embedding, storage and search."""
@@ -60,6 +63,13 @@ class RetrievalConfig:
         default=True,
         metadata={
             "help": "int8 (per-channel) dynamic quantization of the embedder on the CPU: 2x faster, same recall (docs/BENCHMARKS.md)"
+        },
+    )
+    encoder: str = field(
+        default="auto",
+        metadata={
+            "help": "what runs the embedder: auto (ONNX Runtime on the CPU when `tether models export-encoder` has exported "
+            "embed_model, else torch) | onnx (the export; an error when it is missing) | torch (sentence-transformers, CUDA when present)"
         },
     )
     chunk_size: int = field(default=200, metadata={"help": "chunk size in tokens of the embedder's tokenizer"})
@@ -86,13 +96,35 @@ class RetrievalConfig:
     )
     reranker: str | None = field(default=None, metadata={"help": "local path of a sentence-transformers CrossEncoder"})
     rerank_top: int = field(default=20, metadata={"help": "fused candidates the reranker re-scores"})
-    rrf_k: int = field(default=60, metadata={"help": "reciprocal rank fusion constant"})
+    rrf_k: int = field(
+        default=20,
+        metadata={
+            "help": "reciprocal rank fusion constant (20: best or tied on the dev halves of three corpora, docs/BENCHMARKS.md)"
+        },
+    )
     candidates: int = field(default=50, metadata={"help": "candidates taken from each of dense and BM25 before fusion"})
+    dense_weight: float = field(default=1.0, metadata={"help": "weight of the dense ranking in reciprocal rank fusion"})
+    bm25_weight: float = field(default=1.0, metadata={"help": "weight of the BM25 ranking in reciprocal rank fusion"})
+    page_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "page-level fusion: weight of a chunk's page rank (pages scored by their best chunks) added to its fused score; 0 = off"
+        },
+    )
+    page_chunks: int = field(
+        default=2, metadata={"help": "page-level fusion: how many of a page's best chunks make its score"}
+    )
+    heading_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "put each chunk's heading path (page > section > term) before its text for the embedder and BM25 (not in the cited text); recorded in the collection's identity, so changing it needs a new --collection"
+        },
+    )
 
     @property
     def embed_identity(self) -> str:
         """What a collection's vectors were made with; collections refuse a different one."""
-        return self.embed_model + ("+int8" if self.embed_int8 else "")
+        return self.embed_model + ("+int8" if self.embed_int8 else "") + ("+headings" if self.heading_prefix else "")
 
     def problems(self) -> list[str]:
         out = []
@@ -109,6 +141,8 @@ class RetrievalConfig:
             )
         if self.max_file_mb <= 0:
             out.append(f"--max-file-mb / retrieval.max_file_mb ({self.max_file_mb}) must be > 0")
+        if self.encoder not in ENCODERS:
+            out.append(f"retrieval.encoder ({self.encoder!r}) must be one of {', '.join(ENCODERS)}")
         if self.embed_batch_size < 1:
             out.append(f"retrieval.embed_batch_size ({self.embed_batch_size}) must be >= 1")
         if not 1 <= self.max_chunks_per_file <= 1_000_000:
@@ -117,7 +151,12 @@ class RetrievalConfig:
             out.append(
                 f"retrieval.ingest_lock_timeout ({self.ingest_lock_timeout}) must be between 0 and 86400 seconds"
             )
-        for name in ("rrf_k", "candidates", "rerank_top"):
+        for name in ("dense_weight", "bm25_weight", "page_weight"):
+            if not 0 <= getattr(self, name) <= 10:
+                out.append(f"retrieval.{name} ({getattr(self, name)}) must be between 0 and 10")
+        if self.dense_weight + self.bm25_weight <= 0:
+            out.append("retrieval.dense_weight and retrieval.bm25_weight must not both be 0")
+        for name in ("rrf_k", "candidates", "rerank_top", "page_chunks"):
             if getattr(self, name) < 1:
                 out.append(f"retrieval.{name} ({getattr(self, name)}) must be >= 1")
         if self.chroma_url and not re.match(r"^https?://[^/:]+(:\d+)?/?$", self.chroma_url):
@@ -176,6 +215,13 @@ class AssistantConfig:
     cad_min_groundedness: float = field(
         default=0.5, metadata={"help": "cad=auto: regenerate with CAD below this groundedness"}
     )
+    guard: bool = field(
+        default=True,
+        metadata={
+            "help": "replace an LLM reply that loops, cites nothing that verifies or invents a value by the extractive "
+            "answer (evaluation runs turn it off to score the model's own replies)"
+        },
+    )
     consistency: bool = field(
         default=False,
         metadata={
@@ -187,6 +233,22 @@ class AssistantConfig:
         metadata={
             "help": "a conflict enters the answer when one of its claims scores this close to the question (cosine + 0.25 x shared words)"
         },
+    )
+    max_conflicts_stated: int = field(
+        default=3,
+        metadata={
+            "help": "most conflicts the answer states (relevant ones, each pair of values once); the rest are in --json with stated: false"
+        },
+    )
+    max_answer_chars: int = field(
+        default=2000,
+        metadata={
+            "help": "longest answer text in characters; whole sentences past it are cut (the conflicts and sources stay in --json)"
+        },
+    )
+    max_citations: int = field(
+        default=8,
+        metadata={"help": "most citations one answer carries; sentences that would cite more are left out"},
     )
     focus_margin: float = field(
         default=0.15,
@@ -240,6 +302,14 @@ class AssistantConfig:
             out.append(
                 f"assistant.relevant_conflict ({self.relevant_conflict}) must be between 0 and 2 (0 = every conflict enters the answer)"
             )
+        if not 0 <= self.max_conflicts_stated <= 50:
+            out.append(
+                f"assistant.max_conflicts_stated ({self.max_conflicts_stated}) must be between 0 and 50 (0 = state none)"
+            )
+        if not 200 <= self.max_answer_chars <= 100_000:
+            out.append(f"assistant.max_answer_chars ({self.max_answer_chars}) must be between 200 and 100000")
+        if not 1 <= self.max_citations <= 100:
+            out.append(f"assistant.max_citations ({self.max_citations}) must be between 1 and 100")
         if not 0 <= self.focus_margin <= 2:
             out.append(
                 f"assistant.focus_margin ({self.focus_margin}) must be between 0 and 2 (2 = show the LLM every passage)"
@@ -738,6 +808,30 @@ def build_section(cls: type, name: str, raw: Any, problems: list[str]) -> Any:
     return cls(**coerce(cls, raw, problems, where=f"{name}."))
 
 
+def _read_config_file(path: Path, *, given: bool) -> str | None:
+    """The text of the config file; None when there is none (only ``--config`` must exist). An
+    unreadable, non-file or non-UTF-8 file raises one ``ConfigError`` that says what to do."""
+    flag = "--config " if given else ""
+    try:
+        if not path.exists():
+            if given:
+                raise ConfigError(f"--config {path} does not exist: give the path of a YAML file")
+            return None
+        if path.is_dir():
+            raise ConfigError(f"{flag}{path} is a folder: give the path of a YAML file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {flag}{path} ({exc.strerror or exc}): make it (and its folder) readable, or pass --config FILE"
+        ) from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{flag}{path} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}): save it as UTF-8"
+        ) from exc
+
+
 def load_config(
     data_dir: str | Path | None = None,
     config_file: str | Path | None = None,
@@ -747,16 +841,20 @@ def load_config(
     import yaml
 
     root = resolve_data_dir(data_dir)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigError(f"the data dir {root} is a file, not a folder: pass --data-dir FOLDER (or set $TETHER_HOME)")
     path = Path(config_file) if config_file else root / "tether.yaml"
     raw: dict[str, Any] = {}
     problems: list[str] = []
-    if config_file and not path.is_file():
-        raise ConfigError(f"--config {path} does not exist")
-    if path.is_file():
+    text = _read_config_file(path, given=bool(config_file))
+    if text is not None:
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            raise ConfigError(f"{path} is not valid YAML{where} ({what}): fix it, or pass --config FILE") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (retrieval: ...)")
         raw = loaded

@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from tether.errors import TetherError
+
 log = logging.getLogger(__name__)
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -118,19 +120,69 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     return applied
 
 
+class DatabaseUnavailable(TetherError, sqlite3.DatabaseError):
+    """``tether.db`` cannot be created, opened or migrated: the message names the file and the fix.
+    Also an ``sqlite3.DatabaseError``, so callers that inspect a damaged file (``tether doctor``)
+    still catch it as one."""
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate the database. Autocommit mode: use ``transaction``."""
-    if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA busy_timeout = 30000")
-    if str(path) != ":memory:":
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("PRAGMA foreign_keys = ON")
-    migrate(db)
+    """Open (creating if needed) and migrate the database. Autocommit mode: use ``transaction``.
+
+    A data dir that cannot be created, or a file that is not a usable SQLite database (corrupt,
+    another format, read-only, locked), raises one ``DatabaseUnavailable`` naming the file and the fix.
+    """
+    memory = str(path) == ":memory:"
+    if not memory:
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnavailable(_folder_problem(folder, exc)) from exc
+    db = None
+    try:
+        db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 30000")
+        if not memory:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+    except sqlite3.DatabaseError as exc:
+        if db is not None:
+            db.close()
+        raise DatabaseUnavailable(database_problem(path, exc)) from exc
     return db
+
+
+def _folder_problem(folder: Path, exc: OSError) -> str:
+    if folder.exists() and not folder.is_dir():
+        return f"the data dir {folder} is a file, not a folder: pass --data-dir FOLDER (or set $TETHER_HOME)"
+    return (
+        f"cannot create the data dir {folder} ({exc.strerror or exc}): pass --data-dir a folder you can write "
+        "(or set $TETHER_HOME)"
+    )
+
+
+def database_problem(path: str | Path, exc: sqlite3.DatabaseError) -> str:
+    """One line saying what is wrong with the database file ``path`` and what to do about it."""
+    why = str(exc)
+    low = why.lower()
+    folder = Path(path).parent
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return (
+            f"{path} is not a usable Tether database ({why}): restore it from a backup, salvage it with "
+            f"`sqlite3 {path} .recover | sqlite3 recovered.db`, or move it aside to start a new one"
+        )
+    if "locked" in low or "busy" in low:
+        return f"{path} is locked by another process ({why}): wait for it to finish, then try again"
+    if "readonly" in low or "read-only" in low or "unable to open" in low or "i/o error" in low:
+        return (
+            f"cannot open {path} ({why}): the data dir {folder} and the files in it must be readable and "
+            "writable by you; fix their permissions, or pass --data-dir another folder"
+        )
+    return f"cannot use {path} ({why}): run `tether doctor` to check it, or pass --data-dir another folder"
 
 
 class transaction:
@@ -380,3 +432,24 @@ def m006_admin_lockout(db: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration
+def m008_turn_guard(db: sqlite3.Connection) -> None:
+    """What a turn needs to be restored whole, and the guard's record (assistant/engine.py ``guard``):
+    ``rejected_json`` the LLM reply that was not shown and why (a negative for training),
+    ``uncited_json`` the answer's sentences that cite nothing."""
+    run_script(
+        db,
+        """
+        ALTER TABLE turns ADD COLUMN rejected_json TEXT;
+        ALTER TABLE turns ADD COLUMN uncited_json TEXT;
+        """,
+    )
+
+
+@migration
+def m007_chunk_headings(db: sqlite3.Connection) -> None:
+    """The heading path of a chunk (retrieval.heading_prefix), put before its text for the embedder
+    and BM25; NULL = none."""
+    run_script(db, "ALTER TABLE chunks ADD COLUMN heading TEXT;")

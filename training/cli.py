@@ -102,6 +102,64 @@ def data_cmd(
         )
 
 
+def _train_stage(cfg, tc: TrainConfig, procs, *, plan: bool, admin_password: str | None) -> None:
+    """One ``tether train sft|dpo|kto`` on this rank: the plan, the admin check, the progress log on
+    stderr and the result on stdout come from the main process only; the others train and wait."""
+    from training.trainers import main_only
+
+    if plan:
+        if not procs.is_main:
+            return
+        from transformers import AutoConfig
+
+        from training.planner import detect_device, plan_for_model
+        from training.trainers import resolve_base
+
+        p = plan_for_model(
+            AutoConfig.from_pretrained(resolve_base(tc, cfg.models_dir), local_files_only=True),
+            tc,
+            detect_device(tc.device),
+        )
+        for line in p.describe():
+            typer.echo(line)
+        return
+    main_only(procs, lambda: _admin(cfg, admin_password))  # once: a failed sign-in counts once
+    import logging
+
+    from training.trainers import run
+
+    lib_log = logging.getLogger("training")
+    saved = lib_log.level, lib_log.propagate
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    if procs.is_main:  # progress on stderr, once: not again through the root handler, not from the other ranks
+        lib_log.addHandler(handler)
+        lib_log.setLevel(logging.INFO)
+        lib_log.propagate = False
+    try:
+        res = run(tc, cfg)
+    finally:
+        lib_log.removeHandler(handler)
+        lib_log.setLevel(saved[0])
+        lib_log.propagate = saved[1]
+    if not procs.is_main:
+        return
+    typer.echo(
+        json.dumps(
+            {
+                "adapter": str(res.adapter_dir),
+                "model_id": res.model_id,
+                "steps": res.steps,
+                "final_loss": res.final_loss,
+                "loss_curve": str(res.loss_curve),
+                "resumed_from": res.resumed_from,
+                "job_id": res.job_id,
+            },
+            indent=2,
+        )
+    )
+
+
 def _train(method: str):
     @config_flags(
         TrainConfig, exclude=("method",)
@@ -115,46 +173,15 @@ def _train(method: str):
         admin_password: str | None = ADMIN,
         **overrides: Any,
     ) -> None:
+        from training.trainers import MainProcessFailed, processes
+
         cfg = load(ctx)
         tc = load_train_config(config, method, for_plan=plan, defaults=cfg.training, **overrides)
-        if plan:
-            from transformers import AutoConfig
-
-            from training.planner import detect_device, plan_for_model
-            from training.trainers import resolve_base
-
-            p = plan_for_model(
-                AutoConfig.from_pretrained(resolve_base(tc, cfg.models_dir), local_files_only=True),
-                tc,
-                detect_device(tc.device),
-            )
-            for line in p.describe():
-                typer.echo(line)
-            return
-        _admin(cfg, admin_password)
-        import logging
-
-        logging.getLogger("training").setLevel(logging.INFO)
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logging.getLogger("training").addHandler(handler)  # progress on stderr
-        from training.trainers import run
-
-        res = run(tc, cfg)
-        typer.echo(
-            json.dumps(
-                {
-                    "adapter": str(res.adapter_dir),
-                    "model_id": res.model_id,
-                    "steps": res.steps,
-                    "final_loss": res.final_loss,
-                    "loss_curve": str(res.loss_curve),
-                    "resumed_from": res.resumed_from,
-                    "job_id": res.job_id,
-                },
-                indent=2,
-            )
-        )
+        procs = processes(tc.device)  # under `accelerate launch`: this rank; rank 0 alone talks and records
+        try:
+            _train_stage(cfg, tc, procs, plan=plan, admin_password=admin_password)
+        except MainProcessFailed:
+            raise typer.Exit(2) from None  # the main process reports the error itself
 
     command.__doc__ = (
         f"Train a LoRA adapter with {method.upper()} (trl); rerun the same command to resume an interrupted run."

@@ -15,6 +15,12 @@
    config, plan, dataset manifest, versions, git commit, final loss)
 
 SFT rows (``messages``) are trained as prompt/completion, so the loss covers the answer only.
+
+The same ``run`` works under ``accelerate launch`` (torchrun: DDP over gloo on the CPU or NCCL on GPUs,
+or FSDP; configs in ``training/configs/accelerate_*.yaml``). Every side effect happens once, on the
+main process (rank 0): ``train.log``, the progress log, ``loss_curve.json``, the job row, the saved
+adapter, ``run.yaml`` and the ``models`` row. The other ranks train, then wait in ``main_only`` until
+the main process has finished writing, so nothing reads a half-written adapter.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,61 @@ from tether.provenance import git_commit
 from training.config import TrainConfig, to_dict
 
 log = logging.getLogger(__name__)
+
+
+class MainProcessFailed(TetherError):
+    """Raised on the other ranks when a step that only the main process runs failed there; the main
+    process reports the real error, so a CLI exits quietly on this one."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands in a launch: rank 0 of 1 without a launcher."""
+
+    rank: int
+    world_size: int
+    distributed_type: str = "NO"  # accelerate's name: NO | MULTI_CPU | MULTI_GPU | FSDP | ...
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def processes(device: str = "auto") -> Processes:
+    """This process's rank. Under a launcher (``WORLD_SIZE`` > 1: ``accelerate launch``, torchrun) it
+    joins the process group through accelerate's ``PartialState`` (gloo when training on the CPU, NCCL
+    on CUDA), which the trainer then reuses; without one nothing is initialised."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes(0, 1)
+    from accelerate import PartialState
+
+    from training.planner import detect_device
+
+    state = PartialState(cpu=detect_device(device).kind == "cpu")
+    kind = "FSDP" if _fsdp() else state.distributed_type.value
+    return Processes(state.process_index, state.num_processes, kind)
+
+
+def main_only(procs: Processes, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on the main process only; every other rank waits for it and returns its result (it
+    must pickle), or raises ``MainProcessFailed`` when ``fn`` raised there (the main process re-raises
+    the original)."""
+    if procs.world_size == 1:
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if procs.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except BaseException as exc:
+            dist.broadcast_object_list([("error", f"{type(exc).__name__}: {exc}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise MainProcessFailed(f"the main process failed: {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -56,18 +117,23 @@ def _loss_callback(curve_path: Path, on_step: Callable[[int, float | None], None
     from transformers import TrainerCallback
 
     class LossCurve(TrainerCallback):
-        """Appends every log record to ``loss_curve.json`` (atomic rewrite), reports progress,
-        and (tests only) raises KeyboardInterrupt after step ``stop_at`` to simulate a kill."""
+        """Appends every log record to ``loss_curve.json`` (atomic rewrite) and reports progress, on
+        the main process only; (tests only) raises KeyboardInterrupt after step ``stop_at`` to
+        simulate a kill."""
 
         def __init__(self):
             self.records: list[dict[str, Any]] = []
 
         def on_train_begin(self, args, state, control, **kw):
+            if not state.is_world_process_zero:  # one curve and one progress log, from the main process
+                return
             if curve_path.is_file():  # resuming: keep the records up to the checkpoint's step
                 old = json.loads(curve_path.read_text())
                 self.records = [r for r in old.get("records", []) if r.get("step", 0) <= state.global_step]
 
         def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero:  # the logged loss is already the mean over the ranks
+                return
             logs = dict(logs or {})
             rec = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": time.time(), **logs}
             self.records.append(rec)
@@ -130,7 +196,8 @@ def load_model(base: Path, plan, *, init_adapter: str | None, device: str):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_quant_storage=compute,
         )
-        kwargs["device_map"] = {"": 0} if plan.device.kind == "cuda" else {"": "cpu"}
+        # each rank loads onto its own GPU (LOCAL_RANK under a launcher)
+        kwargs["device_map"] = {"": _local_rank()} if plan.device.kind == "cuda" else {"": "cpu"}
     if init_adapter and plan.quantize == "4bit":
         # merge into full-precision weights first, then quantize: merging into nf4 would round the delta away
         full = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=dtype)
@@ -149,9 +216,17 @@ def load_model(base: Path, plan, *, init_adapter: str | None, device: str):
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         if init_adapter:
             model = _merge(model, init_adapter)
-    if plan.quantize != "4bit" and plan.device.kind == "cuda":
-        model.to("cuda")
+    if plan.quantize != "4bit" and plan.device.kind == "cuda" and not _fsdp():
+        model.to(f"cuda:{_local_rank()}")  # under FSDP the model stays put: accelerate shards it over the GPUs
     return model
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _fsdp() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
 
 
 def _merge(model, adapter: str):
@@ -212,6 +287,7 @@ def common_args(cfg: TrainConfig, plan, ckpt_dir: Path) -> dict[str, Any]:
         dataloader_num_workers=0,
         max_length=cfg.max_length,
         eval_strategy="no",
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in each forward pass
     )
 
 
@@ -245,33 +321,48 @@ def _sft_rows(path: Path):
 def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record: bool = True) -> TrainResult:
     """Train one stage; returns where the adapter is. ``stop_at`` (tests) interrupts after that step.
 
+    Under ``accelerate launch`` every rank calls this; only the main process logs to ``train.log``,
+    writes the loss curve, the adapter and ``run.yaml`` and records the job and the model, and every
+    rank returns the same result once it is written.
+
     Raises:
         ConfigError / BackendUnavailable: bad config, missing model, empty dataset.
         KeyboardInterrupt: the run was stopped; the job is marked interrupted and rerunning resumes.
+        MainProcessFailed: (ranks other than the main one) the main process failed to save or record.
     """
     from training.planner import detect_device, plan_for_model
     from training.registry import TrainingStore
 
+    procs = processes(cfg.device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     curve = out / "loss_curve.json"
     log_path = out / "train.log"
-    handler = logging.FileHandler(log_path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
     lib_log = logging.getLogger("training")
     old_level = lib_log.level
-    lib_log.addHandler(handler)
-    lib_log.setLevel(logging.INFO)
-    store = TrainingStore.open(tether_cfg.db_path) if record else None
+    handler = None
+    if procs.is_main:
+        handler = logging.FileHandler(log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        lib_log.addHandler(handler)
+        lib_log.setLevel(logging.INFO)
+    store = TrainingStore.open(tether_cfg.db_path) if (record and procs.is_main) else None
     job_id = None
     try:
         base = resolve_base(cfg, tether_cfg.models_dir)
         from transformers import AutoConfig
 
-        plan = plan_for_model(AutoConfig.from_pretrained(base, local_files_only=True), cfg, detect_device(cfg.device))
+        device = detect_device(cfg.device)
+        if procs.distributed_type == "FSDP":
+            # weights, gradients and optimizer states are sharded: let the planner see the cards together
+            # (a rough bound: activations stay per card)
+            device = replace(device, memory_gib=device.memory_gib * procs.world_size)
+        plan = plan_for_model(AutoConfig.from_pretrained(base, local_files_only=True), cfg, device)
         log.info("plan: %s", "; ".join(plan.describe()))
+        if procs.world_size > 1:
+            log.info("%d processes (%s); the main process writes and records", procs.world_size, procs.distributed_type)
         manifest_path = Path(cfg.dataset) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         if store is not None:
@@ -280,6 +371,9 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
         callback = _loss_callback(curve, on_step, stop_at)
         t0 = time.perf_counter()
         trainer = _build_trainer(cfg, base, plan, ckpt_dir, callback)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout; LossCurve logs progress
         from transformers.trainer_utils import get_last_checkpoint
 
         last = get_last_checkpoint(str(ckpt_dir)) if (cfg.resume and ckpt_dir.is_dir()) else None
@@ -287,55 +381,61 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
             log.info("resuming from %s", last)
         result = trainer.train(resume_from_checkpoint=last)
         stage_dir = out / "adapter-stage"
-        trainer.model.save_pretrained(str(stage_dir))
+        _save_adapter(trainer, stage_dir)  # every rank (FSDP gathers the shards); the main process writes
         adapter_dir = out / "adapter"
-        if cfg.init_adapter:
-            from training.adapters import stack_lora
+        steps = int(trainer.state.global_step)
 
-            stack_lora(Path(cfg.init_adapter), stage_dir, adapter_dir)
-        else:
-            import shutil
+        def finish() -> tuple[float, str | None, str | None]:
+            """The main process: the final adapter, run.yaml, the registry row; the others wait."""
+            if cfg.init_adapter:
+                from training.adapters import stack_lora
 
-            shutil.rmtree(adapter_dir, ignore_errors=True)
-            shutil.copytree(stage_dir, adapter_dir)
-        losses = [r["loss"] for r in json.loads(curve.read_text())["records"] if "loss" in r] if curve.is_file() else []
-        final = float(losses[-1]) if losses else float(result.training_loss)
-        if not math.isfinite(final):
-            raise TetherError(f"training diverged (loss {final}); lower --learning-rate")
-        run_info = {
-            "method": cfg.method,
-            "config": to_dict(cfg),
-            "base": str(base),
-            "plan": _plan_summary(plan),
-            "dataset": manifest,
-            "steps": int(trainer.state.global_step),
-            "final_loss": final,
-            "train_seconds": round(time.perf_counter() - t0, 2),
-            "resumed_from": last,
-            "versions": _versions(),
-            "git_commit": git_commit(dirty=False),
-        }
-        import yaml
+                stack_lora(Path(cfg.init_adapter), stage_dir, adapter_dir)
+            else:
+                import shutil
 
-        (out / "run.yaml").write_text(yaml.safe_dump(run_info, sort_keys=False, allow_unicode=True))
-        model_id = None
-        if store is not None:
-            model_id = store.register_adapter(
-                adapter_dir,
-                base=str(base),
-                method=cfg.method,
-                config=run_info,
-                manifest=manifest,
-                parent_adapter=cfg.init_adapter,
-                job_id=job_id,
-            )
-            store.finish_job(job_id, "done", model_id=model_id)
-        log.info(
-            "%s done: %d steps, final loss %.4f, adapter %s", cfg.method, trainer.state.global_step, final, adapter_dir
-        )
-        return TrainResult(
-            out, adapter_dir, int(trainer.state.global_step), final, curve, last, _plan_summary(plan), job_id, model_id
-        )
+                shutil.rmtree(adapter_dir, ignore_errors=True)
+                shutil.copytree(stage_dir, adapter_dir)
+            log.info("adapter saved to %s", adapter_dir)
+            records = json.loads(curve.read_text())["records"] if curve.is_file() else []
+            losses = [r["loss"] for r in records if "loss" in r]
+            final = float(losses[-1]) if losses else float(result.training_loss)
+            if not math.isfinite(final):
+                raise TetherError(f"training diverged (loss {final}); lower --learning-rate")
+            run_info = {
+                "method": cfg.method,
+                "config": to_dict(cfg),
+                "base": str(base),
+                "plan": _plan_summary(plan),
+                "processes": {"world_size": procs.world_size, "distributed_type": procs.distributed_type},
+                "dataset": manifest,
+                "steps": steps,
+                "final_loss": final,
+                "train_seconds": round(time.perf_counter() - t0, 2),
+                "resumed_from": last,
+                "versions": _versions(),
+                "git_commit": git_commit(dirty=False),
+            }
+            import yaml
+
+            (out / "run.yaml").write_text(yaml.safe_dump(run_info, sort_keys=False, allow_unicode=True))
+            model_id = None
+            if store is not None:
+                model_id = store.register_adapter(
+                    adapter_dir,
+                    base=str(base),
+                    method=cfg.method,
+                    config=run_info,
+                    manifest=manifest,
+                    parent_adapter=cfg.init_adapter,
+                    job_id=job_id,
+                )
+                store.finish_job(job_id, "done", model_id=model_id)
+            log.info("%s done: %d steps, final loss %.4f, adapter %s", cfg.method, steps, final, adapter_dir)
+            return final, job_id, model_id
+
+        final, main_job, model_id = main_only(procs, finish)
+        return TrainResult(out, adapter_dir, steps, final, curve, last, _plan_summary(plan), main_job, model_id)
     except KeyboardInterrupt:
         if store is not None and job_id:
             store.finish_job(
@@ -347,11 +447,23 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
             store.finish_job(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        lib_log.removeHandler(handler)
-        lib_log.setLevel(old_level)
-        handler.close()
+        if handler is not None:
+            lib_log.removeHandler(handler)
+            lib_log.setLevel(old_level)
+            handler.close()
         if store is not None:
             store.close()
+
+
+def _save_adapter(trainer, stage_dir: Path) -> None:
+    """The trained LoRA into ``stage_dir``, written once. Under FSDP the adapter's shards are first
+    gathered into a full state dict, a collective every rank must join."""
+    state_dict = None
+    if trainer.is_fsdp_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.args.should_save:  # the main process (rank 0 of all machines)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(str(stage_dir), state_dict=state_dict)
 
 
 def _plan_summary(plan) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from training.admin import admin_hash, password_bytes, sign_in
+from tether.passwords import password_bytes
+from training.admin import admin_hash, sign_in
 
 SECRET_KEY = "admin_password"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 import streamlit as st
@@ -83,6 +85,41 @@ def _logstore(path: str):
     from assistant.logstore import LogStore
 
     return LogStore(path)
+
+
+def warm_up() -> threading.Thread:
+    """Start (once per process) a background thread that builds what the first question needs: the
+    searcher (embedder, Chroma, BM25), the chat engine with its model, and the conflict detector,
+    for the base configuration, so the first answer does not pay for them. The pages' calls wait on
+    the same ``st.cache_resource`` entries (Streamlit computes each value once)."""
+    return _warm_up_thread()
+
+
+@st.cache_resource(show_spinner=False)
+def _warm_up_thread() -> threading.Thread:
+    thread = threading.Thread(target=_warm, name="tether-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm() -> None:
+    from tether.errors import TetherError
+
+    t0 = time.perf_counter()
+    try:
+        cfg = base_config()
+        search = searcher(cfg)
+        search.embedder.embed_query("warm-up")  # first run of the encoder allocates its buffers
+        search.bm25()
+        chat = engine(cfg)
+        chat.detector  # noqa: B018 - the property builds the detector once
+    except TetherError as exc:  # a bad config or a missing index: the page shows it on its own call
+        log.warning("warm-up stopped: %s", exc)
+        return
+    except Exception:  # never let the background thread die silently
+        log.exception("warm-up failed; the first question will load what is missing")
+        return
+    log.info("warm-up done in %.1fs", time.perf_counter() - t0)
 
 
 def _key(*parts: Any) -> str:

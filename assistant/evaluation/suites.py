@@ -280,8 +280,9 @@ def run_suite(
             from assistant.engine import ChatEngine
             from retrieval.search import Searcher
 
+            # the model is scored on its own replies: the guard's extractive stand-in would hide a bad one
             engine = ChatEngine(
-                cfg,
+                cfg.with_assistant(guard=False),
                 searcher=Searcher(cfg, embedder=embedder) if embedder is not None else None,
                 log_turns=False,
                 model_source=model_source,
