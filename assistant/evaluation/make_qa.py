@@ -20,26 +20,45 @@ from pathlib import Path
 from assistant.generators.base import Message, capabilities_of
 from tether.config import TetherConfig
 from tether.errors import ConfigError, IndexEmpty
+from tether.text.quantities import Quantity, extract_quantities, find_numbers
 from tether.text.sentences import split_sentences
 
 log = logging.getLogger(__name__)
 
-UNITS = r"(?:working days|calendar days|days|day|weeks|week|months|month|years|year|hours|hour|minutes|km|kilometres|per cent|percent|%)"
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)"
-PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("what amount", re.compile(rf"(?:EUR|USD|GBP|CHF|CZK|€|\$|£)\s?{_NUM}(?:\s(?:per|a)\s[a-z]+)?")),
-    (
-        "what date",
-        re.compile(
-            r"\b\d{1,2} (?:January|February|March|April|May|June|July|August|September|October|November|December)(?: \d{4})?\b|\b\d{4}-\d{2}-\d{2}\b"
-        ),
-    ),
-    ("how long or how many", re.compile(rf"\b{_NUM}\s{UNITS}\b|\b\d+%")),
-    ("what time", re.compile(r"\b\d{1,2}:\d{2}\b")),
-    ("who or what", re.compile(r"(?<=[a-z,] )(?:the )?(?:[A-Z][a-z]+(?: (?:of |de |van )?[A-Z][a-z]+)+)")),
-    ("what year", re.compile(r"\b(?:19|20)\d{2}\b")),
-    ("how many", re.compile(rf"\b{_NUM}\b")),
-)
+# A name after a few lowercase words ("... approved by the Finance Director"): the one pattern that is not a quantity.
+_NAME = re.compile(r"(?<=[a-z,] )(?:the )?(?:[A-Z][a-z]+(?: (?:of |de |van )?[A-Z][a-z]+)+)")
+
+
+def _wh(q: Quantity) -> str | None:
+    """The wh-phrase that asks for quantity ``q`` (from the one quantity parser, tether.text.quantities)."""
+    if q.kind == "amount":
+        return "what amount"
+    if q.kind == "date":
+        return {"date": "what date", "day-of-year": "what date", "time": "what time", "year": "what year"}.get(q.unit)
+    if q.kind in ("duration", "percent"):
+        return "how long or how many"
+    return None
+
+
+_PRIORITY = ("what amount", "what date", "how long or how many", "what time", "who or what", "what year", "how many")
+
+
+def _answer_spans(s: str) -> dict[str, tuple[int, int]]:
+    """The first span in sentence ``s`` for each wh-phrase the template maker asks with."""
+    spans: dict[str, tuple[int, int]] = {}
+    for q in extract_quantities(s):
+        wh = _wh(q)
+        if wh and wh not in spans:
+            spans[wh] = q.span
+    m = _NAME.search(s)
+    if m and len(s[: m.start()].split()) >= 3:
+        spans["who or what"] = m.span()
+    taken = list(spans.values())
+    for n in find_numbers(s):
+        if not any(a <= n.span[0] < b for a, b in taken):
+            spans.setdefault("how many", n.span)
+            break
+    return spans
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,7 @@ class GeneratedQA:
 
 
 def template_question(sentence: str, title: str | None = None) -> tuple[str, str] | None:
-    """(question, answer span) from one sentence, or None when no pattern finds a fact in it.
+    """(question, answer span) from one sentence, or None when it states no quantity or name to ask about.
 
     The answer span is replaced by a wh-phrase: "Claims are paid within 90 days." ->
     ("According to <title>, claims are paid within how long or how many?", "90 days").
@@ -69,12 +88,13 @@ def template_question(sentence: str, title: str | None = None) -> tuple[str, str
     s = re.sub(r"^(?:[QA]:|[-*•]|\d+\.)\s+", "", s)
     if len(s.split()) < 6 or len(s) > 300 or not s.endswith((".", "!")) or re.search(r"[#|]|:\s", s):
         return None
-    for wh, pattern in PATTERNS:
-        m = pattern.search(s)
-        if not m or (wh == "who or what" and len(s[: m.start()].split()) < 3):
+    spans = _answer_spans(s)
+    for wh in _PRIORITY:
+        if wh not in spans:
             continue
-        answer = m.group(0).strip()
-        body = (s[: m.start()] + wh + s[m.end() :]).rstrip(" .;:!")
+        start, end = spans[wh]
+        answer = s[start:end].strip()
+        body = (s[:start] + wh + s[end:]).rstrip(" .;:!")
         if title and len(body) > 1 and (body[1].islower() or body[1] == " "):  # "According to T, the ..."
             body = body[0].lower() + body[1:]
         prefix = f"According to {title}, " if title else ""
