@@ -323,7 +323,10 @@ def html_document(html: str) -> tuple[str, str | None, tuple[Section, ...]]:
     for tag in soup.find_all(_DROP_TAGS):
         tag.decompose()
     for tag in soup.find_all(True):
-        if getattr(tag, "decomposed", False):
+        # ``tag.decomposed`` (a getattr of a missing attribute) makes bs4 search the tag's subtree
+        # for a child of that name: quadratic on deep nesting. decompose() sets ``_decomposed`` on
+        # every descendant, so the instance dict answers in constant time.
+        if vars(tag).get("_decomposed"):
             continue
         attrs = tag.attrs or {}
         if (
@@ -335,28 +338,38 @@ def html_document(html: str) -> tuple[str, str | None, tuple[Section, ...]]:
     parts: list[str] = []
     mark = not _MARKS.search(html)
 
-    def walk(node: Any) -> None:
-        for child in node.children:
+    def walk(root: Any) -> None:
+        """Depth-first over the tree with an explicit stack: a document nested 100,000 deep is text
+        like any other, not a RecursionError."""
+        end = object()
+        stack: list[tuple[Any, tuple[str, ...]]] = [(iter(root.children), ())]  # (children, closing parts)
+        while stack:
+            child = next(stack[-1][0], end)
+            if child is end:
+                parts.extend(stack.pop()[1])
+                continue
             if type(child) is NavigableString:  # not Doctype, Declaration, CData, ProcessingInstruction
                 parts.append(str(child))
-            elif isinstance(child, Tag):
-                block = child.name in _BLOCK_TAGS
-                if block:
-                    parts.append("\n\n" if child.name not in ("br", "li", "tr", "dt", "dd") else "\n")
-                if child.name in ("td", "th"):
-                    parts.append(" | ")
-                level = _HEADINGS.get(child.name, TERM_LEVEL if child.name == "dt" else 0) if mark else 0
-                if mark and child.name == "dl":
-                    parts.append(_OPEN_LIST)
-                if level:
-                    parts.append(_OPEN_TITLE + chr(_LEVEL_BASE + level))
-                walk(child)
-                if level:
-                    parts.append(_CLOSE_TITLE)
-                if mark and child.name == "dl":
-                    parts.append(_CLOSE_LIST)
-                if block:
-                    parts.append("\n\n" if child.name not in ("br", "li", "tr", "dt", "dd") else "\n")
+                continue
+            if not isinstance(child, Tag):
+                continue
+            block = child.name in _BLOCK_TAGS
+            gap = "\n\n" if child.name not in ("br", "li", "tr", "dt", "dd") else "\n"
+            if block:
+                parts.append(gap)
+            if child.name in ("td", "th"):
+                parts.append(" | ")
+            level = _HEADINGS.get(child.name, TERM_LEVEL if child.name == "dt" else 0) if mark else 0
+            if mark and child.name == "dl":
+                parts.append(_OPEN_LIST)
+            if level:
+                parts.append(_OPEN_TITLE + chr(_LEVEL_BASE + level))
+            closing = (
+                *((_CLOSE_TITLE,) if level else ()),
+                *((_CLOSE_LIST,) if mark and child.name == "dl" else ()),
+                *((gap,) if block else ()),
+            )
+            stack.append((iter(child.children), closing))
 
     walk(soup)
     raw = "".join(parts)

@@ -119,6 +119,15 @@ def _hostile_folder(tmp_path: Path) -> tuple[Path, dict[str, tuple[str, str]]]:
         " ".join(f"Rule {i} says the door code changes on day {i % 28 + 1}." for i in range(600))
     )
     expect["long-line.txt"] = ("ingested", "")
+    # markup bombs: nesting 50,000 deep (a recursive walk dies, a naive tree check is quadratic) and
+    # entity expansion ("billion laughs", never expanded by an HTML parser)
+    (folder / "deep.html").write_text("<div>" * 50_000 + "<p>The deep room opens at noon.</p>" + "</div>" * 50_000)
+    expect["deep.html"] = ("ingested", "")
+    (folder / "laughs.html").write_text(
+        '<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        "<html><body><p>Laughs: &b;&b;&b;&b;&b;&b;&b;&b;&b; and the lift is out of order today.</p></body></html>"
+    )
+    expect["laughs.html"] = ("ingested", "")
     _zip_bomb_docx(folder / "bomb.docx", inflated_mb=60)
     expect["bomb.docx"] = ("failed", "zip bomb suspected")
 
@@ -207,6 +216,7 @@ def test_a_hostile_folder_ingests_with_one_outcome_per_file_and_no_crash(cfg, em
         assert searcher.search("finance director approval", k=1)[0].source == "good/travel.pdf"
         assert searcher.search("Safety goggles laboratory", k=1)[0].source == "good/lab.docx"
         assert searcher.search("Mülltonne geleert montags", k=1)[0].source == "utf16.txt"
+        assert searcher.search("when does the deep room open?", k=1)[0].source == "deep.html"
     finally:
         searcher.close()
 
