@@ -40,7 +40,7 @@ PARITY_PROMPTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ),
         ),
     ),
-    ("When does the canteen open?", (("Canteen", "The Halden office canteen opens at 07:45 and closes at 14:30."),)),
+    ("When does the canteen open?", (("Canteen", "The office canteen opens at 07:45 and closes at 14:30."),)),
     (
         "Who approves travel?",
         (
