@@ -54,7 +54,12 @@ def prompt_notes(conflicts: Sequence, decisions: Sequence[Decision], numbers: Ma
             continue
         a, b = conflict.claims
         head = f"Sources [{na}] and [{nb}] disagree on {conflict.subject}: [{na}] says {_value(a)}, [{nb}] says {_value(b)}."
-        if decision.winner is None:
+        if decision.winner is None and decision.policy != "present-both":
+            notes.append(
+                f"{head} The {decision.policy} policy cannot decide ({decision.reason}): give both values, each with"
+                " its citation, say that the sources disagree and pick neither."
+            )
+        elif decision.winner is None:
             notes.append(f"{head} Give both values, each with its citation, and say that the sources disagree.")
         else:
             won, lost = (na, nb) if decision.winner == 0 else (nb, na)
@@ -90,7 +95,12 @@ def _statement(conflict, decision: Decision, na: int, nb: int, *, quote_winner: 
     parts.append(f"{_quote(second[0].text)} [{second[1]}].")
     lines = f"{_source_line(*first)}; {_source_line(*second)}."
     parts.append(lines[0].upper() + lines[1:])
-    if decision.winner is None:
+    if decision.winner is None and decision.policy != "present-both":
+        parts.append(
+            f"The {decision.policy} policy cannot decide between them ({decision.reason}), so neither is picked:"
+            " both are shown."
+        )
+    elif decision.winner is None:
         parts.append(f"Following the {decision.policy} policy, both are shown: {decision.reason}.")
     else:
         parts.append(

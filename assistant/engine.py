@@ -95,6 +95,15 @@ def promoted_model_paths(cfg: TetherConfig, source: ModelSource | None) -> tuple
     return source.promoted(cfg)
 
 
+def promoted_classifier(cfg: TetherConfig, source: ModelSource | None) -> Path | None:
+    """The contradiction classifier ``source`` says to use (``tether train detector``, promoted), when
+    ``conflicts.classifier`` names none; a source without ``promoted_detector`` has none."""
+    if cfg.conflicts.classifier or source is None:
+        return None
+    ask = getattr(source, "promoted_detector", None)
+    return ask(cfg) if ask is not None else None
+
+
 def build_generator(cfg: TetherConfig, embedder, *, model_source: ModelSource | None = None):
     """(generator, fallback reason or None). The extractive answerer stands in, announced, when an LLM cannot load."""
     a = cfg.assistant
@@ -234,6 +243,7 @@ class ChatEngine:
         model_source: ModelSource | None = None,
     ):
         self.cfg = cfg
+        self.model_source = model_source
         self.searcher = searcher or Searcher(cfg)
         self.embedder = self.searcher.embedder
         if generator is None:
@@ -253,12 +263,16 @@ class ChatEngine:
 
     @property
     def detector(self):
-        """The conflict detector (built on first use): rules, plus the NLI model when one is configured."""
+        """The conflict detector (built on first use): rules, plus the promoted (or configured) contradiction
+        classifier, or else the NLI model when one is configured."""
         if self._detector is None:
             from retrieval.conflicts import get_detector
 
             self._detector = get_detector(
-                self.embedder, nli_model=self.cfg.assistant.nli_model, config=self.cfg.conflicts
+                self.embedder,
+                nli_model=self.cfg.assistant.nli_model,
+                config=self.cfg.conflicts,
+                classifier=promoted_classifier(self.cfg, self.model_source),
             )
         return self._detector
 

@@ -89,6 +89,8 @@ def resolve(conflict, policy: str) -> Decision:
         if w is not None:
             lose = (b, a)[w]
             return Decision(policy, w, f"the dates do not decide, and {lose.source} is marked superseded")
+        if a.date and a.date == b.date:
+            return Decision(policy, None, f"both documents are dated {a.date}, so neither is more recent")
         return Decision(policy, None, "the documents carry no dates that tell which is more recent")
     # prefer-official
     w = _by_status(a, b)
@@ -109,4 +111,6 @@ def resolve(conflict, policy: str) -> Decision:
         return Decision(
             policy, w, f"both are equally authoritative and {_describe(win)} is more recent than {_describe(lose)}"
         )
-    return Decision(policy, None, "neither source is more authoritative or more recent")
+    authority = a.authority or "unknown"
+    dated = f"dated {a.date}" if a.date and a.date == b.date else "without dates that tell which is more recent"
+    return Decision(policy, None, f"both documents have {authority} authority and are {dated}")

@@ -56,11 +56,17 @@ class ChunkRow:
     doc_date: str | None
     status: str | None
     authority: str | None
+    heading: str | None = None  # the heading path (m007), shown to the embedder, BM25 and the reranker
+
+    @property
+    def index_text(self) -> str:
+        """What the embedder, BM25 and the reranker see: the heading path, if any, before the text."""
+        return index_text(self.heading, self.text)
 
 
 _CHUNK_ROW = (
     "SELECT c.id, c.text, c.start_char, c.end_char, c.page, c.document_id, d.source, d.title, d.doc_date, d.status,"
-    " d.authority FROM chunks c JOIN documents d ON d.id = c.document_id"
+    " d.authority, c.heading FROM chunks c JOIN documents d ON d.id = c.document_id"
 )
 # recorded in dataset manifests (the statements that selected their rows)
 COLLECTION_CHUNKS_QUERY = _CHUNK_ROW + " WHERE c.collection = ? ORDER BY c.id"

@@ -115,6 +115,21 @@ def rrf_fuse(
     return sorted(scores.items(), key=lambda kv: (-round(kv[1], 12), first_rank.get(kv[0], 1 << 30), kv[0]))
 
 
+def rerank_order(
+    fused: Sequence[tuple[str, float]], rerank: dict[str, float], weight: float, k: int
+) -> list[tuple[str, float]]:
+    """The fused candidates in the reranker's order (``weight`` 1), or ordered by reciprocal rank
+    fusion of the reranker's ranking (weight ``weight``) and the fused one (``1 - weight``). Ties keep
+    the fused order."""
+    order = {cid: i for i, (cid, _) in enumerate(fused)}
+    by_rerank = sorted(fused, key=lambda kv: (-rerank[kv[0]], order[kv[0]]))
+    if weight >= 1:
+        return by_rerank
+    mixed = rrf_fuse([[cid for cid, _ in by_rerank], [cid for cid, _ in fused]], k, weights=(weight, 1 - weight))
+    score = dict(fused)
+    return [(cid, score[cid]) for cid, _ in mixed]
+
+
 def page_fuse(
     fused: Sequence[tuple[str, float]], page_of: dict[str, int], k: int, weight: float, best: int = 2
 ) -> list[tuple[str, float]]:
@@ -200,14 +215,15 @@ class Searcher:
             log.warning("%s", health.warning)
 
     def reranker(self):
-        if self.cfg.retrieval.reranker is None:
+        """The cross-encoder named by ``retrieval.reranker`` (loaded on first use), or None: without
+        one, search never imports torch or sentence-transformers."""
+        path = self.cfg.retrieval.reranker_path
+        if path is None:
             return None
         if self._reranker is None:
             from tether.crossencoder import load_cross_encoder
 
-            self._reranker = load_cross_encoder(
-                self.cfg.retrieval.reranker, setting="retrieval.reranker", what="reranker"
-            )
+            self._reranker = load_cross_encoder(path, setting="retrieval.reranker", what="reranker")
         return self._reranker
 
     # -- search -----------------------------------------------------------------------------
@@ -263,10 +279,11 @@ class Searcher:
         rerank: dict[str, float] = {}
         if reranker and scored:
             t = time.perf_counter()
-            pairs = [(query, rows[cid].text) for cid, _ in scored]
+            # the reranker reads what it was trained on: the heading path before the text
+            pairs = [(query, rows[cid].index_text) for cid, _ in scored]
             values = reranker.predict(pairs, show_progress_bar=False)
             rerank = {cid: float(v) for (cid, _), v in zip(scored, values)}
-            scored = sorted(scored, key=lambda kv: -rerank[kv[0]])
+            scored = rerank_order(scored, rerank, r.rerank_weight, r.rrf_k)
             timings.rerank_ms = (time.perf_counter() - t) * 1e3
         self.last_timings = timings
 

@@ -262,13 +262,14 @@ def test_cross_encoder_rerank_reorders_the_fused_candidates(cfg, embedder, tmp_p
     tok.save_pretrained(rdir)
 
     folder = make_corpus(tmp_path / "kb")
-    cfg = cfg.with_retrieval(reranker=str(rdir), rerank_top=6)
+    cfg = cfg.with_retrieval(reranker=str(rdir), rerank_top=6, rerank_weight=1.0)  # the reranker's order alone
     ingest(cfg, [folder], embedder=embedder)
     s = Searcher(cfg, embedder=embedder)
     hits = s.search("finance director approval", k=4)
+    seen = s.ledger.chunks_by_id([hits[0].id])[hits[0].id].index_text  # what the reranker read: heading + text
     s.close()
     assert all(h.rerank_score is not None for h in hits)
     assert [h.rerank_score for h in hits] == sorted((h.rerank_score for h in hits), reverse=True)
-    expected = CrossEncoder(str(rdir), local_files_only=True).predict([("finance director approval", hits[0].text)])[0]
+    expected = CrossEncoder(str(rdir), local_files_only=True).predict([("finance director approval", seen)])[0]
     assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
     assert s.last_timings.rerank_ms > 0

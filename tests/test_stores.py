@@ -2,6 +2,7 @@
 
     retrieval  ``retrieval.ledger.Ledger``             documents, chunks, collections, store_journal
     assistant  ``assistant.logstore.LogStore``         conversations, turns, retrievals, citations, conflicts, feedback
+               ``assistant.accounts.AccountStore``     accounts
                ``assistant.evaluation.runs.RunStore``  eval_runs, eval_metrics, eval_items
     training   ``training.registry.TrainingStore``     datasets, training_jobs (``training.jobs``), models,
                                                         model_eval_runs, promotions
@@ -40,6 +41,7 @@ SQL_FILES = {
     "tether/db.py",
     "retrieval/ledger.py",
     "assistant/logstore.py",
+    "assistant/accounts.py",
     "assistant/evaluation/runs.py",
     "training/registry.py",
     "training/jobs.py",  # the training_jobs half of TrainingStore
@@ -239,6 +241,69 @@ def test_the_log_store_writes_and_reads_its_tables(db_path):
         conn = store.db
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")
+
+
+def test_the_account_store_writes_and_reads_its_tables(db_path):
+    from assistant.accounts import AccountStore
+    from tether.passwords import ScryptParams, parse_hash
+
+    fast, faster = ScryptParams(n=2**10), ScryptParams(n=2**8)
+    with AccountStore.open(db_path, params=fast) as store:
+        assert store.count() == 0 and store.get("ada") is None
+        with pytest.raises(TetherError, match="at least 8 characters"):
+            store.create_first_admin("ada", "short")
+        with pytest.raises(TetherError, match="not allowed"):
+            store.create("../ada", "long-enough")
+        ada = store.create_first_admin("  Ada ", "ada-password")
+        assert (ada.username, ada.role, ada.session_epoch) == ("ada", "admin", 0)
+        with pytest.raises(TetherError, match="already exists"):
+            store.create_first_admin("eve", "eve-password")
+        with pytest.raises(TetherError, match="taken"):
+            store.create("ADA", "other-password")
+        store.create("ann", "ann-password")
+        assert [(a.username, a.role) for a in store.accounts()] == [("ada", "admin"), ("ann", "user")]
+        assert store.verify("ANN", "ann-password").username == "ann" and store.get("ann").last_sign_in_at
+        assert store.verify("ann", "wrong-password") is None and store.verify("nobody", "ann-password") is None
+        with pytest.raises(TetherError, match="last admin"):
+            store.set_role("ada", "user")
+        with pytest.raises(TetherError, match="last admin"):
+            store.delete("ada")
+        store.set_password("ann", "new-password")  # revokes ann's tokens
+        assert store.get("ann").session_epoch == 1 and store.verify("ann", "new-password")
+        store.revoke_sessions("ann")
+        assert store.get("ann").session_epoch == 2
+        store.set_role("ann", "admin")
+        store.set_role("ada", "user")  # another admin exists now
+        store.delete("ada")
+        assert [a.username for a in store.accounts()] == ["ann"]
+    with AccountStore.open(db_path, params=faster) as store:  # a hash at other parameters is re-hashed on success
+        assert store.verify("ann", "new-password")
+        stored = store.db.execute("SELECT password_hash FROM accounts WHERE username = 'ann'").fetchone()[0]
+        assert parse_hash(stored)[0] == faster
+
+
+def test_turns_carry_their_user_and_the_local_users_chats_can_be_adopted(db_path):
+    answer = Answer(
+        text="Twenty-five days [1].",
+        refused=False,
+        question="How much leave?",
+        query="How much leave?",
+        passages=(),
+        citations=(),
+        groundedness=None,
+        generator=GeneratorIdentity("extractive", "x"),
+        latency_ms={},
+    )
+    with LogStore.open(db_path) as store:
+        local_conv, local_turn = store.log_turn(answer, collection="c1", conversation_id=None)
+        store.add_feedback(local_turn, "up")
+        _, ann_turn = store.log_turn(answer, collection="c1", conversation_id=None, user="ann")
+        assert store.turn(ann_turn)["user"] == "ann" and store.turn(local_turn)["user"] is None
+        assert store.adopt_local("ada") == 1
+        assert store.conversation_owner(local_conv) == "ada" and store.turn(local_turn)["user"] == "ada"
+        assert [f["user"] for f in store.turn(local_turn)["feedback"]] == ["ada"]
+        assert [c.user for c in store.conversations("ann")] == ["ann"]
+        assert store.adopt_local("ada") == 0
 
 
 def test_the_run_store_writes_and_reads_its_tables(db_path):

@@ -32,7 +32,19 @@ class CliOptions:
 
     def load(self, **retrieval: Any) -> TetherConfig:
         cfg = load_config(self.data_dir, self.config, **retrieval)
+        cfg = with_promoted_reranker(cfg, self.model_source)
         return cfg.with_assistant(**self.assistant) if self.assistant else cfg
+
+
+def with_promoted_reranker(cfg: TetherConfig, source: Any) -> TetherConfig:
+    """``cfg`` searching with the reranker ``source`` says is promoted for its collection
+    (``source.promoted_reranker(cfg)``: the registry's, injected by app/cli.py), when
+    ``retrieval.reranker`` is unset; a configured folder or ``off`` is kept as it is."""
+    ask = getattr(source, "promoted_reranker", None)
+    if cfg.retrieval.reranker is not None or ask is None:
+        return cfg
+    path = ask(cfg)
+    return cfg.with_retrieval(reranker=str(path)) if path else cfg
 
 
 def options(ctx: Any) -> CliOptions:

@@ -94,8 +94,23 @@ class RetrievalConfig:
     chroma_url: str | None = field(
         default=None, metadata={"help": "http://host:port of a Chroma server; none = embedded"}
     )
-    reranker: str | None = field(default=None, metadata={"help": "local path of a sentence-transformers CrossEncoder"})
+    reranker: str | None = field(
+        default=None,
+        metadata={
+            "help": "local folder of a sentence-transformers CrossEncoder that re-scores the fused candidates "
+            "(`tether train reranker` trains one on the collection); unset: the one promoted for the collection, "
+            "if any; 'off': none"
+        },
+    )
     rerank_top: int = field(default=20, metadata={"help": "fused candidates the reranker re-scores"})
+    rerank_weight: float = field(
+        default=0.3,
+        metadata={
+            "help": "1: the reranker's order alone; below 1: reciprocal rank fusion of the reranker's ranking "
+            "(weight w) and the fused ranking (weight 1 - w); 0.3: best of 1, 0.5, 0.3 on the postgresql dev half "
+            "(docs/BENCHMARKS.md)"
+        },
+    )
     rrf_k: int = field(
         default=20,
         metadata={
@@ -120,6 +135,11 @@ class RetrievalConfig:
             "help": "put each chunk's heading path (page > section > term) before its text for the embedder and BM25 (not in the cited text); recorded in the collection's identity, so changing it needs a new --collection"
         },
     )
+
+    @property
+    def reranker_path(self) -> str | None:
+        """The reranker's folder, or None ('off', or unset with none promoted)."""
+        return None if self.reranker in (None, "", "off") else self.reranker
 
     @property
     def embed_identity(self) -> str:
@@ -156,6 +176,8 @@ class RetrievalConfig:
                 out.append(f"retrieval.{name} ({getattr(self, name)}) must be between 0 and 10")
         if self.dense_weight + self.bm25_weight <= 0:
             out.append("retrieval.dense_weight and retrieval.bm25_weight must not both be 0")
+        if not 0 < self.rerank_weight <= 1:
+            out.append(f"retrieval.rerank_weight ({self.rerank_weight}) must be in (0, 1]")
         for name in ("rrf_k", "candidates", "rerank_top", "page_chunks"):
             if getattr(self, name) < 1:
                 out.append(f"retrieval.{name} ({getattr(self, name)}) must be >= 1")
@@ -357,9 +379,18 @@ class HFConfig:
         default=None,
         metadata={"help": "decode CAD's two rows in one batched forward: null (on CUDA only) | true | false"},
     )
+    no_repeat_ngram: int = field(
+        default=6,
+        metadata={
+            "help": "no n-gram of this many tokens twice in a reply (the reply's own tokens, not the prompt's: "
+            "quoting a source stays possible); stops a small model's loops; 0 = off"
+        },
+    )
 
     def problems(self) -> list[str]:
         out = []
+        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            out.append(f"hf.no_repeat_ngram ({self.no_repeat_ngram}) must be 0 (off) or >= 2")
         device = self.device.split(":")[0]
         if device not in HF_DEVICES or (":" in self.device and not (device == "cuda" and self.device[5:].isdigit())):
             out.append(f"hf.device ({self.device!r}) must be one of {', '.join(HF_DEVICES)} (or cuda:N)")
@@ -442,11 +473,12 @@ _COSINES = (
 
 @dataclass(frozen=True)
 class ConflictsConfig:
-    """Inter-context conflict detection (``retrieval/conflicts.py``, docs/CONFLICTS.md).
+    """Inter-context conflict detection (``retrieval/conflicts/``, docs/CONFLICTS.md).
 
     Subject gate: a rule hit counts only when the two claims share key terms and their MiniLM vectors
     are at least this similar (cosines). Claims: what counts as one and how many per call. NLI: the
-    optional cross-encoder named by ``assistant.nli_model``. Every field can also be passed to
+    optional cross-encoder named by ``assistant.nli_model``. Classifier: the contradiction classifier
+    ``tether train detector`` trains (used once promoted, or when named here). Every field can also be passed to
     ``RuleConflictDetector(embedder, **fields)``.
     """
 
@@ -501,6 +533,16 @@ class ConflictsConfig:
     nli_max_pairs: int = field(
         default=24, metadata={"help": "NLI: most claim pairs (most similar first) the cross-encoder scores per call"}
     )
+    classifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "local folder of a contradiction classifier (tether train detector); unset: the promoted one, if any"
+        },
+    )
+    classifier_threshold: float | None = field(
+        default=None,
+        metadata={"help": "classifier: P(contradiction) that flags a pair; unset: the one its training chose on dev"},
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -518,6 +560,8 @@ class ConflictsConfig:
             out.append(f"conflicts.max_value_ratio ({self.max_value_ratio}) must be > 1")
         if not 0.0 < self.contradiction_threshold <= 1.0:
             out.append(f"conflicts.contradiction_threshold ({self.contradiction_threshold}) must be in (0, 1]")
+        if self.classifier_threshold is not None and not 0.0 < self.classifier_threshold <= 1.0:
+            out.append(f"conflicts.classifier_threshold ({self.classifier_threshold}) must be in (0, 1]")
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,6 +155,46 @@ def connect(path: str | Path) -> sqlite3.Connection:
             db.close()
         raise DatabaseUnavailable(database_problem(path, exc)) from exc
     return db
+
+
+class PerThreadStore:
+    """The base of a package's store over ``tether.db`` that threads share (the web app's sessions):
+    one connection per thread, opened on first use; the database is migrated once, when the store
+    is made. ``close`` closes every connection it opened (a thread that uses it again reopens one)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        connect(self.path).close()  # migrate once up front
+
+    @classmethod
+    def open(cls, path: str | Path, **options):
+        return cls(path, **options)
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
 
 
 def _folder_problem(folder: Path, exc: OSError) -> str:
@@ -453,3 +494,64 @@ def m007_chunk_headings(db: sqlite3.Connection) -> None:
     """The heading path of a chunk (retrieval.heading_prefix), put before its text for the embedder
     and BM25; NULL = none."""
     run_script(db, "ALTER TABLE chunks ADD COLUMN heading TEXT;")
+
+
+@migration
+def m009_accounts(db: sqlite3.Connection) -> None:
+    """The web app's local accounts (``assistant.accounts.AccountStore``): a user name (stored
+    lower-cased), its scrypt hash (``tether.passwords``), its role, and a session epoch that every
+    sign-in token carries (bumped on sign-out and password change, which revokes older tokens).
+    Every turn now records its user too (``turns.user``; NULL: the local user of an install
+    without accounts)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE accounts (
+            username TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+            session_epoch INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            last_sign_in_at TEXT
+        );
+        ALTER TABLE turns ADD COLUMN user TEXT;
+        CREATE INDEX conversations_user ON conversations (user, created_at);
+        """,
+    )
+
+
+@migration
+def m010_job_results(db: sqlite3.Connection) -> None:
+    """What a background job produced (``training_jobs.result_json``): the web app's evaluation
+    and promotion jobs (methods ``eval`` and ``promote``) store their run ids or the gate's rows."""
+    run_script(db, "ALTER TABLE training_jobs ADD COLUMN result_json TEXT;")
+
+
+@migration
+def m011_cross_encoders(db: sqlite3.Connection) -> None:
+    """CrossEncoders Tether trains itself (rows through ``training.registry.TrainingStore``):
+    contradiction classifiers (kind ``detector``, ``tether train detector``, for any collection:
+    ``collection`` NULL) and rerankers (kind ``reranker``, ``tether train reranker``, trained on and
+    served for one collection). ``models.kind`` is for generators, hence a table of their own: the
+    folder, the base, the run config, the data manifest, the gate's figures and when it was
+    promoted or retired. Served: the newest promoted row of a kind (and collection) not retired."""
+    run_script(
+        db,
+        """
+        CREATE TABLE cross_encoders (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('detector', 'reranker')),
+            collection TEXT,
+            path TEXT NOT NULL,
+            base TEXT NOT NULL,
+            job_id TEXT REFERENCES training_jobs (id),
+            config_json TEXT NOT NULL,
+            manifest_json TEXT,
+            gate_json TEXT,
+            created_at TEXT NOT NULL,
+            promoted_at TEXT,
+            retired_at TEXT
+        );
+        CREATE INDEX cross_encoders_served ON cross_encoders (kind, collection, promoted_at);
+        """,
+    )

@@ -3,6 +3,8 @@
     tether train data  --out DIR                 -> training.data.build_datasets
     tether train sft|dpo|kto --config FILE.yaml  -> training.trainers.run   (--plan: print the plan only)
     tether train pipeline --config FILE.yaml     -> training.pipeline.run_pipeline (data -> sft -> dpo/kto -> export -> gate)
+    tether train detector [--out DIR]            -> training.detector.run (pairs -> CrossEncoder -> gate -> promote)
+    tether train reranker [--out DIR]            -> training.reranker.run (synthetic questions -> CrossEncoder -> gate -> promote)
     tether train jobs                            -> training.registry.TrainingStore.list_jobs
     tether export MODEL --out DIR                -> training.export.export
     tether models list | promote | rollback      -> training.registry
@@ -15,6 +17,8 @@ first: ``--admin-password`` or ``$TETHER_ADMIN_PASSWORD`` once an admin password
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,49 @@ import typer
 from tether.cli import config_flags, load
 from tether.errors import TetherError
 from training.config import TrainConfig, load_train_config
+from training.reranker import RerankerConfig
+
+
+@contextmanager
+def _training_log(enabled: bool = True) -> Iterator[None]:
+    """The training package's progress lines on stderr while a command trains, not again through
+    the root handler (its level and handlers are restored after). ``enabled`` False: as it was."""
+    import logging
+
+    lib_log = logging.getLogger("training")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    saved = lib_log.level, lib_log.propagate
+    if enabled:
+        lib_log.addHandler(handler)
+        lib_log.setLevel(logging.INFO)
+        lib_log.propagate = False
+    try:
+        yield
+    finally:
+        lib_log.removeHandler(handler)
+        lib_log.setLevel(saved[0])
+        lib_log.propagate = saved[1]
+
+
+def _echo_run(res, id_key: str, gate: dict | None) -> None:
+    """A trained cross-encoder's run (``training.cross_encoder.CrossEncoderRun``) as JSON on stdout."""
+    summary = {
+        "model": str(res.model_dir) if res.finished else None,
+        "finished": res.finished,
+        "steps": res.steps,
+        "seconds": round(res.seconds, 1),
+        "final_loss": res.final_loss,
+        "resumed_from": res.resumed_from,
+        "pairs": res.manifest,
+        id_key: res.registered_id,
+        "job_id": res.job_id,
+        "gate": gate,
+    }
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    if not res.finished:
+        typer.echo("stopped at --max-minutes: rerun the same command to resume", err=True)
+
 
 train_app = typer.Typer(
     help="Training: datasets from the log, SFT / DPO / KTO with LoRA or QLoRA.", no_args_is_help=True
@@ -124,24 +171,11 @@ def _train_stage(cfg, tc: TrainConfig, procs, *, plan: bool, admin_password: str
             typer.echo(line)
         return
     main_only(procs, lambda: _admin(cfg, admin_password))  # once: a failed sign-in counts once
-    import logging
 
     from training.trainers import run
 
-    lib_log = logging.getLogger("training")
-    saved = lib_log.level, lib_log.propagate
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    if procs.is_main:  # progress on stderr, once: not again through the root handler, not from the other ranks
-        lib_log.addHandler(handler)
-        lib_log.setLevel(logging.INFO)
-        lib_log.propagate = False
-    try:
+    with _training_log(procs.is_main):  # progress on stderr once: not from the other ranks
         res = run(tc, cfg)
-    finally:
-        lib_log.removeHandler(handler)
-        lib_log.setLevel(saved[0])
-        lib_log.propagate = saved[1]
     if not procs.is_main:
         return
     typer.echo(
@@ -218,6 +252,108 @@ def pipeline_cmd(
     typer.echo(json.dumps(summary, indent=2, default=str))
     if "promotion" in summary and not summary["promotion"]["promoted"]:
         raise typer.Exit(1)
+
+
+@train_app.command("detector")
+def detector_cmd(
+    ctx: typer.Context,
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="folder for pairs, checkpoints and the model (default: <data>/models/detector)"
+    ),
+    collection: str | None = typer.Option(None, "--collection", "-c", help="collection whose claims make the pairs"),
+    max_pairs: int = typer.Option(3000, "--max-pairs", help="training pairs built from the collection"),
+    epochs: float = typer.Option(2.0, "--epochs"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    max_minutes: float = typer.Option(
+        15.0, "--max-minutes", help="stop, checkpointed, after this long (rerun resumes)"
+    ),
+    max_steps: int = typer.Option(-1, "--max-steps", help="stop after this many steps (-1: --epochs decide)"),
+    seed: int = typer.Option(0, "--seed"),
+    gate_cases: list[Path] | None = typer.Option(
+        None,
+        "--gate-cases",
+        help="labelled conflict sets whose dev halves gate promotion (default: bench/data/conflicts_*/cases.jsonl"
+        " and, whole, examples/eval/handbook_conflicts.jsonl)",
+    ),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="promote when it beats the rules on dev"),
+    admin_password: str | None = ADMIN,
+) -> None:
+    """Train the contradiction classifier (a MiniLM CrossEncoder) on pairs made from the collection's
+    claims, on the CPU; register it, gate it on the dev halves and promote it when it beats the rules.
+    Rerun the same command to resume an interrupted run."""
+
+    from training.detector import DetectorConfig, default_gate_sets, run
+
+    cfg = load(ctx, collection=collection)
+    _admin(cfg, admin_password)
+    folder = out or Path(cfg.models_dir) / "detector"
+    dcfg = DetectorConfig(
+        out_dir=str(folder),
+        max_pairs=max_pairs,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_minutes=max_minutes,
+        max_steps=max_steps,
+        seed=seed,
+    ).validated()
+    sets = list(gate_cases) if gate_cases else default_gate_sets(Path(__file__).resolve().parent.parent)
+    missing = [str(p) for p in sets if not Path(p).is_file()]
+    if missing:
+        raise TetherError(f"--gate-cases: no such file {', '.join(missing)}")
+    with _training_log():
+        res, report = run(cfg, dcfg, gate_sets=sets, promote=promote)
+    _echo_run(res, "detector_id", {k: v for k, v in (report or {}).items() if k != "by_threshold"} or None)
+
+
+@train_app.command("reranker")
+@config_flags(RerankerConfig, exclude=("out_dir",))
+def reranker_cmd(
+    ctx: typer.Context,
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="work folder: pairs, checkpoints, versions vN/ (default: <data>/models/reranker-<collection>)",
+    ),
+    collection: str | None = typer.Option(
+        None, "--collection", "-c", help="collection whose chunks make the questions"
+    ),
+    gate_qa: list[Path] | None = typer.Option(
+        None,
+        "--gate-qa",
+        help="labelled JSONL sets (question, evidence, split) whose dev rows also gate promotion (repeatable)",
+    ),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="promote when it wins its gate"),
+    list_only: bool = typer.Option(False, "--list", help="list the trained rerankers and stop"),
+    admin_password: str | None = ADMIN,
+    **overrides: Any,
+) -> None:
+    """Train a reranker (a MiniLM CrossEncoder) on questions made from the collection's own chunks,
+    on the CPU; register it, gate it (search with and without it) and promote it for the collection
+    when it wins. Rerun the same command to resume an interrupted run."""
+    import shlex
+    import sys
+
+    from training.registry import TrainingStore
+    from training.reranker import run
+
+    cfg = load(ctx, collection=collection)
+    if list_only:
+        with TrainingStore.open(cfg.db_path) as store:
+            rows = store.list_rerankers()
+        typer.echo(json.dumps([r.to_json() for r in rows], indent=2, default=str))
+        return
+    _admin(cfg, admin_password)
+    folder = out or Path(cfg.models_dir) / f"reranker-{cfg.retrieval.collection}"
+    given = {k: v for k, v in overrides.items() if v is not None}
+    rcfg = RerankerConfig(out_dir=str(folder), **given).validated()
+    missing = [str(p) for p in gate_qa or () if not Path(p).is_file()]
+    if missing:
+        raise TetherError(f"--gate-qa: no such file {', '.join(missing)}")
+    with _training_log():
+        command = shlex.join(["tether", *sys.argv[1:]])
+        res, report = run(cfg, rcfg, gate_qa=list(gate_qa or ()), promote=promote, command=command)
+    _echo_run(res, "reranker_id", report)
 
 
 @train_app.command("jobs")

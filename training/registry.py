@@ -342,17 +342,70 @@ class TrainingStore:
 
     # -- training jobs --------------------------------------------------------------------------
 
-    def start_job(self, method: str, config: dict[str, Any], output_dir: str, log_path: str, total_steps: int) -> str:
-        return jobs.start_job(self.db, method, config, output_dir, log_path, total_steps)
+    def start_job(
+        self,
+        method: str,
+        config: dict[str, Any],
+        output_dir: str,
+        log_path: str,
+        total_steps: int,
+        *,
+        job_id: str | None = None,
+        pid: int | None = None,
+    ) -> str:
+        return jobs.start_job(self.db, method, config, output_dir, log_path, total_steps, job_id=job_id, pid=pid)
 
-    def update_job(self, job_id: str, *, step: int, loss: float | None) -> None:
-        jobs.update_job(self.db, job_id, step=step, loss=loss)
+    def update_job(self, job_id: str, *, step: int, loss: float | None, total_steps: int | None = None) -> None:
+        jobs.update_job(self.db, job_id, step=step, loss=loss, total_steps=total_steps)
 
-    def finish_job(self, job_id: str, status: str, *, error: str | None = None, model_id: str | None = None) -> None:
-        jobs.finish_job(self.db, job_id, status, error=error, model_id=model_id)
+    def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        model_id: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        jobs.finish_job(self.db, job_id, status, error=error, model_id=model_id, result=result)
 
     def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         return jobs.list_jobs(self.db, limit)
+
+    # -- trained cross-encoders (tether train detector | reranker) -------------------------------
+
+    def register_detector(self, **fields) -> str:
+        return register_cross_encoder(self.db, "detector", **fields)
+
+    def record_detector_gate(self, detector_id: str, gate: dict[str, Any]) -> None:
+        record_cross_encoder_gate(self.db, "detector", detector_id, gate)
+
+    def promote_detector(self, detector_id: str) -> None:
+        promote_cross_encoder(self.db, "detector", detector_id)
+
+    def list_detectors(self) -> list[CrossEncoderRecord]:
+        return list_cross_encoders(self.db, "detector")
+
+    def promoted_detector(self) -> CrossEncoderRecord | None:
+        return promoted_cross_encoder(self.db, "detector")
+
+    def register_reranker(self, *, collection: str, **fields) -> str:
+        return register_cross_encoder(self.db, "reranker", collection=collection, **fields)
+
+    def record_reranker_gate(self, reranker_id: str, gate: dict[str, Any]) -> None:
+        record_cross_encoder_gate(self.db, "reranker", reranker_id, gate)
+
+    def promote_reranker(self, reranker_id: str) -> None:
+        promote_cross_encoder(self.db, "reranker", reranker_id)
+
+    def retire_reranker(self, reranker_id: str) -> None:
+        retire_cross_encoder(self.db, "reranker", reranker_id)
+
+    def list_rerankers(self, collection: str | None = None) -> list[CrossEncoderRecord]:
+        return list_cross_encoders(self.db, "reranker", collection)
+
+    def promoted_reranker(self, collection: str) -> CrossEncoderRecord | None:
+        return promoted_cross_encoder(self.db, "reranker", collection)
 
 
 def serving_paths(rec: ModelRecord) -> tuple[Path, Path | None]:
@@ -393,6 +446,14 @@ class RegistryModelSource:
     def promoted(self, cfg: Any) -> tuple[Path, Path | None] | None:
         return promoted_model(cfg)
 
+    def promoted_detector(self, cfg: Any) -> Path | None:
+        """The promoted contradiction classifier's folder (``tether train detector``), or None."""
+        return promoted_detector_path(cfg)
+
+    def promoted_reranker(self, cfg: Any) -> Path | None:
+        """The folder of the reranker promoted for ``cfg``'s collection (``tether train reranker``), or None."""
+        return promoted_reranker_path(cfg)
+
 
 def config_for(cfg: Any, rec: ModelRecord | None) -> Any:
     """``cfg`` answering with ``rec`` (None = the configured default) through the hf generator."""
@@ -424,10 +485,12 @@ def promote(
     tolerance: float = 0.02,
     user: str | None = None,
     baseline_run: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_id`` and the model served now on ``suite``, gate, and promote on a pass (or ``force``).
 
     ``baseline_run``: an eval run id to use as the baseline instead of running the served model again.
+    ``progress(done, total)``: the two evaluation runs' progress as one (the app's promotion job).
     Returns {"model_id", "previous_id", "forced", "gate": {...}, "candidate_run", "baseline_run"}.
 
     Raises:
@@ -441,13 +504,22 @@ def promote(
         prev_rec = store.get_model(previous) if previous else None
     if previous == model_id:
         raise TetherError(f"{model_id} is already the promoted model")
-    cand = run_suite(config_for(cfg, rec), Path(suite), label=f"candidate:{model_id}")
+    runs = 1 if baseline_run else 2
+
+    def phase(i: int):
+        if progress is None:
+            return None
+        return lambda done, total: progress(i * total + done, runs * total)
+
+    cand = run_suite(config_for(cfg, rec), Path(suite), label=f"candidate:{model_id}", progress=phase(0))
     if baseline_run:
         from assistant.evaluation.runs import load_run
 
         base = load_run(cfg.db_path, baseline_run)
     else:
-        base = run_suite(config_for(cfg, prev_rec), Path(suite), label=f"baseline:{previous or 'default'}")
+        base = run_suite(
+            config_for(cfg, prev_rec), Path(suite), label=f"baseline:{previous or 'default'}", progress=phase(1)
+        )
     kwargs: dict[str, Any] = {"tolerance": tolerance}
     if metrics:
         kwargs["metrics"] = list(metrics)
@@ -503,3 +575,186 @@ def rollback(cfg: Any, *, user: str | None = None) -> str | None:
         now = store.served_id()
     log.info("rolled back %s; serving %s", rolled_back, now or "the configured default")
     return now
+
+
+# -- trained cross-encoders: contradiction classifiers and rerankers -----------------------------------
+
+CROSS_ENCODER_KINDS = {
+    "detector": ("contradiction classifier", "`tether models list --detectors`"),
+    "reranker": ("reranker", "`tether train reranker --list`"),
+}
+
+
+@dataclass(frozen=True)
+class CrossEncoderRecord:
+    """A row of ``cross_encoders``: a CrossEncoder trained by ``tether train detector`` (kind
+    ``detector``, any collection: ``collection`` is None) or ``tether train reranker`` (kind
+    ``reranker``, trained on and served for one collection)."""
+
+    id: str
+    kind: str
+    collection: str | None
+    path: str
+    base: str
+    job_id: str | None
+    created_at: str
+    config: dict
+    manifest: dict
+    gate: (
+        dict | None
+    )  # the gate's figures once it ran (detector: rules vs rules + classifier; reranker: search with and without it)
+    promoted_at: str | None = None
+    retired_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _missing(kind: str, ce_id: str) -> TetherError:
+    what, listing = CROSS_ENCODER_KINDS[kind]
+    return TetherError(f"no {what} {ce_id!r}: {listing} shows them")
+
+
+def register_cross_encoder(
+    db: sqlite3.Connection,
+    kind: str,
+    *,
+    path: str | Path,
+    base: str,
+    collection: str | None = None,
+    config: dict | None = None,
+    manifest: dict | None = None,
+    job_id: str | None = None,
+) -> str:
+    """Add a trained cross-encoder of ``kind`` (not promoted); returns its id."""
+    if kind not in CROSS_ENCODER_KINDS:
+        raise TetherError(f"unknown cross-encoder kind {kind!r}: one of {', '.join(CROSS_ENCODER_KINDS)}")
+    if (kind == "reranker") != (collection is not None):
+        raise TetherError("a reranker is registered for its collection; a contradiction classifier for none")
+    ce_id = _new_id(kind, str(path))
+    with transaction(db):
+        db.execute(
+            "INSERT INTO cross_encoders (id, kind, collection, path, base, job_id, config_json, manifest_json, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ce_id,
+                kind,
+                collection,
+                str(path),
+                base,
+                job_id,
+                json.dumps(config or {}, default=str),
+                json.dumps(manifest or {}, default=str),
+                now_iso(),
+            ),
+        )
+    return ce_id
+
+
+def record_cross_encoder_gate(db: sqlite3.Connection, kind: str, ce_id: str, gate: dict[str, Any]) -> None:
+    with transaction(db):
+        n = db.execute(
+            "UPDATE cross_encoders SET gate_json = ? WHERE id = ? AND kind = ?",
+            (json.dumps(gate, default=str), ce_id, kind),
+        ).rowcount
+    if not n:
+        raise _missing(kind, ce_id)
+
+
+def promote_cross_encoder(db: sqlite3.Connection, kind: str, ce_id: str) -> None:
+    """Serve ``ce_id``: promote it and retire the one of its kind (and collection) served before."""
+    now = now_iso()
+    with transaction(db):
+        row = db.execute("SELECT collection FROM cross_encoders WHERE id = ? AND kind = ?", (ce_id, kind)).fetchone()
+        if row is None:
+            raise _missing(kind, ce_id)
+        db.execute(
+            "UPDATE cross_encoders SET retired_at = ? WHERE kind = ? AND collection IS ? AND promoted_at IS NOT NULL"
+            " AND retired_at IS NULL AND id != ?",
+            (now, kind, row["collection"], ce_id),
+        )
+        db.execute("UPDATE cross_encoders SET promoted_at = ?, retired_at = NULL WHERE id = ?", (now, ce_id))
+
+
+def retire_cross_encoder(db: sqlite3.Connection, kind: str, ce_id: str) -> None:
+    """Stop serving ``ce_id`` (search goes back to the fused order; detection to the rules alone)."""
+    with transaction(db):
+        n = db.execute(
+            "UPDATE cross_encoders SET retired_at = ? WHERE id = ? AND kind = ? AND promoted_at IS NOT NULL",
+            (now_iso(), ce_id, kind),
+        ).rowcount
+    if not n:
+        raise TetherError(f"{CROSS_ENCODER_KINDS[kind][0]} {ce_id!r} is not promoted: nothing to retire")
+
+
+def _cross_encoder(row: sqlite3.Row) -> CrossEncoderRecord:
+    return CrossEncoderRecord(
+        id=row["id"],
+        kind=row["kind"],
+        collection=row["collection"],
+        path=row["path"],
+        base=row["base"],
+        job_id=row["job_id"],
+        created_at=row["created_at"],
+        config=json.loads(row["config_json"] or "{}"),
+        manifest=json.loads(row["manifest_json"] or "{}"),
+        gate=json.loads(row["gate_json"]) if row["gate_json"] else None,
+        promoted_at=row["promoted_at"],
+        retired_at=row["retired_at"],
+    )
+
+
+def list_cross_encoders(db: sqlite3.Connection, kind: str, collection: str | None = None) -> list[CrossEncoderRecord]:
+    """The rows of ``kind``, newest first; of one collection where ``collection`` is given."""
+    sql, args = "SELECT * FROM cross_encoders WHERE kind = ?", [kind]
+    if collection is not None:
+        sql, args = sql + " AND collection = ?", [*args, collection]
+    return [_cross_encoder(r) for r in db.execute(sql + " ORDER BY created_at DESC, id", args).fetchall()]
+
+
+def promoted_cross_encoder(
+    db: sqlite3.Connection, kind: str, collection: str | None = None
+) -> CrossEncoderRecord | None:
+    """The newest promoted row of ``kind`` (and of ``collection``) not retired."""
+    row = db.execute(
+        "SELECT * FROM cross_encoders WHERE kind = ? AND collection IS ? AND promoted_at IS NOT NULL"
+        " AND retired_at IS NULL ORDER BY promoted_at DESC, id DESC LIMIT 1",
+        (kind, collection),
+    ).fetchone()
+    return _cross_encoder(row) if row else None
+
+
+def promoted_cross_encoder_path(cfg: Any, kind: str) -> Path | None:
+    """The folder of the promoted cross-encoder of ``kind`` for ``cfg`` (a reranker: of its
+    collection), or None: none promoted, or its files are gone. Reads SQLite; imports nothing heavy."""
+    if not Path(cfg.db_path).is_file():
+        return None
+    collection = cfg.retrieval.collection if kind == "reranker" else None
+    try:
+        with TrainingStore.open(cfg.db_path) as store:
+            rec = promoted_cross_encoder(store.db, kind, collection)
+    except sqlite3.DatabaseError as exc:  # the command that needs the database says so; `tether doctor` must run
+        log.warning("no promoted %s: %s", CROSS_ENCODER_KINDS[kind][0], exc)
+        return None
+    if rec is None:
+        return None
+    path = Path(rec.path)
+    if not (path / "config.json").is_file():
+        log.warning(
+            "the promoted %s %s is missing on disk (%s); going on without it",
+            CROSS_ENCODER_KINDS[kind][0],
+            rec.id,
+            path,
+        )
+        return None
+    return path
+
+
+def promoted_detector_path(cfg: Any) -> Path | None:
+    return promoted_cross_encoder_path(cfg, "detector")
+
+
+def promoted_reranker_path(cfg: Any) -> Path | None:
+    return promoted_cross_encoder_path(cfg, "reranker")

@@ -74,9 +74,16 @@ class ConflictCase:
     question: str | None = None
     note: str | None = None
     resolution: dict[str, str | None] = field(default_factory=dict)  # policy -> "a" | "b" | None (labelled winner)
+    lookalike: str | None = None  # non-conflicts: what makes the pair look like one ("equivalent-unit", "in-range")
+    split: str | None = None  # "dev" | "test" where the set is split (bench/data/conflicts_*)
 
     def gold_json(self) -> dict[str, Any]:
-        return {"conflict": self.conflict, "kind": self.kind, "resolution": dict(self.resolution)}
+        return {
+            "conflict": self.conflict,
+            "kind": self.kind,
+            "resolution": dict(self.resolution),
+            "lookalike": self.lookalike,
+        }
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,8 @@ def parse_conflict(row: dict[str, Any], default_id: str) -> ConflictCase:
         question=row.get("question"),
         note=row.get("note"),
         resolution=dict(resolution),
+        lookalike=row.get("lookalike") if isinstance(row.get("lookalike"), str) else None,
+        split=row.get("split") if isinstance(row.get("split"), str) else None,
     )
 
 

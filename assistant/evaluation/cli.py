@@ -235,13 +235,19 @@ def conflicts_cmd(
         None, "--collection", "-c", help="collection whose ledger fills missing dates/authority"
     ),
     generator: str | None = typer.Option(None, "--generator", "-g"),
+    split: str | None = typer.Option(
+        None, "--split", help="dev | test: only that half of a split set (bench/data/conflicts_*)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The conflict suite: detection P/R/F1, kind and resolution accuracy, follow-context rate; stores the run."""
+    """The conflict suite: detection P/R/F1, recall per kind, look-alikes flagged, kind and resolution
+    accuracy, follow-context rate; stores the run."""
     from assistant.evaluation import report as R
     from assistant.evaluation.runs import load_items
     from assistant.evaluation.suites import run_suite
 
+    if split not in (None, "dev", "test"):
+        raise ConfigError(f"--split {split}: give dev or test")
     cfg = _cfg(ctx, collection, generator=generator)
     run = run_suite(
         cfg,
@@ -250,6 +256,7 @@ def conflicts_cmd(
         suites=("conflicts",),
         counterfactual=counterfactual,
         model_source=options(ctx).model_source,
+        split=split,
     )
     if as_json:
         typer.echo(R.dumps(R.run_json(run)))

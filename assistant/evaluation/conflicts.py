@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,27 +40,74 @@ class ConflictOutcome:
     predicted_kind: str | None = None
     gold_resolution: dict[str, str | None] = field(default_factory=dict)  # policy -> "a" | "b" | None
     predicted_resolution: dict[str, str | None] = field(default_factory=dict)
+    lookalike: str | None = None  # non-conflicts: the labelled look-alike type
+    both_sides: bool | None = None  # gold conflicts: the present-both answer quotes and cites both claims
+    policy_correct: dict[str, bool] = field(default_factory=dict)  # policy -> the answer follows the labelled winner
 
 
 def conflict_metrics(outcomes: Sequence[ConflictOutcome]) -> dict[str, float]:
     """Detection precision/recall/F1 (a case is predicted conflicting when the judge returns a
-    Conflict), kind accuracy on true positives, and resolution accuracy per policy on true
-    positives whose case labels that policy (a null label means "no winner")."""
+    Conflict); the answers to the gold conflicts (``conflicts.answers.*``: the share whose present-both
+    answer quotes and cites both claims, whose answer follows every labelled policy, per policy, and
+    that are answered from one side without a word about the other, i.e. missed); recall per labelled kind (``conflicts.recall.<kind>``), the share of non-conflicts
+    flagged (``conflicts.lookalike_flagged``, and ``.<type>`` per labelled look-alike type), kind
+    accuracy on true positives, and resolution accuracy per policy on true positives whose case
+    labels that policy (a null label means "no winner")."""
     tp = sum(o.gold_conflict and o.predicted for o in outcomes)
     fp = sum(o.predicted and not o.gold_conflict for o in outcomes)
     fn = sum(o.gold_conflict and not o.predicted for o in outcomes)
     p, r, f = M.precision_recall_f1(tp, fp, fn)
     out = {"conflicts.precision": p, "conflicts.recall": r, "conflicts.f1": f}
+    for kind in sorted({o.gold_kind for o in outcomes if o.gold_conflict and o.gold_kind}):
+        of_kind = [o for o in outcomes if o.gold_conflict and o.gold_kind == kind]
+        out[f"conflicts.recall.{kind}"] = sum(o.predicted for o in of_kind) / len(of_kind)
+    negatives = [o for o in outcomes if not o.gold_conflict]
+    if negatives:
+        out["conflicts.lookalike_flagged"] = sum(o.predicted for o in negatives) / len(negatives)
+    for kind in sorted({o.lookalike for o in negatives if o.lookalike}):
+        of_kind = [o for o in negatives if o.lookalike == kind]
+        out[f"conflicts.lookalike_flagged.{kind}"] = sum(o.predicted for o in of_kind) / len(of_kind)
     hits = [o for o in outcomes if o.gold_conflict and o.predicted]
     kinds = [o for o in hits if o.gold_kind]
     if kinds:
         out["conflicts.kind_accuracy"] = sum(o.predicted_kind == o.gold_kind for o in kinds) / len(kinds)
+    gold = [o for o in outcomes if o.gold_conflict]
+    if gold:
+        # answers (the engine's conflict statement): a missed conflict is answered from one side, silently
+        out["conflicts.answers.both_sides_rate"] = sum(bool(o.both_sides) for o in gold) / len(gold)
+        out["conflicts.answers.silent_pick_rate"] = sum(not o.predicted for o in gold) / len(gold)
+        labelled = [o for o in gold if o.gold_resolution]
+        if labelled:
+            right = [
+                all(o.policy_correct.get(p, False) for p in o.gold_resolution) if o.predicted else False
+                for o in labelled
+            ]
+            out["conflicts.answers.policy_accuracy"] = sum(right) / len(labelled)
+            for policy in sorted({p for o in labelled for p in o.gold_resolution}):
+                of = [o for o in labelled if policy in o.gold_resolution]
+                out[f"conflicts.answers.policy_accuracy.{policy}"] = sum(
+                    o.policy_correct.get(policy, False) for o in of
+                ) / len(of)
     for policy in sorted({p for o in hits for p in o.gold_resolution}):
         labelled = [o for o in hits if policy in o.gold_resolution and policy in o.predicted_resolution]
         if labelled:
             right = sum(o.predicted_resolution[policy] == o.gold_resolution[policy] for o in labelled)
             out[f"conflicts.resolution.{policy}"] = right / len(labelled)
     return out
+
+
+def select_split(cases: Sequence[ConflictCase], split: str, path: Any = None) -> tuple[ConflictCase, ...]:
+    """The cases of one half of a split set; ``ConfigError`` when no case carries that split."""
+    from tether.errors import ConfigError
+
+    chosen = tuple(c for c in cases if c.split == split)
+    if not chosen:
+        have = sorted({c.split for c in cases if c.split})
+        raise ConfigError(
+            f"--split {split}: no conflict case of {path or 'the set'} has split {split!r} "
+            + (f"(it has {', '.join(have)})" if have else "(its lines carry no 'split': drop --split)")
+        )
+    return chosen
 
 
 def follow_context_rate(results: Sequence[bool | None]) -> float | None:
@@ -112,6 +160,40 @@ def _side_of(claim, case: ConflictCase) -> str | None:
     return None
 
 
+_APPLIES = re.compile(r"source (\d+) applies and overrides source (\d+)")
+
+
+def score_answer(conflict, case: ConflictCase) -> tuple[bool, dict[str, bool]]:
+    """The engine's conflict statement for a detected conflict, scored against the case: (does the
+    present-both answer quote both claims with both citations; per labelled policy, does the answer
+    follow the labelled winner, or, where the label is "no winner", say the policy cannot decide and
+    pick none)."""
+    from dataclasses import replace
+
+    from assistant.conflict_answering import conflict_statement
+    from assistant.resolution import resolve
+
+    claims = tuple(replace(c, passage_id=f"p{i + 1}") for i, c in enumerate(conflict.claims))
+    conflict = replace(conflict, claims=claims)
+    numbers = {"p1": 1, "p2": 2}
+    sides = {n: _side_of(c, case) for n, c in zip((1, 2), claims)}
+    both = conflict_statement(conflict, resolve(conflict, "present-both"), numbers)
+    quoted = all(
+        f"[{n}]" in both and " ".join(c.text.split()).rstrip(" .;:")[:40] in both for n, c in zip((1, 2), claims)
+    )
+    correct = {}
+    for policy, gold in case.resolution.items():
+        if policy not in RESOLUTION_POLICIES:
+            continue
+        text = conflict_statement(conflict, resolve(conflict, policy), numbers)
+        m = _APPLIES.search(text)
+        if gold is None:
+            correct[policy] = m is None and "cannot decide" in text and "[1]" in text and "[2]" in text
+        else:
+            correct[policy] = m is not None and sides.get(int(m.group(1))) == gold
+    return quoted, correct
+
+
 def judge_cases(
     cases: Sequence[ConflictCase], detector, meta: dict[str, dict[str, Any]]
 ) -> list[tuple[ConflictOutcome, Any]]:
@@ -122,6 +204,7 @@ def judge_cases(
     for case in cases:
         conflict = detector.judge(make_claim(case.a, meta), make_claim(case.b, meta))
         predicted_resolution: dict[str, str | None] = {}
+        answer = score_answer(conflict, case) if conflict is not None and case.conflict else None
         if conflict is not None:
             for policy in RESOLUTION_POLICIES:
                 decision = resolve(conflict, policy)
@@ -138,6 +221,9 @@ def judge_cases(
                     predicted_kind=getattr(conflict, "kind", None),
                     gold_resolution=dict(case.resolution),
                     predicted_resolution=predicted_resolution,
+                    lookalike=case.lookalike,
+                    both_sides=answer[0] if answer else None,
+                    policy_correct=answer[1] if answer else {},
                 ),
                 conflict,
             )
@@ -200,6 +286,7 @@ def _misclassified(cases: Sequence[ConflictCase], outcomes: Sequence[ConflictOut
                     "id": case.id,
                     "error": error,
                     "gold_kind": case.kind,
+                    "lookalike": case.lookalike,
                     "predicted_kind": o.predicted_kind,
                     "a": case.a.text,
                     "b": case.b.text,
@@ -265,19 +352,33 @@ def run_conflicts(
     embedder=None,
     generator=None,
     model_source=None,
+    split: str | None = None,
 ) -> ConflictSuiteResult:
     """The conflict suite over a case set's conflict rows and counterfactual rows (or ``counterfactual``).
-    ``model_source`` (an ``assistant.engine.ModelSource``) applies when the generator is built here."""
+    ``model_source`` (an ``assistant.engine.ModelSource``) applies when the generator is built here.
+    ``split`` ("dev" | "test"): only the conflict rows of that half (``split`` on each line)."""
     metrics: dict[str, float] = {}
     items: list[EvalItem] = []
     details: dict[str, Any] = {}
     identity = None
+    if split is not None:
+        cases = dataclasses.replace(cases, conflicts=select_split(cases.conflicts, split, cases.path))
+        details["split"] = split
     if cases.conflicts:
         from retrieval.conflicts import get_detector
         from retrieval.embeddings import embedder_for
 
         embedder = embedder or embedder_for(cfg)
-        detector = get_detector(embedder, nli_model=cfg.assistant.nli_model, config=cfg.conflicts)
+        from assistant.engine import promoted_classifier
+
+        classifier = promoted_classifier(cfg, model_source)
+        detector = get_detector(
+            embedder, nli_model=cfg.assistant.nli_model, config=cfg.conflicts, classifier=classifier
+        )
+        details["detector"] = {
+            "kind": type(detector).__name__,
+            "classifier": str(classifier or cfg.conflicts.classifier or ""),
+        }
         judged = judge_cases(cases.conflicts, detector, _ledger_meta(cfg))
         outcomes = [o for o, _ in judged]
         metrics.update(conflict_metrics(outcomes))

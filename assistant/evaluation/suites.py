@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from assistant.evaluation import metrics as M
@@ -81,9 +81,10 @@ def _ranked(engine, query: str, answer) -> list:
 
 
 def evaluate_qa(
-    engine, cases: Sequence[QACase], suites: Sequence[str]
+    engine, cases: Sequence[QACase], suites: Sequence[str], *, on_case: Callable[[int], None] | None = None
 ) -> tuple[list[EvalItem], dict[str, float], dict]:
-    """Answer every case with ``engine`` and compute the requested QA suites: (items, metrics, counts)."""
+    """Answer every case with ``engine`` and compute the requested QA suites: (items, metrics, counts).
+    ``on_case(n)`` is called after each case with the number done so far."""
     need_answer = any(s in suites for s in ("answers", "grounding", "latency"))
     items: list[EvalItem] = []
     per: dict[str, list[float]] = {}
@@ -193,6 +194,8 @@ def evaluate_qa(
                 latency_ms={k: round(v, 2) for k, v in answer.latency_ms.items()} if answer is not None else None,
             )
         )
+        if on_case is not None:
+            on_case(len(items))
 
     out: dict[str, float] = {}
     mean = lambda name: M.mean(per.get(name, []))  # noqa: E731
@@ -233,6 +236,8 @@ def run_suite(
     corpus: Path | None = None,
     counterfactual: Path | None = None,
     model_source=None,
+    progress: Callable[[int, int], None] | None = None,
+    split: str | None = None,
 ) -> RunSummary:
     """Run the suites over the cases in ``suite_path`` (a JSONL file or a folder), store the run
     in ``cfg.db_path`` and return its summary.
@@ -242,6 +247,9 @@ def run_suite(
     ``ChatEngine`` to reuse (its config then wins). The conflict suite runs whenever the file holds
     conflict rows (or counterfactual rows, or ``counterfactual`` is given). ``model_source``: an
     ``assistant.engine.ModelSource`` (the registry's promoted model) for an engine built here.
+    ``progress(done, total)``: called as the run goes, in steps of one QA case (the conflict suite
+    is one step), for a job's progress bar. ``split`` ("dev" | "test"): only that half of the
+    conflict rows (``assistant.evaluation.conflicts.select_split``).
     """
     suites = check_suites(suites)
     cases: CaseSet = load_cases(suite_path)
@@ -265,6 +273,14 @@ def run_suite(
         if summary.failed:
             log.warning("--corpus %s: %d files failed to ingest", corpus, len(summary.failed))
     qa_suites = [s for s in suites if s in QA_SUITES]
+    with_conflicts = bool(cases.conflicts or cases.counterfactual or counterfactual is not None)
+    total = (len(qa) if qa and qa_suites else 0) + int(with_conflicts)
+
+    def step(done: int) -> None:
+        if progress is not None:
+            progress(done, total)
+
+    step(0)
     items: list[EvalItem] = []
     metrics: dict[str, float] = {}
     details: dict = {
@@ -289,7 +305,7 @@ def run_suite(
             )
             own_engine = True
         try:
-            qa_items, qa_metrics, counts = evaluate_qa(engine, qa, qa_suites)
+            qa_items, qa_metrics, counts = evaluate_qa(engine, qa, qa_suites, on_case=step)
         finally:
             if own_engine:
                 engine.searcher.close()
@@ -299,7 +315,7 @@ def run_suite(
         details["suites"] += qa_suites
         details["fallback"] = engine.fallback
         generator = _identity(engine.generator.identity)
-    if cases.conflicts or cases.counterfactual or counterfactual is not None:
+    if with_conflicts:
         from assistant.evaluation.conflicts import run_conflicts
 
         result = run_conflicts(
@@ -309,12 +325,14 @@ def run_suite(
             embedder=embedder,
             generator=engine.generator if engine is not None else None,
             model_source=model_source,
+            split=split,
         )
         items += result.items
         metrics.update(result.metrics)
         details["suites"].append("conflicts")
         details["conflicts"] = result.details
         generator = generator or result.generator
+        step(total)
     if not details["suites"]:
         raise ConfigError(f"--suite {suite_path}: none of the suites {', '.join(suites)} applies to its cases")
     return store_run(
