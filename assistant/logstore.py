@@ -11,18 +11,16 @@ life; a reader opens one per use: ``with LogStore.open(cfg.db_path) as store: ..
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from assistant.generators.base import GeneratorIdentity, Message
 from assistant.types import Answer
 from retrieval.ledger import chunks_by_id
 from tether.clock import now_iso
-from tether.db import connect, transaction
+from tether.db import PerThreadStore, transaction
 from tether.errors import TetherError
 
 FEEDBACK_KINDS = ("up", "down", "edit", "source", "comment")
@@ -109,41 +107,9 @@ class ConflictRow:
     decision: str | None
 
 
-class LogStore:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._local = threading.local()
-        self._conns: list = []
-        self._conns_lock = threading.Lock()
-        connect(self.path).close()  # migrate once up front
-
-    @classmethod
-    def open(cls, path: str | Path) -> LogStore:
-        return cls(path)
-
-    def close(self) -> None:
-        """Close every connection this store opened (a thread that uses it again reopens one)."""
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
-
-    def __enter__(self) -> LogStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def db(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path)
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
+class LogStore(PerThreadStore):
+    """The assistant package's store: conversations, turns and what each turn retrieved, cited, found
+    in conflict and got as feedback (one connection per thread: the web app's sessions share it)."""
 
     def new_conversation(self, user: str | None = None, title: str | None = None) -> str:
         cid = uuid.uuid4().hex
@@ -182,8 +148,8 @@ class LogStore:
             g = answer.generator
             db.execute(
                 "INSERT INTO turns (id, conversation_id, seq, collection, question, query, answer, refused, generator, model,"
-                " adapter, adapter_hash, decoding, fallback, groundedness, policy, latency_json, prompt_json, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " adapter, adapter_hash, decoding, fallback, groundedness, policy, latency_json, prompt_json, created_at, user)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     turn_id,
                     conversation_id,
@@ -204,6 +170,7 @@ class LogStore:
                     json.dumps(answer.latency_ms),
                     json.dumps(prompt) if prompt is not None else None,
                     now_iso(),
+                    user,
                 ),
             )
             db.executemany(
@@ -293,7 +260,7 @@ class LogStore:
             dict(r)
             for r in self.db.execute(
                 "SELECT f.id, f.created_at, f.kind, f.user, f.comment, f.edited_answer, f.passage_id, f.turn_id,"
-                " t.question, t.answer, t.generator, t.model, t.adapter, t.conversation_id"
+                " t.question, t.answer, t.generator, t.model, t.adapter, t.conversation_id, t.user AS asked_by"
                 " FROM feedback f JOIN turns t ON t.id = f.turn_id ORDER BY f.created_at DESC, f.id DESC"
             )
         ]
@@ -342,6 +309,19 @@ class LogStore:
             n = db.execute("SELECT COUNT(*) FROM turns WHERE conversation_id = ?", (conversation_id,)).fetchone()[0]
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
         return int(n)
+
+    def adopt_local(self, user: str) -> int:
+        """Give the local user's conversations (``user`` NULL: an install without accounts), their
+        turns and feedback to ``user`` (the first admin account); returns the conversations moved."""
+        local = "SELECT id FROM conversations WHERE user IS NULL"
+        with transaction(self.db) as db:
+            db.execute(
+                "UPDATE feedback SET user = ? WHERE user IS NULL AND turn_id IN"
+                f" (SELECT id FROM turns WHERE conversation_id IN ({local}))",
+                (user,),
+            )
+            db.execute(f"UPDATE turns SET user = ? WHERE user IS NULL AND conversation_id IN ({local})", (user,))
+            return db.execute("UPDATE conversations SET user = ? WHERE user IS NULL", (user,)).rowcount
 
     def conversation_answers(self, conversation_id: str) -> list[StoredTurn]:
         """Every turn of a conversation, oldest first, as the ``Answer`` it was (passages read back

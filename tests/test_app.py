@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "streamlit_app.py"
+from tests.apptest import ROOT, point_app_at
+from tests.apptest import new_app as _app
+from tests.apptest import ok as _ok
+
 QUESTION = "How many days of annual leave do full-time employees get?"
 
 
@@ -27,19 +29,7 @@ def home(tmp_path_factory, embedder):
 
 @pytest.fixture(autouse=True)
 def _app_env(_isolated_home, home, monkeypatch):
-    monkeypatch.setenv("TETHER_HOME", str(home))
-    monkeypatch.delenv("TETHER_CONFIG", raising=False)
-    monkeypatch.delenv("TETHER_ADMIN_PASSWORD", raising=False)
-
-
-def _app():
-    from streamlit.testing.v1 import AppTest
-
-    return AppTest.from_file(str(APP), default_timeout=120)
-
-
-def _ok(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
+    point_app_at(monkeypatch, home)
 
 
 def _page(at, name: str):
@@ -60,6 +50,22 @@ def _store(home):
     from assistant.logstore import LogStore
 
     return LogStore(home / "tether.db")
+
+
+def _wait_job(home, method: str, timeout: float = 180) -> dict:
+    """The newest background job of ``method`` once it has finished."""
+    import time
+
+    from training.registry import TrainingStore
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with TrainingStore.open(home / "tether.db") as store:
+            rows = [r for r in store.list_jobs() if r["method"] == method]
+        if rows and rows[0]["status"] in ("done", "failed", "interrupted"):
+            return rows[0]
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
 
 
 # -- chat ---------------------------------------------------------------------------------------
@@ -179,6 +185,163 @@ def test_chat_shows_the_replaced_text_not_the_first_attempt(monkeypatch):
     assert "25 working days" in answer.text and "97 days" not in answer.text and answer.generator.backend == "fake"
     shown = " ".join(m.value for m in at.markdown)
     assert "25 working days" in shown and "97 days" not in shown
+
+
+class _Looping:
+    """A fake LLM that loops, as SmolLM2 did in issue 15: the guard must keep it off the screen."""
+
+    LOOP = 'is the one that says "line manager" '
+
+    def __init__(self):
+        from assistant.generators.base import Capabilities, GeneratorIdentity
+
+        self.capabilities = Capabilities()
+        self.identity = GeneratorIdentity("fake", "/models/private/looping-llm")
+
+    def stream(self, messages, params):
+        yield "The approver "
+        for _ in range(20):
+            yield self.LOOP
+
+
+def _fake_engine(monkeypatch, generator, **assistant):
+    from app.ui import resources
+    from assistant.engine import ChatEngine
+
+    def engine(cfg):
+        return ChatEngine(cfg.with_assistant(**assistant), searcher=resources.searcher(cfg), generator=generator)
+
+    monkeypatch.setattr(resources, "engine", engine)
+
+
+def _answer_shown(at) -> str:
+    """The answer's own text on the page: the assistant message's markdown outside any expander."""
+    message = at.chat_message[-1]
+    inside = {id(m) for e in message.get("expander") for m in e.markdown}
+    return " ".join(m.value for m in message.markdown if id(m) not in inside)
+
+
+def test_a_degenerate_reply_never_reaches_the_screen_as_the_answer(monkeypatch, home):
+    """The guard replaces a looping reply by the labelled extractive answer; the model's attempt is
+    one click away (an expander), logged as rejected, and restored the same way from the log."""
+    from app.ui.chat_view import ATTEMPT_LABEL
+    from assistant.engine import GUARD_LABEL
+
+    _fake_engine(monkeypatch, _Looping())
+    at = _app().run()
+    _ok(at)
+    at.chat_input(key="question").set_value("Who approves business trips?").run()
+    _ok(at)
+    answer = at.session_state.history[-1]["answer"]
+    assert answer.rejected is not None and "repeats itself" in " ".join(answer.rejected.reasons)
+    assert "line manager" not in answer.text or _Looping.LOOP.strip() not in answer.text
+    shown = _answer_shown(at)
+    assert _Looping.LOOP.strip()[:20] not in shown and answer.text[:30] in shown.replace("\\", "")
+    assert any(GUARD_LABEL in i.value for i in at.info)
+    attempt = next(e for e in at.chat_message[-1].get("expander") if e.label == ATTEMPT_LABEL)
+    assert "line manager" in " ".join(m.value for m in attempt.markdown).replace("\\", "")
+    captions = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert "looping-llm" in captions and "/models/private" not in captions  # the model by name, not by path
+    assert _store(home).turn(answer.turn_id)["rejected"]["text"].count(_Looping.LOOP.strip()) == 20
+
+    reload = _app()
+    reload.query_params["c"] = answer.conversation_id
+    reload.run()
+    _ok(reload)
+    restored = reload.session_state.history[-1]["answer"]
+    assert restored.rejected is not None and restored.text == answer.text
+    assert _Looping.LOOP.strip()[:20] not in _answer_shown(reload)
+    assert any(e.label == ATTEMPT_LABEL for e in reload.expander)
+
+
+def test_a_looping_draft_streams_collapsed_and_is_dropped_when_the_guard_replaces_it(monkeypatch):
+    """While the model writes, its unchecked tokens stream into a collapsed, greyed status area
+    (never the answer area); the guard's Replace removes them from it; once the answer is final the
+    draft area is gone and the loop is only inside the closed attempt expander."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    from app.ui import draft_view
+    from app.ui.chat_view import ATTEMPT_LABEL
+
+    drawn: list[draft_view.DraftState] = []
+    draw = draft_view.DraftView._draw
+
+    def recorded(self, state):
+        drawn.append(state)
+        draw(self, state)
+
+    monkeypatch.setattr(draft_view.DraftView, "_draw", recorded)
+    status = DeltaGenerator.status
+    opened = []
+
+    def status_recorded(self, label, *, expanded=False, state="running", **kw):
+        opened.append(expanded)
+        return status(self, label, expanded=expanded, state=state, **kw)
+
+    monkeypatch.setattr(DeltaGenerator, "status", status_recorded)
+    _fake_engine(monkeypatch, _Looping())
+    at = _app().run()
+    _ok(at)
+    at.chat_input(key="question").set_value("Who approves business trips?").run()
+    _ok(at)
+    loop = _Looping.LOOP.strip()[:20]
+    assert opened == [False]  # one draft area, drawn collapsed
+    looping = [s for s in drawn if loop in s.body.replace("\\", "")]
+    assert len(looping) >= 10  # the draft streamed token by token, inside the collapsed area only
+    assert all(loop not in s.label + s.progress for s in drawn)  # the visible lines never quote the reply
+    assert {s.label for s in looping} == {draft_view.DRAFTING}  # constant: an area the user opened stays open
+    assert looping[-1].progress.endswith("words so far")
+    assert drawn[-1] == draft_view.DraftState(draft_view.GUARDED, "", "", "error")  # the guard's Replace: dropped
+    assert not at.status  # the final answer replaced the draft area
+    answer = at.session_state.history[-1]["answer"]
+    assert answer.rejected is not None
+    assert loop not in _answer_shown(at)
+    attempt = next(e for e in at.chat_message[-1].get("expander") if e.label == ATTEMPT_LABEL)
+    assert not attempt.proto.expanded and loop in " ".join(m.value for m in attempt.markdown).replace("\\", "")
+
+
+def test_draft_state_names_what_happens_without_quoting_a_replaced_reply():
+    from app.ui.draft_view import DRAFTING, GUARDED, DraftState, draft_state
+    from assistant.engine import CAD_RETRY, GUARD_LABEL
+    from assistant.events import Replace
+
+    assert draft_state("", []) == DraftState(DRAFTING, "0 words so far", "")
+    assert draft_state(" Trips", []).progress == "1 word so far"
+    assert draft_state("Trips need [1] <b>", []).body == "Trips need \\[1\\] \\<b\\>"  # escaped Markdown
+    cad = Replace("", CAD_RETRY.format(g=0.2, min=0.5))
+    revised = draft_state("Line managers approve", [cad])
+    assert revised.label.startswith("Draft revised (") and revised.progress == "3 words so far"
+    assert "context\\-aware decoding" in revised.label and revised.body == "Line managers approve"
+    guard = Replace("Business trips are approved by the line manager [1].", GUARD_LABEL + " (it repeats itself)")
+    assert draft_state(guard.text, [cad, guard]) == DraftState(GUARDED, "", "", "error")
+
+
+def test_a_tiny_random_model_answers_through_the_guard(home, tmp_path_factory):
+    """A real hf generator (a tiny random Llama) chosen in the sidebar: its gibberish cites nothing,
+    so the page shows the extractive answer, labelled, with citations; the attempt is logged."""
+    import json
+
+    from tests.tiny_llm import make_tiny_llm
+
+    tiny = make_tiny_llm(tmp_path_factory.mktemp("tiny-chat"))
+    conf = json.loads((tiny / "config.json").read_text())
+    conf["max_position_embeddings"] = 4096  # room for the grounded prompt
+    (tiny / "config.json").write_text(json.dumps(conf))
+    at = _app()
+    at.session_state["opt_generator"] = "hf"  # as if chosen in the sidebar (one run: no SmolLM2 loads meanwhile)
+    at.session_state["opt_model"] = str(tiny)
+    at.run()
+    _ok(at)
+    at.chat_input(key="question").set_value(QUESTION).run(timeout=300)
+    _ok(at)
+    answer = at.session_state.history[-1]["answer"]
+    assert answer.generator.backend == "hf" and not at.sidebar.warning  # the model loaded: no fallback
+    assert answer.rejected is not None, answer.text
+    assert "25 working days" in answer.text and answer.citations
+    assert "25 working days" in _answer_shown(at)
+    captions = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert tiny.name in captions and str(tiny.parent) not in captions
+    assert _store(home).turn(answer.turn_id)["rejected"]["text"] == answer.rejected.text
 
 
 def test_conflict_panel_follows_the_sidebar_policy(home):
@@ -334,10 +497,13 @@ def test_upload_size_limit(tmp_path):
 # -- admin --------------------------------------------------------------------------------------
 
 
-def test_admin_refuses_without_a_configured_password():
+def test_admin_without_accounts_or_password_only_offers_to_create_the_admin_account():
+    """A fresh install: no account, no admin password. The Admin page offers the first admin
+    account (tests/test_app_accounts.py creates one) and shows nothing of the admin's tabs."""
     at = _page(_app().run(), "admin")
-    assert any("Admin is disabled" in e.value for e in at.error)
-    assert not at.text_input  # no login form, nothing else
+    assert {t.key for t in at.text_input} == {"first_admin_user", "first_admin_password", "first_admin_repeat"}
+    assert any("Create the admin account" in s.value for s in at.subheader)
+    assert not at.tabs and not at.error
 
 
 def test_admin_refuses_a_wrong_password_and_accepts_the_right_one():
@@ -365,6 +531,12 @@ def _admin_session():
     _ok(at)
     assert at.session_state["admin_ok"] is True
     return at
+
+
+def _submit(at, label: str) -> None:
+    """Press the form button with this label (the Admin page's tabs hold several forms)."""
+    next(b for b in at.get("form_submit_button") if b.label == label).click().run()
+    _ok(at)
 
 
 def test_admin_feedback_table_and_datasets(home):
@@ -418,9 +590,15 @@ def test_promote_is_blocked_by_the_gate(home, tmp_path_factory):
         at = _admin_session()
         at.selectbox(key="promote_pick").set_value(model_id)
         at.selectbox(key="promote_suite").set_value("gate.jsonl (data dir)")
-        at.button(key="promote").click().run(timeout=300)
+        at.button(key="promote").click().run()
+        _ok(at)
+        assert any("Promotion job" in s.value for s in at.success), [e.value for e in at.error]
+        job = _wait_job(home, "promote", timeout=300)  # in the background: the page did not wait
+        assert job["status"] == "failed" and job["result"]["refused"], job
+        at.run()
         _ok(at)
         assert any("Promotion refused by the gate" in e.value for e in at.error), [e.value for e in at.error]
+        assert _frame(at, "regressed")["regressed"].any()  # the gate's rows
         db = connect(home / "tether.db")
         try:
             assert not registry.get_model(db, model_id).promoted
@@ -435,25 +613,65 @@ def test_promote_is_blocked_by_the_gate(home, tmp_path_factory):
 
 
 def test_evaluation_runs_the_conflict_suite_and_charts_it(home):
-    from assistant.evaluation.runs import list_runs, load_run
+    from assistant.evaluation.runs import list_runs, load_run, store_run
 
+    baseline = store_run(  # a perfect earlier run to compare with
+        home / "tether.db",
+        suite=str(ROOT / "examples" / "eval" / "handbook_conflicts.jsonl"),
+        suite_hash="earlier",
+        label="ui-perfect",
+        suites=["conflicts"],
+        collection=None,
+        generator={"backend": "extractive", "model": "", "decoding": ""},
+        config={},
+        corpus_hash="earlier",
+        git_commit=None,
+        metrics={"conflicts.f1": 1.0},
+        details={},
+        items=[],
+    )
     at = _page(_app().run(), "evaluation")
     at.selectbox(key="eval_suite").set_value("handbook conflicts (examples/eval/handbook_conflicts.jsonl)")
     at.multiselect(key="eval_suites").set_value(["conflicts"])
     at.text_input(key="eval_label").set_value("ui-conflicts")
-    at.button(key="eval_run").click().run(timeout=300)
+    at.button(key="eval_run").click().run()
+    _ok(at)
+    assert any("Evaluation job" in s.value for s in at.success)
+    assert at.get("progress")  # the job is listed at once, with its progress bar
+    job = _wait_job(home, "eval", timeout=300)
+    assert job["status"] == "done" and job["step"] == job["total_steps"] == 1, job
+    at.run()  # the page polls the job table; a finished job's run is charted
     _ok(at)
     runs = [r for r in list_runs(home / "tether.db") if r.label == "ui-conflicts"]
-    assert len(runs) == 1
+    assert len(runs) == 1 and job["result"]["run_id"] == runs[0].run_id
     run = load_run(home / "tether.db", runs[0].run_id)
     assert any(k.startswith("conflicts.") for k in run.metrics)
     charts = at.get("vega_lite_chart")
-    assert len(charts) == 2  # per model version, per run
+    assert charts  # the gate metrics per model version
     assert {m.label for m in at.metric} >= {
         k.removeprefix("conflicts.") for k in sorted(run.metrics) if k.startswith("conflicts.")
     }
     mis = run.details["conflicts"].get("misclassified") or []
     assert any(m.value == f"**Misclassified cases: {len(mis)}**" for m in at.markdown)
+    assert at.selectbox(key="fail_run").value == run.run_id  # the finished job's run is the one listed
+    assert any(m.value.startswith("**Failing QA cases: ") for m in at.markdown)
+    at.selectbox(key="cmp_a").set_value(baseline.run_id).run()
+    _ok(at)
+    assert at.selectbox(key="cmp_b").value == run.run_id  # B: the run just made
+    compared = _frame(at, "verdict").set_index("metric")
+    f1 = compared.loc["conflicts.f1"]
+    assert f1["A"] == 1.0 and f1["verdict"] == ("regressed" if f1["B"] < 0.98 else "")
+    assert any("different case files" in w.value for w in at.warning)  # not like for like: said so
+
+
+def test_an_empty_knowledge_base_explains_upload(tmp_path, monkeypatch):
+    (tmp_path / "tether.yaml").write_text("assistant:\n  generator: extractive\n", encoding="utf-8")
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path))
+    at = _app().run()
+    _ok(at)
+    assert any("knowledge base is empty" in i.value for i in at.info)
+    assert any("Upload" in m.value and "Ingest uploaded files" in m.value for m in at.markdown)
+    assert not at.chat_input  # nothing to ask yet
 
 
 @pytest.mark.slow
@@ -485,7 +703,7 @@ def test_training_job_runs_in_the_background_and_survives_a_reload(home, tmp_pat
     at.text_input(key="tr_dataset").set_value(str(dataset))
     at.text_input(key="tr_base").set_value(str(tiny))
     at.number_input(key="tr_steps").set_value(3)
-    at.get("form_submit_button")[-1].click().run()
+    _submit(at, "Launch training")
     _ok(at)
     assert any("Started sft" in s.value for s in at.success), [e.value for e in at.error]
     deadline = time.monotonic() + 180
@@ -495,6 +713,7 @@ def test_training_job_runs_in_the_background_and_survives_a_reload(home, tmp_pat
             jobs = list_jobs(db)
         finally:
             db.close()
+        jobs = [j for j in jobs if j["method"] == "sft"]  # the module's eval and promote jobs are listed too
         if jobs and jobs[0]["status"] in ("done", "failed", "interrupted"):
             break
         assert time.monotonic() < deadline, jobs
@@ -509,3 +728,59 @@ def test_training_job_runs_in_the_background_and_survives_a_reload(home, tmp_pat
     assert table.iloc[0]["status"] == "done" and table.iloc[0]["step"] == "3/3"
     assert at.get("arrow_line_chart") or at.get("vega_lite_chart")  # the loss chart
     assert any("step" in c.value for c in at.code)  # the log tail
+
+
+@pytest.mark.slow
+def test_detector_training_runs_in_the_background_from_the_admin_page(home):
+    """`tether train detector` from the Admin page's Detector tab: a detached job (pairs from the
+    handbook's claims, a few steps of the CrossEncoder, the gate) listed with its progress, loss
+    curve and log, then its result (registered, gate verdict) once it is done."""
+    import json
+    import time
+
+    from training.registry import TrainingStore
+
+    at = _admin_session()
+    at.number_input(key="det_pairs").set_value(60)
+    at.number_input(key="det_steps").set_value(3)
+    at.checkbox(key="det_promote").uncheck()
+    _submit(at, "Train the conflict detector")
+    assert any("Started the detector training" in s.value for s in at.success), [e.value for e in at.error]
+    deadline, seen_running = time.monotonic() + 400, False
+    while True:
+        with TrainingStore.open(home / "tether.db") as store:
+            rows = [j for j in store.list_jobs() if j["method"] == "detector"]
+        if rows and rows[0]["status"] in ("done", "failed", "interrupted"):
+            break
+        if rows and not seen_running:  # listed while it runs, the page not waiting for it
+            at.run()
+            _ok(at)
+            seen_running = any(
+                "detector" in set(df.value.get("method", ())) and "running" in set(df.value["status"])
+                for df in at.dataframe
+            )
+        assert time.monotonic() < deadline, rows
+        time.sleep(1)
+    job = rows[0]
+    console = Path(job["output_dir"]) / "console.log"
+    assert job["status"] == "done", (job, console.read_text()[-3000:] if console.exists() else "")
+    assert seen_running
+    assert job["step"] == job["total_steps"] == 3 and json.loads(job["config_json"])["max_pairs"] == 60
+    result = job["result"]
+    assert result["detector_id"] and "passed" in result["gate"]
+
+    from app.ui import jobs
+
+    assert [r["step"] for r in jobs.detector_loss_records(job["log_path"])] == [1, 2, 3]
+    at = _admin_session()  # a reload: the job is read back from the database
+    table = next(
+        df.value for df in at.dataframe if "method" in df.value.columns and "detector" in set(df.value["method"])
+    )
+    detector_row = table.iloc[0]
+    assert detector_row["status"] == "done" and detector_row["step"] == "3/3"
+    assert any(s.value.startswith(f"Registered {result['detector_id']}; gate ") for s in at.success)
+    assert at.get("arrow_line_chart") or at.get("vega_lite_chart")  # the loss curve
+    detectors = _frame(at, "classifier F1 (dev)")
+    assert result["detector_id"] in set(detectors["id"])
+    with TrainingStore.open(home / "tether.db") as store:
+        assert store.promoted_detector() is None  # "Promote" was unchecked

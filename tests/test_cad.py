@@ -40,21 +40,21 @@ def tiny_dir(tmp_path_factory):
 def gen(tiny_dir):
     from assistant.generators.hf import HFGenerator
 
-    return HFGenerator(tiny_dir, device="cpu", cad_batched=True)  # one forward per step, as on CUDA
+    return HFGenerator(tiny_dir, device="cpu", cad_batched=True, no_repeat_ngram=0)  # one forward per step, as on CUDA
 
 
 @pytest.fixture(scope="module")
 def gen_rows(tiny_dir):
     from assistant.generators.hf import HFGenerator
 
-    return HFGenerator(tiny_dir, device="cpu")  # the CPU default: one forward per row
+    return HFGenerator(tiny_dir, device="cpu", no_repeat_ngram=0)  # the CPU default: one forward per row
 
 
 @pytest.fixture(scope="module")
 def gen_static(tiny_dir):
     from assistant.generators.hf import HFGenerator
 
-    return HFGenerator(tiny_dir, device="cpu", cache="static", cad_batched=True)
+    return HFGenerator(tiny_dir, device="cpu", cache="static", cad_batched=True, no_repeat_ngram=0)
 
 
 def _alone(model, ids, fed):
@@ -123,7 +123,7 @@ def test_generator_follows_the_hand_computed_argmax(gen, gen_static, gen_rows, w
     for step, token in enumerate(ours):
         seen = torch.tensor([ctx_ids + ours[:step]])
         assert int(_penalize(expected[step], seen, 1.3).argmax()) == token, f"step {step}"
-    assert g.identity.decoding == "cad(alpha=0.5)"
+    assert g.identity.decoding == "cad(alpha=0.5),repetition-penalty-1.3"  # every decoding knob is logged
     assert g.last_stats["rows"] == 2
 
 

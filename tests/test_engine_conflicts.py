@@ -141,9 +141,10 @@ def test_cad_auto_turns_on_only_when_the_question_meets_a_conflict(handbook_cfg,
     engine = ChatEngine(cfg, generator=gen)
     try:
         a = engine.answer(MEALS)
-        assert a.generator.decoding == "cad(alpha=0.5)" and a.relevant_conflicts and "disagree" in a.text
+        assert a.generator.decoding == "cad(alpha=0.5),no-repeat-6gram"  # the default n-gram block, logged
+        assert a.relevant_conflicts and "disagree" in a.text
         b = engine.answer("How much is reimbursed per kilometre when I drive my own car on a business trip?")
-        assert not b.relevant_conflicts and b.generator.decoding == "greedy"
+        assert not b.relevant_conflicts and b.generator.decoding == "greedy,no-repeat-6gram"
     finally:
         engine.searcher.close()
 

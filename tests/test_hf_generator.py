@@ -33,7 +33,7 @@ def adapter_dir(tiny_dir, tmp_path_factory):
 def gen(tiny_dir):
     from assistant.generators.hf import HFGenerator
 
-    return HFGenerator(tiny_dir, device="cpu")
+    return HFGenerator(tiny_dir, device="cpu", no_repeat_ngram=0)  # plain greedy: parity with generate
 
 
 def _generate_ids(gen, prompt_ids, **kwargs):
@@ -73,6 +73,42 @@ def test_repetition_penalty_matches_generate(gen):
     ours = list(gen.tokens(ids, GenParams(max_new_tokens=24, repetition_penalty=1.5)))
     assert ours == _generate_ids(gen, ids, do_sample=False, max_new_tokens=24, repetition_penalty=1.5)
     assert ours != list(gen.tokens(ids, GenParams(max_new_tokens=24)))
+
+
+def _first_repeat(ids, n):
+    """The index of the token that completes the first n-gram seen twice in ids, or None."""
+    seen = set()
+    for i in range(n - 1, len(ids)):
+        gram = tuple(ids[i - n + 1 : i + 1])
+        if gram in seen:
+            return i
+        seen.add(gram)
+    return None
+
+
+def test_no_repeat_ngram_blocks_the_loop_and_only_there(gen):
+    ids = gen.prompt_ids(MESSAGES)
+    plain = list(gen.tokens(ids, GenParams(max_new_tokens=80, no_repeat_ngram=0)))
+    assert gen.identity.decoding == "greedy"
+    loop = _first_repeat(plain, 3)
+    assert loop is not None, "the tiny model must repeat itself for this test to mean anything"
+    blocked = list(gen.tokens(ids, GenParams(max_new_tokens=80, no_repeat_ngram=3)))
+    assert gen.identity.decoding == "greedy,no-repeat-3gram"  # logged with every turn
+    assert _first_repeat(blocked, 3) is None  # no 3-gram twice in the reply
+    assert blocked[:loop] == plain[:loop] and blocked[loop] != plain[loop]  # greedy until the loop would start
+
+
+def test_the_hf_section_turns_no_repeat_ngram_on_by_default(tiny_dir):
+    from assistant.generators.hf import HFGenerator
+    from tether.config import HFConfig
+
+    assert HFConfig().no_repeat_ngram == 6 and HFConfig(no_repeat_ngram=1).problems()
+    served = HFGenerator.from_config(tiny_dir, None, HFConfig(device="cpu"))
+    list(served.tokens(served.prompt_ids(MESSAGES), GenParams(max_new_tokens=4)))
+    assert served.identity.decoding == "greedy,no-repeat-6gram"
+    assert HFGenerator(tiny_dir, device="cpu").no_repeat_ngram == 6  # the constructor's default is the config's
+    with pytest.raises(ConfigError, match="no_repeat_ngram"):
+        HFGenerator(tiny_dir, device="cpu", no_repeat_ngram=-1)
 
 
 def test_stream_yields_pieces_that_join_to_the_reply(gen):

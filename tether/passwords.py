@@ -1,7 +1,7 @@
 """Password hashing for every account Tether knows: salted scrypt, ``scrypt$N$r$p$salt$digest`` (base64).
 
 Used by the admin password (``training/admin.py``) and the web app's accounts
-(``assistant.logstore.AccountStore``). New hashes use ``SCRYPT`` (N=2^17, r=8, p=1, OWASP's current
+(``assistant.accounts.AccountStore``). New hashes use ``SCRYPT`` (N=2^17, r=8, p=1, OWASP's current
 scrypt guidance; about 0.6 s and 128 MiB per check on a 2-core CPU). A hash stores its own
 parameters, so an older, cheaper one still verifies (``needs_rehash`` says when to re-hash it).
 """

@@ -213,6 +213,20 @@ def _attempt(
     return ok
 
 
+def counted_sign_in(
+    data_dir: str | Path,
+    account: str,
+    check: Callable[[], bool],
+    *,
+    policy: LockoutPolicy = LOCKOUT,
+    clock: Callable[[], float] = time.time,
+) -> bool:
+    """Run ``check`` (a password check) as one sign-in attempt of ``account``, under the same lockout
+    as the admin password (the web app's accounts, ``app/ui/auth.py``). Raises AdminLocked while
+    the account is locked, without running ``check``."""
+    return _attempt(Path(data_dir), account, check, policy, clock)
+
+
 def sign_in(
     data_dir: str | Path,
     password: str | None,

@@ -79,7 +79,9 @@ def check_parity(
     from assistant.generators.hf import HFGenerator
     from training.export import OnnxGenerator
 
-    params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    params = GenParams(
+        max_new_tokens=max_new_tokens, temperature=0.0, no_repeat_ngram=0
+    )  # plain greedy: weights, not decoding, are compared
     ref = HFGenerator(base, adapter=adapter, device="cpu")
     prompts = [ref.prompt_ids(m) for m in parity_messages()]
     ref_out = [list(ref.tokens(p, params)) for p in prompts]

@@ -1,5 +1,6 @@
-"""The Admin page's body (shown only after the password): feedback, datasets, training jobs and
-the model registry. ``training`` and ``assistant.evaluation`` do the work; this only renders."""
+"""The Admin page's body (admins only): feedback, everyone's conversations, accounts, datasets,
+training jobs, the conflict detector's training and the model registry. ``training``, ``assistant.evaluation`` and the stores do
+the work; this only renders. Training and promotion run as background jobs (``app/ui/jobs.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app.ui import jobs
+from app.ui import job_view, jobs, names, resources, session
+from app.ui.chat_view import render_answer
+from app.ui.render import escape_markdown
 from app.ui.suites import suite_files
 from assistant.logstore import LogStore
 from tether.config import TetherConfig
@@ -22,6 +25,10 @@ def feedback_frame(cfg: TetherConfig) -> pd.DataFrame:
     """Every feedback row with its turn's question, answer and model, newest first."""
     with LogStore.open(cfg.db_path) as store:
         rows = store.feedback_rows()
+    ids = names.registry_ids(cfg)
+    for r in rows:  # models by name and registry id, not by path
+        r["model"] = names.model_name(r["model"], ids)
+        r["adapter"] = names.adapter_name(r["adapter"], None, ids)
     return pd.DataFrame(
         rows,
         columns=[
@@ -29,6 +36,7 @@ def feedback_frame(cfg: TetherConfig) -> pd.DataFrame:
             "created_at",
             "kind",
             "user",
+            "asked_by",
             "comment",
             "edited_answer",
             "passage_id",
@@ -116,8 +124,6 @@ def _dataset_dirs(cfg: TetherConfig, method: str) -> list[str]:
 
 
 def _training(cfg: TetherConfig) -> None:
-    from training.registry import TrainingStore
-
     with st.form("train_form"):
         method = st.selectbox("Method", ["sft", "dpo", "kto"], key="tr_method")
         dataset = st.text_input(
@@ -151,45 +157,7 @@ def _training(cfg: TetherConfig) -> None:
             )
         except TetherError as exc:
             st.error(str(exc))
-    _jobs_panel(cfg, TrainingStore)
-
-
-@st.fragment(run_every=3)
-def _jobs_panel(cfg: TetherConfig, training_store) -> None:
-    with training_store.open(cfg.db_path) as store:
-        rows = store.list_jobs()
-    if not rows:
-        st.caption("No training job yet.")
-        return
-    st.dataframe(
-        [
-            {
-                "job": r["id"],
-                "method": r["method"],
-                "status": r["status"],
-                "step": f"{r['step']}/{r['total_steps']}",
-                "loss": r["loss"],
-                "model": r["model_id"],
-                "started": r["created_at"][:19],
-                "error": r["error"],
-            }
-            for r in rows
-        ],
-        hide_index=True,
-        width="stretch",
-        key="jobs_table",
-    )
-    labels = {r["id"]: f"{r['id']} · {r['method']} · {r['status']}" for r in rows}
-    pick = st.selectbox("Job", list(labels), format_func=labels.get, key="job_pick")
-    job = next(r for r in rows if r["id"] == pick)
-    st.progress(
-        min(1.0, job["step"] / max(1, job["total_steps"])),
-        text=f"{job['status']}: step {job['step']} of {job['total_steps']}",
-    )
-    curve = jobs.loss_records(job["output_dir"])
-    if curve:
-        st.line_chart(pd.DataFrame(curve).set_index("step"), y="loss")
-    st.code(jobs.log_tail(job["log_path"]) or "(no log lines yet)", language=None)
+    job_view.panel(cfg, ("sft", "dpo", "kto"), key="jobs", empty="No training job yet.")
 
 
 def _models(cfg: TetherConfig) -> None:
@@ -224,38 +192,234 @@ def _models(cfg: TetherConfig) -> None:
         suites = suite_files(cfg.data_dir)
         suite = st.selectbox("Gate suite", list(suites), key="promote_suite")
         if st.button("Promote (runs the gate)", type="primary", key="promote", disabled=not servable):
-            try:
-                with st.spinner("Evaluating the candidate and the served model…"):
-                    result = registry.promote(cfg, pick, suites[suite], user="web-admin")
-                st.success(f"Promoted {result['model_id']} (gate passed; candidate run {result['candidate_run'][:8]}).")
-            except registry.PromotionRefused as exc:
-                st.error(f"Promotion refused by the gate: {exc}")
-                gate = getattr(exc, "gate", None)
-                rows = getattr(gate, "rows", None)
-                if rows:
-                    st.dataframe(
-                        pd.DataFrame([r.__dict__ if hasattr(r, "__dict__") else r for r in rows]),
-                        hide_index=True,
-                        key="gate_rows",
-                    )
-            except TetherError as exc:
-                st.error(str(exc))
+            job = jobs.launch_job(
+                cfg.data_dir,
+                "promote",
+                {"model_id": pick, "suite": str(suites[suite]), "user": session.viewer().username or "web-admin"},
+            )
+            st.success(
+                f"Promotion job {job} started: it evaluates the candidate and the served model, then runs the gate. "
+                "It keeps running if you leave or reload the page."
+            )
     with right:
         if st.button("Roll back the last promotion", key="rollback"):
             try:
-                now = registry.rollback(cfg, user="web-admin")
+                now = registry.rollback(cfg, user=session.viewer().username or "web-admin")
                 st.success(f"Rolled back: now serving {now or 'the configured default model'}.")
+            except TetherError as exc:
+                st.error(str(exc))
+    st.markdown("**Promotion jobs**")
+    job_view.panel(cfg, ("promote",), key="promote_jobs", result=_promotion_result, empty="No promotion yet.")
+
+
+def _promotion_result(job: dict) -> None:
+    result = job.get("result") or {}
+    if job["status"] == "done":
+        st.success(
+            f"Promoted {result.get('model_id')} (gate passed; candidate run {str(result.get('candidate_run'))[:8]})."
+        )
+        return
+    if result.get("refused"):
+        st.error(f"Promotion refused by the gate: {job['error']}")
+        rows = (result.get("gate") or {}).get("rows")
+        if rows:
+            st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"gate_rows_{job['id']}")
+        return
+    st.error(f"The promotion job {job['status']}: {job['error']}")
+
+
+def _detector(cfg: TetherConfig) -> None:
+    """``tether train detector`` as a background job: the contradiction classifier trained on pairs
+    made from the collection's claims, gated on the labelled conflict sets, promoted when it beats
+    the rules (``training/detector.py``)."""
+    from training import registry
+
+    st.caption(
+        "Trains the contradiction classifier (a MiniLM CrossEncoder) on pairs made from the knowledge "
+        "base's claims, on the CPU, then gates it on the labelled conflict sets: it is promoted only when "
+        "it beats the rules. Same as `tether train detector`; the command resumes an interrupted run."
+    )
+    with st.form("detector_form"):
+        left, right = st.columns(2)
+        max_pairs = left.number_input("Training pairs", 10, 50_000, 3000, step=100, key="det_pairs")
+        epochs = right.number_input("Epochs", 0.1, 20.0, 2.0, step=0.5, key="det_epochs")
+        steps = left.number_input("Steps (0: the epochs decide)", 0, 100_000, 0, key="det_steps")
+        minutes = right.number_input(
+            "Stop after (minutes)", 1.0, 24 * 60.0, 15.0, key="det_minutes", help="checkpointed; the command resumes"
+        )
+        promote = st.checkbox("Promote when it beats the rules", value=True, key="det_promote")
+        submitted = st.form_submit_button("Train the conflict detector")
+    if submitted:
+        out = jobs.new_run_dir(cfg.data_dir, jobs.DETECTOR)
+        settings = {
+            "max_pairs": int(max_pairs),
+            "epochs": float(epochs),
+            "max_steps": int(steps) or -1,
+            "max_minutes": float(minutes),
+            "promote": bool(promote),
+            "output_dir": str(out),
+        }
+        try:
+            jobs.detector_config(out, settings)  # refuse a bad setting here, not in the background
+            pid, _console = jobs.launch(cfg.data_dir, jobs.DETECTOR, settings)
+            st.success(f"Started the detector training (pid {pid}); it keeps running if you close or reload the page.")
+        except TetherError as exc:
+            st.error(str(exc))
+    job_view.panel(
+        cfg, (jobs.DETECTOR,), key="detector_jobs", result=_detector_result, empty="No detector training yet."
+    )
+    with registry.TrainingStore.open(cfg.db_path) as store:
+        detectors = store.list_detectors()
+    if detectors:
+        st.markdown("**Contradiction classifiers**")
+        st.dataframe(
+            [
+                {
+                    "id": d.id,
+                    "created": d.created_at[:19].replace("T", " "),
+                    "promoted": "✔" if d.promoted_at and not d.retired_at else "",
+                    "rules F1 (dev)": (d.gate or {}).get("rules_mean_f1"),
+                    "classifier F1 (dev)": (d.gate or {}).get("classifier_mean_f1"),
+                    "gate": (d.gate or {}).get("reason"),
+                }
+                for d in detectors
+            ],
+            hide_index=True,
+            width="stretch",
+            key="detectors_table",
+        )
+
+
+def _detector_result(job: dict) -> None:
+    result = job.get("result") or {}
+    gate = result.get("gate") or {}
+    if job["status"] != "done":
+        st.error(f"The detector job {job['status']}: {job['error']}")
+        return
+    verdict = "passed" if gate.get("passed") else "not passed"
+    st.success(
+        f"Registered {result.get('detector_id')}; gate {verdict}: {gate.get('reason', 'not run')}"
+        + (f" (threshold {gate['threshold']})" if "threshold" in gate else "")
+    )
+    if gate.get("sets"):
+        st.dataframe(
+            [{"set": Path(name).parent.name + "/" + Path(name).name, **row} for name, row in gate["sets"].items()],
+            hide_index=True,
+            key=f"detector_gate_{job['id']}",
+        )
+
+
+def _conversations(cfg: TetherConfig) -> None:
+    """Every user's conversations, read-only."""
+    store = resources.logstore(cfg)
+    rows = store.conversations(None, all_users=True)
+    if not rows:
+        st.info("No conversation yet.")
+        return
+    users = sorted({r.user or "(local user)" for r in rows})
+    who = st.multiselect("User", users, key="conv_users")
+    view = [r for r in rows if not who or (r.user or "(local user)") in who]
+    st.dataframe(
+        [
+            {
+                "user": r.user or "(local user)",
+                "title": r.title,
+                "questions": r.turns,
+                "last": r.last_at[:19],
+                "id": r.id,
+            }
+            for r in view
+        ],
+        hide_index=True,
+        width="stretch",
+        key="conv_table",
+    )
+    if not view:
+        return
+    labels = {r.id: f"{r.user or '(local user)'} · {r.title[:60]} · {r.last_at[:10]}" for r in view}
+    pick = st.selectbox("Read", list(labels), format_func=labels.get, key="conv_read")
+    for t in store.conversation_answers(pick):
+        with st.chat_message("user"):
+            st.markdown(escape_markdown(t.answer.question))
+        with st.chat_message("assistant"):
+            render_answer(t.answer, store, feedback=t.feedback, cfg=cfg, read_only=True)
+
+
+def _accounts(cfg: TetherConfig, who) -> None:
+    from assistant.accounts import ROLES
+
+    if who.local:  # signed in with the admin password, no account yet
+        session.first_admin_form(cfg, need_admin_password=False)
+        return
+    store = resources.accountstore(cfg)
+    accounts = store.accounts()
+    st.dataframe(
+        [
+            {
+                "user": a.username,
+                "role": a.role,
+                "created": a.created_at[:19],
+                "last sign-in": (a.last_sign_in_at or "")[:19],
+            }
+            for a in accounts
+        ],
+        hide_index=True,
+        width="stretch",
+        key="accounts_table",
+    )
+    left, right = st.columns(2)
+    with left, st.form("add_account", clear_on_submit=True):
+        st.markdown("**Add an account**")
+        name = st.text_input("User name", key="acct_new_user")
+        password = st.text_input("Password (8 characters or more)", type="password", key="acct_new_password")
+        role = st.selectbox("Role", list(ROLES), key="acct_new_role")
+        if st.form_submit_button("Add account", key="acct_add"):
+            try:
+                added = store.create(name, password, role)
+                st.success(f"Account {added.username!r} ({added.role}) added.")
+            except TetherError as exc:
+                st.error(str(exc))
+    with right:
+        st.markdown("**Change an account**")
+        names = [a.username for a in accounts]
+        pick = st.selectbox("Account", names, key="acct_pick")
+        account = next(a for a in accounts if a.username == pick)
+        role = st.selectbox("Role", list(ROLES), index=list(ROLES).index(account.role), key="acct_role")
+        new_password = st.text_input("New password (optional)", type="password", key="acct_password")
+        if st.button("Save", key="acct_save"):
+            try:
+                if role != account.role:
+                    store.set_role(pick, role)
+                if new_password:
+                    store.set_password(pick, new_password)
+                st.success(f"Account {pick!r} saved.")
+            except TetherError as exc:
+                st.error(str(exc))
+        if st.button("Delete account", key="acct_delete", disabled=pick == who.username):
+            try:
+                store.delete(pick)
+                st.success(f"Account {pick!r} deleted; its conversations stay in the log.")
+                st.rerun()
             except TetherError as exc:
                 st.error(str(exc))
 
 
-def main(cfg: TetherConfig) -> None:
-    feedback, datasets, training, models = st.tabs(["Feedback", "Datasets", "Training", "Models"])
+def main(cfg: TetherConfig, who=None) -> None:
+    who = who or session.viewer()
+    feedback, conversations, accounts, datasets, training, detector, models = st.tabs(
+        ["Feedback", "Conversations", "Accounts", "Datasets", "Training", "Detector", "Models"]
+    )
     with feedback:
         _feedback(cfg)
+    with conversations:
+        _conversations(cfg)
+    with accounts:
+        _accounts(cfg, who)
     with datasets:
         _datasets(cfg)
     with training:
         _training(cfg)
+    with detector:
+        _detector(cfg)
     with models:
         _models(cfg)

@@ -1,19 +1,40 @@
-"""Training jobs launched from the web app: a detached ``python -m app.ui.jobs`` process per
-job (it outlives the page and the browser session), tracked in ``training_jobs`` by
-``training.trainers.run``; the page polls that table, the run's ``train.log`` and ``loss_curve.json``.
+"""Long work launched from the web app, each a detached ``python -m app.ui.jobs METHOD SETTINGS``
+process (it outlives the page and the browser session), tracked in ``training_jobs``:
+
+- ``sft | dpo | kto``: training, tracked by ``training.trainers.run``; the page also reads the run's
+  ``train.log`` and ``loss_curve.json``.
+- ``eval``: an evaluation run (``assistant.evaluation.suites.run_suite``), one step per case;
+  its result is the stored run's id.
+- ``promote``: ``training.registry.promote`` (two evaluation runs, then the gate); its result is
+  the promotion, or the gate's rows when the gate refused it (status ``failed``).
+- ``detector``: ``tether train detector`` (``training.detector.run``: pairs from the collection,
+  the CrossEncoder, its gate on the labelled conflict sets, promotion when it beats the rules);
+  it records its own job, like training; its log goes to the job's ``train.log``, whose step lines
+  give the loss curve (``detector_loss_records``).
+
+``launch_job`` records an ``eval`` or ``promote`` job before its process has imported anything,
+so the page lists it at once; the pages poll the table every few seconds (``st.fragment``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+BACKGROUND = ("eval", "promote")  # the jobs launch_job records (training records its own)
+DETECTOR = "detector"  # tether train detector, which records its own job
+DETECTOR_SETTINGS = ("max_pairs", "epochs", "batch_size", "max_minutes", "max_steps", "seed")
+_DETECTOR_STEP = re.compile(r"detector step (\d+)/\d+ loss (\d+(?:\.\d+)?(?:e-?\d+)?)")
+log = logging.getLogger(__name__)
 
 
 def launch(data_dir: Path, method: str, settings: dict[str, Any]) -> tuple[int, Path]:
@@ -41,8 +62,24 @@ def launch(data_dir: Path, method: str, settings: dict[str, Any]) -> tuple[int, 
     return proc.pid, console
 
 
+def launch_job(data_dir: Path, method: str, settings: dict[str, Any]) -> str:
+    """Start an ``eval`` or ``promote`` job in the background and record it; returns its job id."""
+    from training.registry import TrainingStore
+
+    if method not in BACKGROUND:
+        raise ValueError(f"launch_job runs {', '.join(BACKGROUND)}, not {method!r} (training: launch)")
+    job_id = uuid.uuid4().hex[:12]
+    out = new_run_dir(data_dir, method)
+    settings = {**settings, "job_id": job_id, "output_dir": str(out)}
+    pid, console = launch(data_dir, method, settings)
+    with TrainingStore.open(Path(data_dir) / "tether.db") as store:
+        store.start_job(method, settings, str(out), str(console), 0, job_id=job_id, pid=pid)
+    log.info("started %s job %s (pid %d)", method, job_id, pid)
+    return job_id
+
+
 def new_run_dir(data_dir: Path, method: str) -> Path:
-    return Path(data_dir) / "runs" / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(data_dir) / "runs" / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
 def loss_records(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -57,6 +94,25 @@ def loss_records(output_dir: str | Path) -> list[dict[str, Any]]:
     return [{"step": r["step"], "loss": r["loss"]} for r in records if r.get("loss") is not None]
 
 
+def detector_loss_records(log_path: str | Path) -> list[dict[str, Any]]:
+    """The (step, loss) records of a detector job, read from its log's step lines
+    ("detector step 10/40 loss 0.8123 (12 s)"); [] before the first one."""
+    return [
+        {"step": int(m.group(1)), "loss": float(m.group(2))}
+        for m in (_DETECTOR_STEP.search(line) for line in log_tail(log_path, lines=100_000).splitlines())
+        if m
+    ]
+
+
+def detector_config(output_dir: str | Path, settings: dict[str, Any]):
+    """The ``DetectorConfig`` of a detector job (raises ``ConfigError`` with every bad setting)."""
+    from training.detector import DetectorConfig
+
+    return DetectorConfig(
+        out_dir=str(output_dir), **{k: settings[k] for k in DETECTOR_SETTINGS if k in settings}
+    ).validated()
+
+
 def log_tail(path: str | Path, lines: int = 40) -> str:
     p = Path(path)
     if not p.is_file():
@@ -68,21 +124,103 @@ def log_tail(path: str | Path, lines: int = 40) -> str:
 
 
 def _main(argv: list[str]) -> int:
-    import logging
-
     from tether.config import load_config
-    from training.config import load_train_config
-    from training.trainers import run
 
     method, settings = argv[0], json.loads(argv[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = load_config()
+    if method in BACKGROUND:
+        return _background(cfg, method, settings)
+    if method == DETECTOR:
+        return _detector(cfg, settings)
+    from training.config import load_train_config
+    from training.trainers import run
+
     tc = load_train_config(None, method, defaults=cfg.training, **settings)
     res = run(tc, cfg)
-    logging.getLogger(__name__).info(
-        "done: adapter %s, model %s, final loss %s", res.adapter_dir, res.model_id, res.final_loss
-    )
+    log.info("done: adapter %s, model %s, final loss %s", res.adapter_dir, res.model_id, res.final_loss)
     return 0
+
+
+def _background(cfg, method: str, settings: dict[str, Any]) -> int:
+    """Run an ``eval`` or ``promote`` job recorded by ``launch_job``, with its progress and result."""
+    from tether.errors import TetherError
+    from training import registry
+
+    job_id = settings["job_id"]
+    with registry.TrainingStore.open(cfg.db_path) as store:
+
+        def progress(done: int, total: int) -> None:
+            store.update_job(job_id, step=done, loss=None, total_steps=total)
+            log.info("%s: %d of %d", method, done, total)
+
+        try:
+            if method == "eval":
+                result = _evaluate(cfg, settings, progress)
+            else:
+                result = registry.promote(
+                    cfg, settings["model_id"], settings["suite"], user=settings.get("user"), progress=progress
+                )
+        except registry.PromotionRefused as exc:
+            gate = getattr(exc, "gate", None)
+            store.finish_job(
+                job_id, "failed", error=str(exc), result={"refused": True, "gate": gate.to_json() if gate else None}
+            )
+            log.info("promotion refused: %s", exc)
+            return 1
+        except TetherError as exc:
+            store.finish_job(job_id, "failed", error=str(exc))
+            log.error("%s failed: %s", method, exc)
+            return 2
+        except BaseException as exc:
+            store.finish_job(job_id, "failed", error=f"{type(exc).__name__}: {exc} (the console log has the traceback)")
+            raise
+        store.finish_job(job_id, "done", result=result, model_id=result.get("model_id"))
+    log.info("%s done: %s", method, result)
+    return 0
+
+
+def _detector(cfg, settings: dict[str, Any]) -> int:
+    """``tether train detector`` for the Admin page (whose admin is signed in: no admin password),
+    gated on the same labelled sets as the command; its log lines go to the job's ``train.log``."""
+    from training.detector import default_gate_sets, run
+
+    out = Path(settings["output_dir"])
+    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    try:
+        res, report = run(
+            cfg,
+            detector_config(out, settings),
+            gate_sets=default_gate_sets(ROOT),
+            promote=settings.get("promote", True),
+        )
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    log.info("detector done: %s, steps %d, gate %s", res.registered_id, res.steps, (report or {}).get("reason"))
+    return 0 if res.finished else 1
+
+
+def _evaluate(cfg, settings: dict[str, Any], progress) -> dict[str, Any]:
+    from assistant.evaluation.suites import QA_SUITES, run_suite
+    from training.registry import RegistryModelSource
+
+    run_cfg = cfg.with_assistant(
+        generator=settings.get("generator") or cfg.assistant.generator,
+        model=settings.get("model") or cfg.assistant.model,
+        adapter=settings.get("adapter") or None,
+    )
+    summary = run_suite(
+        run_cfg,
+        Path(settings["suite"]),
+        label=settings.get("label") or None,
+        suites=settings.get("suites") or QA_SUITES,
+        model_source=RegistryModelSource(),
+        progress=progress,
+    )
+    return {"run_id": summary.run_id, "n_items": summary.n_items, "label": summary.label}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ def escape_markdown(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text or "")
 
 
+def printable(text: str) -> str:
+    """Text with control and other unprintable characters (a random model's bytes) shown as U+FFFD."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text or "")
+
+
 def answer_markdown(text: str) -> str:
     """The answer as escaped Markdown, with its ``[n]`` citation markers shown in bold."""
     return _CITE.sub(lambda m: f"**\\[{m.group(1)}\\]**", escape_markdown(text))

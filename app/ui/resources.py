@@ -54,8 +54,11 @@ def _searcher(key: str, _cfg: TetherConfig):
 
 
 def engine(cfg: TetherConfig):
-    """The chat engine for cfg (one per distinct assistant section), sharing the searcher."""
-    return _engine(_key(cfg.data_dir, cfg.retrieval, cfg.assistant), cfg)
+    """The chat engine for cfg (one per distinct assistant section and promoted model), sharing the searcher."""
+    from assistant.engine import promoted_model_paths
+
+    served = promoted_model_paths(cfg, model_source()) if cfg.assistant.generator == "hf" else None
+    return _engine(_key(cfg.data_dir, cfg.retrieval, cfg.assistant, served), cfg)
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -85,6 +88,18 @@ def _logstore(path: str):
     from assistant.logstore import LogStore
 
     return LogStore(path)
+
+
+def accountstore(cfg: TetherConfig):
+    """The data dir's accounts (assistant/accounts.py)."""
+    return _accountstore(str(cfg.db_path))
+
+
+@st.cache_resource(show_spinner=False)
+def _accountstore(path: str):
+    from assistant.accounts import AccountStore
+
+    return AccountStore(path)
 
 
 def warm_up() -> threading.Thread:

@@ -43,6 +43,7 @@ class GenParams:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    no_repeat_ngram: int | None = None  # no n-gram twice in the reply: None = the generator's default, 0 = off
     seed: int | None = None
     stop: tuple[str, ...] = ()
     # context-aware decoding (Shi et al. 2023, arXiv 2305.14739): logits = (1+a)*logit(y|context, question)

@@ -8,6 +8,7 @@ The loop, top to bottom (``HFGenerator.tokens``):
                row 1, with CAD only: the context-free prompt)
     repeat    _cad_combine(logits, alpha)                  (1+a)*ctx - a*free, with CAD; else row 0
               _penalize(logits, seen ids)                  repetition penalty (HF semantics)
+              _NgramBlock.block(logits)                    no n-gram of the reply twice (``no_repeat_ngram``)
               sample_token(logits, params, rng)                 argmax, or temperature/top-k/top-p
               stop at EOS or max_new_tokens
               _Rows.step(token)                            the token through every row: ONE forward
@@ -91,6 +92,33 @@ def _penalize(logits, seen_ids, penalty: float):
     score = score.where(score < 0, score / penalty)
     score = score.where(score >= 0, score * penalty)
     return logits.scatter(-1, seen_ids, score)
+
+
+class _NgramBlock:
+    """No n-gram twice in the reply: the tokens that would complete an n-gram the reply already
+    holds get -inf. Only the reply's own tokens count, never the prompt's: copying a phrase of the
+    sources is what a grounded answer does; saying it again and again is the loop a small model falls
+    into ("is the one that says ... is the one that says ..."). ``n`` 0 or 1: off."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.ids: list[int] = []
+        self.after: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> the tokens that followed it
+
+    def add(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        if self.n > 1 and len(self.ids) >= self.n:
+            self.after.setdefault(tuple(self.ids[-self.n : -1]), set()).add(token_id)
+
+    def block(self, logits):
+        if self.n <= 1 or len(self.ids) < self.n - 1:
+            return logits
+        banned = self.after.get(tuple(self.ids[len(self.ids) - self.n + 1 :]))
+        if not banned:
+            return logits
+        logits = logits.clone()
+        logits[..., list(banned)] = float("-inf")
+        return logits
 
 
 def sample_token(logits, params: GenParams, generator):
@@ -322,6 +350,7 @@ class HFGenerator:
         quantize: Literal["none", "int8"] = "none",
         prefix_cache: bool = True,
         cad_batched: bool | None = None,
+        no_repeat_ngram: int = 6,
     ):
         import torch
 
@@ -413,6 +442,9 @@ class HFGenerator:
         self.cache_kind = ("static" if self.compile else "dynamic") if cache == "auto" else cache
         self.prefix_cache = prefix_cache and self.cache_kind == "dynamic"
         self.cad_batched = self.device.type == "cuda" if cad_batched is None else cad_batched
+        if no_repeat_ngram < 0:
+            raise ConfigError(f"no_repeat_ngram ({no_repeat_ngram}) must be >= 0 (0: off)")
+        self.no_repeat_ngram = no_repeat_ngram  # the default; GenParams.no_repeat_ngram overrides it
         self._kept = None  # (prompt ids, DynamicCache) of the last generation, for prefix reuse
         self._lock = threading.Lock()
         self._static: dict = {}  # (rows, length) -> StaticCache, reset and reused
@@ -450,6 +482,7 @@ class HFGenerator:
             quantize=cfg.quantize,
             prefix_cache=cfg.prefix_cache,
             cad_batched=cfg.cad_batched,
+            no_repeat_ngram=cfg.no_repeat_ngram,
         )
 
     def _eos_ids(self) -> set[int]:
@@ -574,7 +607,13 @@ class HFGenerator:
         decoding = "greedy" if params.temperature == 0 else "sample"
         if cad:
             decoding = f"cad(alpha={params.cad_alpha:g})" + ("" if params.temperature == 0 else ",sample")
+        ngram = self.no_repeat_ngram if params.no_repeat_ngram is None else params.no_repeat_ngram
+        if ngram > 1:
+            decoding += f",no-repeat-{ngram}gram"
+        if params.repetition_penalty != 1.0:
+            decoding += f",repetition-penalty-{params.repetition_penalty:g}"
         self.identity = replace(self.identity, decoding=decoding)
+        blocker = _NgramBlock(ngram)
 
         rng = None
         if params.temperature > 0:
@@ -610,8 +649,10 @@ class HFGenerator:
                 for step in range(max_new):
                     logits = _cad_combine(logits, params.cad_alpha)
                     logits = _penalize(logits, seen, params.repetition_penalty)
+                    logits = blocker.block(logits)
                     token = sample_token(logits, params, rng)  # [1, 1]
                     token_id = int(token.item())
+                    blocker.add(token_id)
                     now = (time.perf_counter() - t0) * 1000
                     if step == 0:
                         stats["ttft_ms"] = now

@@ -1,10 +1,11 @@
-"""Documents: upload and ingest files, see what the knowledge base holds, edit metadata, delete, re-ingest."""
+"""Documents: upload and ingest files, see what the knowledge base holds; admins (and the local
+user of an install without accounts) also edit metadata, delete and re-ingest."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import library, resources
+from app.ui import library, resources, session
 from app.ui.uploads import ALLOWED_SUFFIXES, UploadRejected, save_upload
 from retrieval.readers import AUTHORITIES, STATUSES
 from tether.errors import TetherError
@@ -61,6 +62,24 @@ def _library(cfg) -> None:
     docs = library.documents(cfg)
     if not docs:
         st.info("No documents yet: upload some above (or run `tether ingest PATH`).")
+        return
+    if not session.viewer().can_manage:
+        st.caption(f"{len(docs)} documents, {sum(d.n_chunks for d in docs)} chunks. An admin can edit or delete them.")
+        st.dataframe(
+            [
+                {
+                    "source": d.source,
+                    "title": d.title,
+                    "chunks": d.n_chunks,
+                    "date": d.doc_date or "",
+                    "status": d.status,
+                }
+                for d in docs
+            ],
+            hide_index=True,
+            width="stretch",
+            key="doc_list",
+        )
         return
     st.caption(
         f"{len(docs)} documents, {sum(d.n_chunks for d in docs)} chunks. Date, status and authority are editable."
