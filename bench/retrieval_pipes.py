@@ -289,6 +289,12 @@ class TetherPipe:
         from tether.config import load_config
 
         self.label = label
+        if mode == "cached":
+            # Built from cached vectors keyed by the chunk text, shared with the plain pipeline: the
+            # heading prefix (a quality lever, measured in bench/external_qa.py) would change the text
+            # embedded, so the latency indexes are built without it (bench/query_latency.py reads this file).
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+            (Path(data_dir) / "tether.yaml").write_text("retrieval:\n  heading_prefix: false\n", encoding="utf-8")
         self.cfg = load_config(data_dir=data_dir).with_retrieval(embed_int8=int8)
         self.model = embedder_for(self.cfg)  # load outside the timed ingest (cached per process)
         self.embedder = BenchEmbedder(self.model, fix_tokens=fix_tokens, cache=cache, mode=mode)
