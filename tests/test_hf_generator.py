@@ -357,3 +357,76 @@ def test_smollm2_answers_from_the_context(smollm2_dir):
     answer = generate(smol, messages, GenParams(max_new_tokens=32))
     assert "7:45" in answer, answer
     assert smol.last_stats["new_tokens"] < 32  # stopped at <|im_end|>
+
+
+# -- numbers only from the sources (hf.restrict_numbers) -----------------------------------------
+
+
+def _numbers(text: str) -> list[str]:
+    """The numbers of ``text`` that are not citation markers."""
+    import re
+
+    return [m.group() for m in re.finditer(r"\d+(?:[.,]\d+)*", text) if not text[: m.start()].endswith("[")]
+
+
+def test_number_guard_allows_only_a_sources_number_and_its_continuations(gen):
+    import torch
+
+    from assistant.generators.hf import _NumberGuard, number_vocab
+
+    vocab = gen.model.get_output_embeddings().weight.shape[0]
+    tokens, mask = number_vocab(gen.tokenizer, vocab)
+    tid = {t: gen.tokenizer.convert_tokens_to_ids(t) for t in ("4", "5", "6", "x", ".", "3")}
+
+    def pick(guard, prefs):
+        logits = torch.zeros(1, vocab)
+        for t, v in prefs.items():
+            logits[0, tid[t]] = v
+        out = guard.block(logits)
+        return gen.tokenizer.convert_ids_to_tokens(int(out.argmax()))
+
+    guard = _NumberGuard(tokens, mask, {"45", "4.5"})
+    guard.add("It costs ")
+    assert pick(guard, {"6": 9, "4": 5}) == "4"  # no source number starts with 6
+    guard.add("4")
+    assert pick(guard, {"x": 9, "6": 8, "5": 1}) == "5"  # "4" is unfinished: no letter, no 46
+    assert pick(guard, {"x": 9, ".": 8}) == "."  # 4.5 goes on
+    guard.add("5")
+    assert pick(guard, {"x": 9, "5": 8}) == "x"  # 45 is a source's number: done
+    assert pick(guard, {".": 9}) == "."  # a sentence may end after it
+    cite = _NumberGuard(tokens, mask, set())
+    cite.add("as the sources say [")
+    assert pick(cite, {"3": 9, "x": 1}) == "3"  # a citation marker is not a value
+
+
+def test_restrict_numbers_keeps_the_reply_to_the_sources_numbers(tiny_dir):
+    from assistant.generators.base import Grounding, Message
+    from assistant.generators.hf import HFGenerator, source_numbers
+
+    ids_of = HFGenerator(tiny_dir, device="cpu", no_repeat_ngram=0)
+    ids = ids_of.prompt_ids([Message("user", "When does the canteen open?")])
+    plain = ids_of.tokenizer.decode(list(ids_of.tokens(ids, GenParams(max_new_tokens=80))))
+    assert set(_numbers(plain)) - {"45", "2024"}, plain  # unguarded, the tiny model writes other numbers
+
+    allowed = source_numbers(["The fee is 45 EUR since 2024.", "About 1,000 people"])
+    assert allowed == {"45", "2024", "1000"}
+    guarded = ids_of.tokenizer.decode(list(ids_of.tokens(ids, GenParams(max_new_tokens=80, allowed_numbers=allowed))))
+    assert set(_numbers(guarded)) <= allowed, guarded
+    assert ids_of.identity.decoding == "greedy,source-numbers"  # logged with the turn
+
+    # the config switch takes the numbers from the passages the engine selected (GenParams.grounding)
+    from retrieval.search import SearchHit
+    from tether.config import HFConfig
+
+    hit = SearchHit("c1", "Opening time: 07:45.", "a.md", "A", (0, 20), None, 1.0, 1, None, None, None, None, None, 1)
+    served = HFGenerator.from_config(tiny_dir, None, HFConfig(device="cpu", restrict_numbers=True, no_repeat_ngram=0))
+    text = "".join(
+        served.stream(
+            [Message("user", "When does the canteen open?")],
+            GenParams(max_new_tokens=80, grounding=Grounding("q", (hit,))),
+        )
+    )
+    assert set(_numbers(text)) <= {"07:45", "07", "45"} and "source-numbers" in served.identity.decoding, text
+    plain_served = HFGenerator.from_config(tiny_dir, None, HFConfig(device="cpu", no_repeat_ngram=0))
+    list(plain_served.stream([Message("user", "q")], GenParams(max_new_tokens=2, grounding=Grounding("q", (hit,)))))
+    assert "source-numbers" not in plain_served.identity.decoding  # off by default

@@ -386,6 +386,13 @@ class HFConfig:
             "quoting a source stays possible); stops a small model's loops; 0 = off"
         },
     )
+    restrict_numbers: bool = field(
+        default=False,
+        metadata={
+            "help": "the reply may state only numbers (amounts, limits, dates) that the selected sources state; "
+            "a citation [n] is not a value"
+        },
+    )
 
     def problems(self) -> list[str]:
         out = []

@@ -44,6 +44,8 @@ class GenParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     no_repeat_ngram: int | None = None  # no n-gram twice in the reply: None = the generator's default, 0 = off
+    # the numbers the reply may state (hf: hf.restrict_numbers fills it from grounding's passages); None = any
+    allowed_numbers: frozenset[str] | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     # context-aware decoding (Shi et al. 2023, arXiv 2305.14739): logits = (1+a)*logit(y|context, question)

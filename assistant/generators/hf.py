@@ -9,6 +9,7 @@ The loop, top to bottom (``HFGenerator.tokens``):
     repeat    _cad_combine(logits, alpha)                  (1+a)*ctx - a*free, with CAD; else row 0
               _penalize(logits, seen ids)                  repetition penalty (HF semantics)
               _NgramBlock.block(logits)                    no n-gram of the reply twice (``no_repeat_ngram``)
+              _NumberGuard.block(logits)                   numbers only as the sources state them (``restrict_numbers``)
               sample_token(logits, params, rng)                 argmax, or temperature/top-k/top-p
               stop at EOS or max_new_tokens
               _Rows.step(token)                            the token through every row: ONE forward
@@ -34,9 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -118,6 +120,90 @@ class _NgramBlock:
             return logits
         logits = logits.clone()
         logits[..., list(banned)] = float("-inf")
+        return logits
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def source_numbers(texts: Iterable[str]) -> frozenset[str]:
+    """The numbers stated in ``texts`` as the reply may write them: digit runs with their inner
+    separators, thousands commas dropped ("1,000" and "1000" are one number)."""
+    return frozenset(m.group().replace(",", "") for t in texts for m in _NUMBER.finditer(t))
+
+
+def number_vocab(tokenizer, vocab_size: int):
+    """(id, text) of every token that holds a digit or is a lone "." or ",", and the bool mask of
+    them over ``vocab_size`` ids: what ``_NumberGuard`` checks."""
+    import torch
+
+    found = []
+    for tid, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if tok is None or tid >= vocab_size:
+            continue
+        if any(c.isdigit() for c in tok) or tok.strip("\u0120 ") in (".", ","):
+            found.append((tid, tokenizer.convert_tokens_to_string([tok])))
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[[tid for tid, _ in found]] = True
+    return found, mask
+
+
+class _NumberGuard:
+    """Numbers in the reply only as the sources state them (``hf.restrict_numbers``): a token that
+    would write a number no selected source holds gets -inf, and while a number is unfinished only
+    its continuations are allowed (no stopping at "4" of "45"). A citation ``[n]`` is not a value.
+    Dates are numbers here too ("2024", "15"); words ("twenty") are not checked.
+
+    Only tokens that hold a digit, or are a lone "." or ",", are looked at (``number_vocab``: found
+    once per tokenizer); every other token is free unless a number is unfinished."""
+
+    TAIL = 32  # characters of the reply that a number the next token continues can start in
+
+    def __init__(self, digit_tokens: Sequence[tuple[int, str]], digit_mask, allowed: Iterable[str]):
+        self.tokens = digit_tokens
+        self.mask = digit_mask  # bool [vocab]: the token is one of digit_tokens
+        self.allowed = frozenset(allowed)
+        self.prefixes = frozenset(a[:i] for a in self.allowed for i in range(1, len(a) + 1))
+        self.text = ""
+
+    def add(self, piece: str) -> None:
+        self.text = (self.text + piece)[-self.TAIL :]
+
+    def _ok(self, cand: str, start: int) -> bool:
+        for m in _NUMBER.finditer(cand):
+            if m.end() < start:
+                continue  # written and ended before this token: checked then
+            if m.start() > 0 and cand[m.start() - 1] == "[" and len(m.group()) <= 2:
+                continue  # a citation marker
+            value = m.group().replace(",", "")
+            rest = cand[m.end() :]
+            if not rest:  # unfinished: it must lead to a source's number
+                ok = value in self.prefixes
+            elif rest in (".", ","):  # a sentence's end after it, or its next part
+                ok = value in self.allowed or (value + rest.replace(",", "")) in self.prefixes
+            else:
+                ok = value in self.allowed
+            if not ok:
+                return False
+        return True
+
+    def _unfinished(self) -> bool:
+        m = re.search(r"\d+(?:[.,]\d+)*[.,]?$", self.text)
+        if m is None or (m.start() > 0 and self.text[m.start() - 1] == "[" and len(m.group()) <= 2):
+            return False
+        value = m.group().replace(",", "")
+        return value not in self.allowed and value.rstrip(".") not in self.allowed
+
+    def block(self, logits):
+        start = len(self.text)
+        banned = [tid for tid, piece in self.tokens if not self._ok(self.text + piece, start)]
+        if not banned and not self._unfinished():
+            return logits
+        logits = logits.clone()
+        if banned:
+            logits[..., banned] = float("-inf")
+        if self._unfinished():  # only its continuation may follow an unfinished number
+            logits[..., ~self.mask] = float("-inf")
         return logits
 
 
@@ -351,6 +437,7 @@ class HFGenerator:
         prefix_cache: bool = True,
         cad_batched: bool | None = None,
         no_repeat_ngram: int = 6,
+        restrict_numbers: bool = False,
     ):
         import torch
 
@@ -445,6 +532,8 @@ class HFGenerator:
         if no_repeat_ngram < 0:
             raise ConfigError(f"no_repeat_ngram ({no_repeat_ngram}) must be >= 0 (0: off)")
         self.no_repeat_ngram = no_repeat_ngram  # the default; GenParams.no_repeat_ngram overrides it
+        self.restrict_numbers = restrict_numbers  # numbers only from GenParams.grounding's passages
+        self._number_vocab = None  # (digit tokens, mask), found on first use
         self._kept = None  # (prompt ids, DynamicCache) of the last generation, for prefix reuse
         self._lock = threading.Lock()
         self._static: dict = {}  # (rows, length) -> StaticCache, reset and reused
@@ -483,6 +572,7 @@ class HFGenerator:
             prefix_cache=cfg.prefix_cache,
             cad_batched=cfg.cad_batched,
             no_repeat_ngram=cfg.no_repeat_ngram,
+            restrict_numbers=cfg.restrict_numbers,
         )
 
     def _eos_ids(self) -> set[int]:
@@ -579,6 +669,20 @@ class HFGenerator:
         cache.crop(n - cache.get_seq_length())
         return cache, n
 
+    def _number_guard(self, params: GenParams) -> _NumberGuard | None:
+        """The guard of ``params.allowed_numbers``, else, with ``restrict_numbers``, of the numbers
+        in ``params.grounding``'s passages; None: numbers are free."""
+        allowed = params.allowed_numbers
+        if allowed is None and self.restrict_numbers and params.grounding is not None:
+            allowed = source_numbers(hit.text for hit in params.grounding.passages)
+        if allowed is None:
+            return None
+        if self._number_vocab is None:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            tokens, mask = number_vocab(self.tokenizer, vocab)
+            self._number_vocab = (tokens, mask.to(self.device))
+        return _NumberGuard(*self._number_vocab, allowed)
+
     def tokens(
         self, prompt_ids: Sequence[int], params: GenParams, context_free_ids: Sequence[int] | None = None
     ) -> Iterator[int]:
@@ -612,6 +716,9 @@ class HFGenerator:
             decoding += f",no-repeat-{ngram}gram"
         if params.repetition_penalty != 1.0:
             decoding += f",repetition-penalty-{params.repetition_penalty:g}"
+        numbers = self._number_guard(params)
+        if numbers is not None:
+            decoding += ",source-numbers"
         self.identity = replace(self.identity, decoding=decoding)
         blocker = _NgramBlock(ngram)
 
@@ -650,9 +757,13 @@ class HFGenerator:
                     logits = _cad_combine(logits, params.cad_alpha)
                     logits = _penalize(logits, seen, params.repetition_penalty)
                     logits = blocker.block(logits)
+                    if numbers is not None:
+                        logits = numbers.block(logits)
                     token = sample_token(logits, params, rng)  # [1, 1]
                     token_id = int(token.item())
                     blocker.add(token_id)
+                    if numbers is not None:
+                        numbers.add(self.tokenizer.decode([token_id]))
                     now = (time.perf_counter() - t0) * 1000
                     if step == 0:
                         stats["ttft_ms"] = now
