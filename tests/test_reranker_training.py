@@ -176,6 +176,10 @@ def test_training_writes_registers_and_loads(corpus_cfg, trained):
     assert rows[0].path == str(res.model_dir.resolve()) and rows[0].gate == report
     assert set(report["sets"]) == {"heldout-synthetic", str(Path(rcfg.out_dir).parent / "gate.jsonl")}
     assert (promoted is not None) == report["passed"]  # decided by the labelled set, not the synthetic one
+    labelled = report["sets"][str(Path(rcfg.out_dir).parent / "gate.jsonl")]
+    gain = labelled["with"]["mrr"] - labelled["without"]["mrr"]
+    lower = labelled["with"]["recall5"] < labelled["without"]["recall5"]
+    assert report["passed"] == (gain > rcfg.min_mrr_gain and not lower)  # a gain within the noise margin is refused
     assert job["status"] == "done"
     from tether.crossencoder import load_cross_encoder
 
