@@ -1,38 +1,57 @@
 """Probe (issue 11, deliverable 4): do relevance scores separate near-miss questions from answerable ones?
 
-For the dev halves of the postgresql and git sets (data dirs made by bench/external_qa.py under
-/tmp/tether-extqa), prints per label the best sentence relevance (ChatEngine.best_relevance, what
-assistant.min_relevance thresholds) and the share of question content words found in the top-k
-passages. Run: .venv/bin/python bench/answerability_probe.py
+For the dev halves of the postgresql and git sets (data dirs made by ``bench/external_qa.py`` under
+``--work``, default /tmp/tether-extqa), prints per label the best sentence relevance
+(``ChatEngine.best_relevance``, what ``assistant.min_relevance`` thresholds) and the share of the
+question's content words found in the top-k passages. Run from the repository root::
+
+    .venv/bin/python bench/answerability_probe.py
 """
 
+from __future__ import annotations
+
+import argparse
 import json
+from pathlib import Path
 
-from assistant.engine import ChatEngine
-from tether.config import load_config
-from tether.text.terms import content_words
+REPO = Path(__file__).resolve().parent.parent
 
-res = []
-for corpus, d in [
-    ("postgresql", "/tmp/tether-extqa/postgresql-879a4b06a17b"),
-    ("git", "/tmp/tether-extqa/git-879a4b06a17b"),
-]:
-    cfg = load_config(d).with_retrieval(reranker="off").with_assistant(generator="extractive")
-    eng = ChatEngine(cfg)
-    rows = [json.loads(l) for l in open(f"bench/data/{corpus}/qa.jsonl")]
-    for r in rows:
-        if r.get("split") != "dev":
-            continue
-        hits = eng.searcher.search(r["question"], k=cfg.assistant.top_k)
-        best = eng.best_relevance(r["question"], hits)
-        # share of question content words found anywhere in the top-k passages
-        q = content_words(r["question"])
-        allw = set().union(*(content_words(h.text) for h in hits))
-        cov = len(q & allw) / max(1, len(q))
-        res.append((corpus, r["unanswerable"], round(best, 3), round(cov, 3)))
-    eng.searcher.close()
-for c in ("postgresql", "git"):
-    for u in (False, True):
-        xs = sorted(x[2] for x in res if x[0] == c and x[1] == u)
-        cv = sorted(x[3] for x in res if x[0] == c and x[1] == u)
-        print(c, "unanswerable" if u else "answerable", len(xs), "best", xs, "\n   cov", cv)
+
+def main() -> None:
+    from assistant.engine import ChatEngine
+    from tether.config import load_config
+    from tether.text.terms import content_words
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/tether-extqa"))
+    ap.add_argument("--split", default="dev")
+    args = ap.parse_args()
+    for corpus in ("postgresql", "git"):
+        found = sorted(p for p in args.work.glob(f"{corpus}-*") if (p / "tether.db").is_file())
+        if not found:
+            raise SystemExit(f"no ingested {corpus} data dir under {args.work}: run bench/external_qa.py first")
+        cfg = load_config(found[0]).with_retrieval(reranker="off").with_assistant(generator="extractive")
+        engine = ChatEngine(cfg)
+        scores: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        with open(REPO / "bench" / "data" / corpus / "qa.jsonl", encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh]
+        try:
+            for row in rows:
+                if row.get("split") != args.split:
+                    continue
+                hits = engine.searcher.search(row["question"], k=cfg.assistant.top_k)
+                question = content_words(row["question"])
+                seen = set().union(*(content_words(h.text) for h in hits))
+                coverage = len(question & seen) / max(1, len(question))
+                scores[bool(row["unanswerable"])].append((engine.best_relevance(row["question"], hits), coverage))
+        finally:
+            engine.searcher.close()
+        for unanswerable, pairs in scores.items():
+            best = sorted(round(b, 3) for b, _ in pairs)
+            cover = sorted(round(c, 3) for _, c in pairs)
+            label = "near-miss" if unanswerable else "answerable"
+            print(f"{corpus} {label} ({len(pairs)}): best relevance {best}\n    coverage {cover}")
+
+
+if __name__ == "__main__":
+    main()
