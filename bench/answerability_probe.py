@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))  # the repository's retrieval/, not bench/retrieval.py
     from assistant.engine import ChatEngine
     from tether.config import load_config
     from tether.text.terms import content_words
