@@ -141,7 +141,7 @@ def test_questions_name_the_chunk_topic():
 
 
 def test_pairs_never_use_a_negative_holding_the_question_sentence(corpus_cfg):
-    chunks = R.collection_chunks(corpus_cfg)
+    chunks = R.collection_chunks(corpus_cfg, "the reranker")
     questions = R.make_questions(chunks, 30, seed=0)
     rcfg = R.RerankerConfig(out_dir="unused", same_doc_negatives=3, retrieved_negatives=0, random_negatives=1)
     pairs = R.build_pairs(chunks, questions, rcfg)

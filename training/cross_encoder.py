@@ -54,6 +54,22 @@ class Fit:
         return self.losses[-1] if self.losses else None
 
 
+def collection_chunks(cfg: Any, what: str) -> list[Any]:
+    """Every chunk of the configured collection (``retrieval.ledger.ChunkRow``, heading included),
+    which ``what`` ("the detector", "the reranker") is trained from; a clear error when it is empty."""
+    from retrieval.ledger import Ledger
+    from tether.errors import TetherError
+
+    with Ledger.open(cfg.db_path) as ledger:
+        chunks = ledger.collection_chunks(cfg.retrieval.collection)
+    if not chunks:
+        raise TetherError(
+            f"collection {cfg.retrieval.collection!r} holds no chunks: `tether ingest FOLDER` first, "
+            f"then train {what} on it"
+        )
+    return chunks
+
+
 def loop_problems(c: Any) -> list[str]:
     """What is wrong with the training-loop fields of a run config ``c`` (a DetectorConfig or a
     RerankerConfig: batch_size, max_length, save_steps, epochs, learning_rate, max_minutes, max_steps)."""

@@ -33,7 +33,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from tether.errors import ConfigError, TetherError
-from training.cross_encoder import CrossEncoderRun, TrackedJob, fit, loop_problems, save_model, settings_for, versions
+from training.cross_encoder import (
+    CrossEncoderRun,
+    TrackedJob,
+    collection_chunks,
+    fit,
+    loop_problems,
+    save_model,
+    settings_for,
+    versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +92,8 @@ class Pair:
 def collection_claims(cfg) -> list[Any]:
     """The sentence claims of every chunk of the configured collection (``retrieval.conflicts.Claim``)."""
     from retrieval.conflicts import split_claims
-    from retrieval.ledger import Ledger
 
-    with Ledger.open(cfg.db_path) as ledger:
-        chunks = ledger.collection_chunks(cfg.retrieval.collection)
-    if not chunks:
-        raise TetherError(
-            f"collection {cfg.retrieval.collection!r} holds no chunks: `tether ingest FOLDER` first, "
-            "then train the detector on it"
-        )
+    chunks = collection_chunks(cfg, "the detector")
     seen: set[str] = set()
     out = []
     for c in chunks:

@@ -43,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError, TetherError
-from training.cross_encoder import CrossEncoderRun, TrackedJob, fit, loop_problems, save_model, settings_for, versions
+from training.cross_encoder import (
+    CrossEncoderRun,
+    TrackedJob,
+    collection_chunks,
+    fit,
+    loop_problems,
+    save_model,
+    settings_for,
+    versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,20 +256,6 @@ def synthetic_questions(chunk: Any, rng: random.Random, per_chunk: int = 2) -> l
 # -- pairs ----------------------------------------------------------------------------------------
 
 
-def collection_chunks(cfg) -> list[Any]:
-    """Every chunk of the configured collection (``retrieval.ledger.ChunkRow``, heading included)."""
-    from retrieval.ledger import Ledger
-
-    with Ledger.open(cfg.db_path) as ledger:
-        chunks = ledger.collection_chunks(cfg.retrieval.collection)
-    if not chunks:
-        raise TetherError(
-            f"collection {cfg.retrieval.collection!r} holds no chunks: `tether ingest FOLDER` first, "
-            "then train the reranker on it"
-        )
-    return chunks
-
-
 def data_hash(chunks: Sequence[Any]) -> str:
     """What the pairs were made from: the chunks' ids and index texts."""
     h = hashlib.sha256()
@@ -393,7 +388,7 @@ def prepare(cfg, rcfg: RerankerConfig) -> tuple[list[Pair], list[Question], dict
     built from the same chunks with the same settings (a resumed run trains on the same pairs),
     else built and written there."""
     out = Path(rcfg.out_dir)
-    chunks = collection_chunks(cfg)
+    chunks = collection_chunks(cfg, "the reranker")
     digest = data_hash(chunks)
     state_path = out / "data.json"
     wanted = {"data_hash": digest, "collection": cfg.retrieval.collection, **rcfg.data_fields()}
