@@ -348,7 +348,7 @@ class ChatEngine:
             yield Token(REFUSAL)
             return Draft(REFUSAL, refused=True)
         a = self.cfg.assistant
-        cad = self.capabilities.cad and (a.cad == "on" or (a.cad == "auto" and bool(found.relevant)))
+        cad = self.capabilities.cad and (a.cad in ("on", "adaptive") or (a.cad == "auto" and bool(found.relevant)))
         raw = yield from self._decode(context, cad, clock)
         return self.finish(raw, context, cad=cad)
 
@@ -552,7 +552,10 @@ class ChatEngine:
         )
         if cad:
             params = replace(
-                params, cad_alpha=a.cad_alpha, cad_context_free=tuple(build_context_free_messages(context.question))
+                params,
+                cad_alpha=a.cad_alpha,
+                cad_adaptive=a.cad == "adaptive",
+                cad_context_free=tuple(build_context_free_messages(context.question)),
             )
         return params
 

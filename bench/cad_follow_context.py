@@ -5,8 +5,9 @@ context-aware decoding, on the CPU.
 
 Each case of ``examples/eval/counterfactual.jsonl`` is asked with the engine's grounded prompt
 (``build_messages(question, [PromptSource(source, context)])``: the counterfactual context is the
-only source), greedy, in four settings: plain, CAD alpha=0.5, CAD alpha=1 (context-free pass:
-``build_context_free_messages(question)``), and plain with the faithful system prompt
+only source), greedy, in five settings: plain, CAD alpha=0.5, CAD alpha=1 (context-free pass:
+``build_context_free_messages(question)``), adaptive CAD (AdaCAD: the weight of each step is the
+Jensen-Shannon divergence of the two rows), and plain with the faithful system prompt
 (``faithful=True``). ``follows_context`` sorts each answer into follows (the new value, not the old),
 original (the old value) or neither. Decode cost is the mean milliseconds per generated token after
 the first (CAD decodes a second row per step), measured in the same run.
@@ -29,11 +30,12 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 log = logging.getLogger("bench.cad_follow_context")
 ROOT = Path(__file__).resolve().parent.parent
 
-SETTINGS = (
-    ("plain", 0.0, False),
-    ("cad alpha=0.5", 0.5, False),
-    ("cad alpha=1", 1.0, False),
-    ("faithful prompt", 0.0, True),
+SETTINGS = (  # name, cad_alpha, faithful system prompt, adaptive (AdaCAD: alpha = JSD per step)
+    ("plain", 0.0, False, False),
+    ("cad alpha=0.5", 0.5, False, False),
+    ("cad alpha=1", 1.0, False, False),
+    ("adaptive cad", 0.5, False, True),
+    ("faithful prompt", 0.0, True, False),
 )
 
 
@@ -68,10 +70,13 @@ def main() -> None:
     for case in cases:
         free = tuple(build_context_free_messages(case["question"]))
         src = [PromptSource(case.get("source") or "document", case["context"])]
-        for name, alpha, faithful in SETTINGS:
+        for name, alpha, faithful, adaptive in SETTINGS:
             messages = build_messages(case["question"], src, faithful=faithful)
             params = GenParams(
-                max_new_tokens=args.max_new_tokens, cad_alpha=alpha, cad_context_free=free if alpha else ()
+                max_new_tokens=args.max_new_tokens,
+                cad_alpha=alpha,
+                cad_adaptive=adaptive,
+                cad_context_free=free if alpha else (),
             )
             t0 = time.perf_counter()
             text = "".join(gen.stream(messages, params))
@@ -94,7 +99,7 @@ def main() -> None:
             log.info("%s %-16s %-5s %s", case["id"], name, verdict, text[:80].replace("\n", " "))
 
     summary = {}
-    for name, _, _ in SETTINGS:
+    for name, *_ in SETTINGS:
         mine = [r for r in rows if r["setting"] == name]
         n = len(mine)
         summary[name] = {

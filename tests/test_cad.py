@@ -187,3 +187,31 @@ def test_context_free_messages_keep_the_question_and_drop_the_sources():
     assert free[-1].content.endswith("Question: When does the canteen open?")
     assert grounded[-1].content.endswith(free[-1].content)
     assert "07:45" not in " ".join(m.content for m in free) and "source" not in free[-1].content.lower()
+
+
+def test_adaptive_cad_is_plain_where_the_rows_agree_and_weighted_by_jsd_where_not():
+    """AdaCAD: alpha is the Jensen-Shannon divergence of the two rows' distributions at each step."""
+    import torch
+
+    from assistant.generators.hf import _cad_combine, jensen_shannon
+
+    same = torch.tensor([[2.0, 0.5, -1.0], [2.0, 0.5, -1.0]])
+    assert torch.equal(_cad_combine(same, 0.5, adaptive=True), same[0:1])  # no competing memory: plain
+    apart = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    jsd = float(jensen_shannon(apart[0], apart[1]))
+    p, q = apart[0].softmax(-1), apart[1].softmax(-1)
+    mix = (p + q) / 2
+    by_hand = float(((p * (p / mix).log2()).sum() + (q * (q / mix).log2()).sum()) / 2)
+    assert abs(jsd - by_hand) < 1e-5 and 0 < jsd < 1
+    assert torch.allclose(_cad_combine(apart, 0.5, adaptive=True), (1 + jsd) * apart[0:1] - jsd * apart[1:2])
+    disjoint = torch.tensor([[30.0, -30.0], [-30.0, 30.0]])
+    assert abs(float(jensen_shannon(disjoint[0], disjoint[1])) - 1.0) < 1e-4
+
+
+def test_adaptive_cad_through_the_engine_config(gen):
+    """assistant.cad adaptive decodes both rows for every answer and logs itself as adacad."""
+    from assistant.generators.base import GenParams
+
+    ctx_ids, free_ids = gen.prompt_ids(CONTEXT), gen.prompt_ids(FREE)
+    out = list(gen.tokens(ctx_ids, GenParams(max_new_tokens=6, cad_alpha=0.5, cad_adaptive=True), free_ids))
+    assert out and gen.identity.decoding == "adacad" and gen.last_stats["rows"] == 2

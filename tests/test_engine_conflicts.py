@@ -326,3 +326,17 @@ def test_bound_cuts_later_reply_sentences_first_then_statements(handbook_cfg):
         assert len(cut) <= 200 and cut.endswith(" …")
     finally:
         engine.searcher.close()
+
+
+def test_cad_adaptive_decodes_every_answer_with_adacad(handbook_cfg, tmp_path_factory):
+    from assistant.generators.hf import HFGenerator
+    from tests.tiny_llm import make_tiny_llm
+
+    gen = HFGenerator(make_tiny_llm(tmp_path_factory.mktemp("tiny"), max_positions=4096), device="cpu")
+    cfg = handbook_cfg.with_assistant(generator="hf", cad="adaptive", max_new_tokens=4)
+    engine = ChatEngine(cfg, generator=gen)
+    try:
+        a = engine.answer("How much is reimbursed per kilometre when I drive my own car on a business trip?")
+        assert a.generator.decoding == "adacad,no-repeat-6gram" and not a.relevant_conflicts
+    finally:
+        engine.searcher.close()

@@ -190,7 +190,7 @@ class RetrievalConfig:
 
 GENERATORS = ("hf", "extractive", "openai")
 CONFLICT_POLICIES = ("prefer-recent", "prefer-official", "present-both")  # assistant/resolution.py
-CAD_MODES = ("off", "on", "auto")
+CAD_MODES = ("off", "on", "auto", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,9 @@ class AssistantConfig:
     cad: str = field(
         default="off",
         metadata={
-            "help": "context-aware decoding (hf only): off | on | auto (on when sources conflict or the answer is poorly grounded)"
+            "help": "context-aware decoding (hf only): off | on | auto (on when sources conflict or the answer is poorly "
+            "grounded) | adaptive (AdaCAD: on for every answer, each step weighted by how much the model's memory "
+            "disagrees with the sources)"
         },
     )
     cad_alpha: float = field(default=0.5, metadata={"help": "CAD strength: logits (1+a)*with context - a*without"})

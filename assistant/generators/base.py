@@ -53,6 +53,9 @@ class GenParams:
     # without the sources (assistant.prompts.build_context_free_messages(question)); the hf backend
     # raises ConfigError when it is empty, and backends without logits (openai) refuse alpha > 0.
     cad_alpha: float = 0.0
+    # AdaCAD (Wang et al., NAACL 2025): with cad_alpha > 0, the weight of each step is the Jensen-Shannon
+    # divergence of the two rows' distributions instead of cad_alpha (0 where memory and sources agree)
+    cad_adaptive: bool = False
     cad_context_free: tuple[Message, ...] = field(default=())
     # the question and passages themselves, for backends that answer from them (extractive); LLMs ignore it
     grounding: Grounding | None = None

@@ -6,7 +6,7 @@ The loop, top to bottom (``HFGenerator.tokens``):
     prefill   each prompt row through the model into its own KV cache   -> logits of the first token
               (row 0: the prompt, reusing the KV of the prefix it shares with the previous prompt;
                row 1, with CAD only: the context-free prompt)
-    repeat    _cad_combine(logits, alpha)                  (1+a)*ctx - a*free, with CAD; else row 0
+    repeat    _cad_combine(logits, alpha)                  (1+a)*ctx - a*free, with CAD (adaptive: a = JSD); else row 0
               _penalize(logits, seen ids)                  repetition penalty (HF semantics)
               _NgramBlock.block(logits)                    no n-gram of the reply twice (``no_repeat_ngram``)
               _NumberGuard.block(logits)                   numbers only as the sources state them (``restrict_numbers``)
@@ -231,12 +231,32 @@ def sample_token(logits, params: GenParams, generator):
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def _cad_combine(logits, alpha: float):
+def _cad_combine(logits, alpha: float, adaptive: bool = False):
     """Context-aware decoding: ``(1 + alpha) * logits[0] - alpha * logits[1]`` -> [1, vocab].
-    Row 0 is the prompt with its context, row 1 the same question without it; one row passes through."""
+    Row 0 is the prompt with its context, row 1 the same question without it; one row passes through.
+
+    ``adaptive`` (AdaCAD, Wang et al., NAACL 2025): alpha is, at each step, the Jensen-Shannon
+    divergence (base 2, in [0, 1]) of the two rows' next-token distributions, so a step where the
+    model's memory agrees with the sources (nothing competes) decodes as plain; ``alpha`` is unused."""
     if logits.shape[0] == 1:
         return logits
+    if adaptive:
+        alpha = float(jensen_shannon(logits[0], logits[1]))
     return (1 + alpha) * logits[0:1] - alpha * logits[1:2]
+
+
+def jensen_shannon(a, b):
+    """JSD(softmax(a) || softmax(b)) in bits (0: the same distribution, 1: disjoint)."""
+    import math
+
+    import torch
+
+    la, lb = torch.log_softmax(a.float(), -1), torch.log_softmax(b.float(), -1)
+    m = torch.logsumexp(torch.stack([la, lb]), 0) - math.log(2)  # log of the mixture
+    pa, pb = la.exp(), lb.exp()
+    kl_am = (pa * (la - m)).sum(-1)
+    kl_bm = (pb * (lb - m)).sum(-1)
+    return ((kl_am + kl_bm) / (2 * math.log(2))).clamp(0, 1)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -710,7 +730,9 @@ class HFGenerator:
         max_new = min(params.max_new_tokens, limit - longest) if limit else params.max_new_tokens
         decoding = "greedy" if params.temperature == 0 else "sample"
         if cad:
-            decoding = f"cad(alpha={params.cad_alpha:g})" + ("" if params.temperature == 0 else ",sample")
+            decoding = ("adacad" if params.cad_adaptive else f"cad(alpha={params.cad_alpha:g})") + (
+                "" if params.temperature == 0 else ",sample"
+            )
         ngram = self.no_repeat_ngram if params.no_repeat_ngram is None else params.no_repeat_ngram
         if ngram > 1:
             decoding += f",no-repeat-{ngram}gram"
@@ -754,7 +776,7 @@ class HFGenerator:
                 seen = torch.tensor([rows[0]], dtype=torch.long, device=self.device)
                 logits = state.prefill()
                 for step in range(max_new):
-                    logits = _cad_combine(logits, params.cad_alpha)
+                    logits = _cad_combine(logits, params.cad_alpha, params.cad_adaptive)
                     logits = _penalize(logits, seen, params.repetition_penalty)
                     logits = blocker.block(logits)
                     if numbers is not None:
