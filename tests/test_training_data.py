@@ -363,3 +363,18 @@ def test_backtranslation_with_a_real_tiny_llm_keeps_exactly_the_well_formed_ques
     well_formed = [o.strip().splitlines()[0].strip() for o in gen.outputs if o.strip()]
     well_formed = [q for q in well_formed if q.endswith("?") and 3 <= len(q.split()) <= 30]
     assert [r.text.split("\n")[0] for r in rows] == well_formed[:2]
+
+
+def test_counterfactual_cases_from_a_file_reach_the_datasets(tmp_path):
+    """`tether train data --counterfactual-cases FILE` makes counterfactuals of a QA file's cases through
+    assistant.counterfactual (it once imported a module that does not exist, so the option crashed)."""
+    from pathlib import Path
+
+    from training.data import load_counterfactual_cases
+
+    cases = Path(__file__).resolve().parent.parent / "examples" / "eval" / "qa.jsonl"
+    rows = load_counterfactual_cases(
+        None, DataConfig(out_dir=str(tmp_path / "ds"), counterfactual_cases=str(cases), counterfactuals=3)
+    )
+    assert len(rows) == 3 and all(r["context"] and r["question"] and r["answer"] != r["original_answer"] for r in rows)
+    assert load_counterfactual_cases(None, DataConfig(out_dir=str(tmp_path / "ds"))) == []

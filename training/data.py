@@ -559,7 +559,7 @@ def load_counterfactual_cases(cfg: Any, dcfg: DataConfig) -> list[dict[str, Any]
     """Counterfactual rows from ``assistant.counterfactual``: cases from a file, or made from the corpus."""
     if not dcfg.counterfactual_cases and not dcfg.counterfactuals:
         return []
-    from training import counterfactual  # written alongside; API: load_cases, make_counterfactuals, from_corpus
+    from assistant import counterfactual
 
     if dcfg.counterfactual_cases:
         rows = counterfactual.make_counterfactuals(counterfactual.load_cases(dcfg.counterfactual_cases), seed=dcfg.seed)
