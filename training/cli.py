@@ -27,6 +27,7 @@ import typer
 from tether.cli import config_flags, load
 from tether.errors import TetherError
 from training.config import TrainConfig, load_train_config
+from training.detector import DetectorConfig
 from training.reranker import RerankerConfig
 
 
@@ -255,20 +256,13 @@ def pipeline_cmd(
 
 
 @train_app.command("detector")
+@config_flags(DetectorConfig, exclude=("out_dir",))
 def detector_cmd(
     ctx: typer.Context,
     out: Path | None = typer.Option(
         None, "--out", "-o", help="folder for pairs, checkpoints and the model (default: <data>/models/detector)"
     ),
     collection: str | None = typer.Option(None, "--collection", "-c", help="collection whose claims make the pairs"),
-    max_pairs: int = typer.Option(3000, "--max-pairs", help="training pairs built from the collection"),
-    epochs: float = typer.Option(2.0, "--epochs"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    max_minutes: float = typer.Option(
-        15.0, "--max-minutes", help="stop, checkpointed, after this long (rerun resumes)"
-    ),
-    max_steps: int = typer.Option(-1, "--max-steps", help="stop after this many steps (-1: --epochs decide)"),
-    seed: int = typer.Option(0, "--seed"),
     gate_cases: list[Path] | None = typer.Option(
         None,
         "--gate-cases",
@@ -277,25 +271,19 @@ def detector_cmd(
     ),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="promote when it beats the rules on dev"),
     admin_password: str | None = ADMIN,
+    **overrides: Any,
 ) -> None:
     """Train the contradiction classifier (a MiniLM CrossEncoder) on pairs made from the collection's
     claims, on the CPU; register it, gate it on the dev halves and promote it when it beats the rules.
     Rerun the same command to resume an interrupted run."""
 
-    from training.detector import DetectorConfig, default_gate_sets, run
+    from training.detector import default_gate_sets, run
 
     cfg = load(ctx, collection=collection)
     _admin(cfg, admin_password)
     folder = out or Path(cfg.models_dir) / "detector"
-    dcfg = DetectorConfig(
-        out_dir=str(folder),
-        max_pairs=max_pairs,
-        epochs=epochs,
-        batch_size=batch_size,
-        max_minutes=max_minutes,
-        max_steps=max_steps,
-        seed=seed,
-    ).validated()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    dcfg = DetectorConfig(out_dir=str(folder), **given).validated()
     sets = list(gate_cases) if gate_cases else default_gate_sets(Path(__file__).resolve().parent.parent)
     missing = [str(p) for p in sets if not Path(p).is_file()]
     if missing:

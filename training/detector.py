@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 LABELS = {0: "contradiction", 1: "compatible", 2: "unrelated"}
 BASE = "all-MiniLM-L6-v2"
-CARD = "tether-detector.json"
 THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.5 ... 0.95, chosen on the dev halves
 
 
@@ -362,6 +361,8 @@ def train(
     done = fit(model, data, losses.CrossEntropyLoss(model), settings, out / "checkpoints", on_step)
     model_dir = out / "model"
     if done.finished:
+        from retrieval.conflicts.detectors import CLASSIFIER_CARD
+
         card = {
             "base": str(dcfg.base),
             "labels": LABELS,
@@ -373,7 +374,7 @@ def train(
             "config": asdict(dcfg),
             "versions": versions(),
         }
-        save_model(model, model_dir, {CARD: json.dumps(card, indent=2, default=str)})
+        save_model(model, model_dir, {CLASSIFIER_CARD: json.dumps(card, indent=2, default=str)})
     return CrossEncoderRun(
         model_dir=model_dir,
         steps=done.steps,
@@ -386,9 +387,9 @@ def train(
 
 
 def write_card(model_dir: Path, card: dict[str, Any]) -> None:
-    from retrieval.conflicts import classifier_card
+    from retrieval.conflicts.detectors import CLASSIFIER_CARD, classifier_card
 
-    path = model_dir / CARD
+    path = model_dir / CLASSIFIER_CARD
     merged = {**classifier_card(model_dir), **card}
     path.write_text(json.dumps(merged, indent=2, default=str), encoding="utf-8")
 
