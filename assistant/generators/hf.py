@@ -169,12 +169,15 @@ class _NumberGuard:
     def add(self, piece: str) -> None:
         self.text = (self.text + piece)[-self.TAIL :]
 
+    @staticmethod
+    def _citation(text: str, m: re.Match[str]) -> bool:
+        """The number ``m`` of ``text`` is a citation marker ``[n]``, not a value."""
+        return m.start() > 0 and text[m.start() - 1] == "[" and len(m.group()) <= 2
+
     def _ok(self, cand: str, start: int) -> bool:
         for m in _NUMBER.finditer(cand):
-            if m.end() < start:
-                continue  # written and ended before this token: checked then
-            if m.start() > 0 and cand[m.start() - 1] == "[" and len(m.group()) <= 2:
-                continue  # a citation marker
+            if m.end() < start or self._citation(cand, m):
+                continue  # written and ended before this token (checked then), or a citation
             value = m.group().replace(",", "")
             rest = cand[m.end() :]
             if not rest:  # unfinished: it must lead to a source's number
@@ -189,7 +192,7 @@ class _NumberGuard:
 
     def _unfinished(self) -> bool:
         m = re.search(r"\d+(?:[.,]\d+)*[.,]?$", self.text)
-        if m is None or (m.start() > 0 and self.text[m.start() - 1] == "[" and len(m.group()) <= 2):
+        if m is None or self._citation(self.text, m):
             return False
         value = m.group().replace(",", "")
         return value not in self.allowed and value.rstrip(".") not in self.allowed
@@ -197,12 +200,13 @@ class _NumberGuard:
     def block(self, logits):
         start = len(self.text)
         banned = [tid for tid, piece in self.tokens if not self._ok(self.text + piece, start)]
-        if not banned and not self._unfinished():
+        unfinished = self._unfinished()
+        if not banned and not unfinished:
             return logits
         logits = logits.clone()
         if banned:
             logits[..., banned] = float("-inf")
-        if self._unfinished():  # only its continuation may follow an unfinished number
+        if unfinished:  # only its continuation may follow an unfinished number
             logits[..., ~self.mask] = float("-inf")
         return logits
 
