@@ -22,7 +22,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))  # the repository's retrieval/, not bench/retrieval.py
     from assistant.engine import ChatEngine
     from tether.config import load_config
-    from tether.text.terms import content_words
+    from tether.text.terms import lexical_overlap
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/tether-extqa"))
@@ -42,9 +42,7 @@ def main() -> None:
                 if row.get("split") != args.split:
                     continue
                 hits = engine.searcher.search(row["question"], k=cfg.assistant.top_k)
-                question = content_words(row["question"])
-                seen = set().union(*(content_words(h.text) for h in hits))
-                coverage = len(question & seen) / max(1, len(question))
+                coverage = float(lexical_overlap(row["question"], [" ".join(h.text for h in hits)])[0])
                 scores[bool(row["unanswerable"])].append((engine.best_relevance(row["question"], hits), coverage))
         finally:
             engine.searcher.close()
