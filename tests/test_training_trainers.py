@@ -165,6 +165,29 @@ def test_resume_after_an_interruption(world):
     assert steps == [1, 2, 3, 4, 5, 6]  # step 3 (after the checkpoint) is recorded once, from the resumed run
 
 
+def test_max_minutes_stops_training_with_the_adapter_saved(world):
+    """--max-minutes is a wall-clock budget: the run stops at the first step past it, saves its
+    checkpoint and adapter like a finished run and says so in run.yaml."""
+    import yaml
+
+    from training.trainers import run
+
+    res = run(_tc(world, "sft", "sft-budget", max_steps=500, max_minutes=0.0001), world["cfg"])
+    assert 1 <= res.steps < 500
+    assert (res.adapter_dir / "adapter_model.safetensors").is_file()
+    info = yaml.safe_load((res.output_dir / "run.yaml").read_text())
+    assert info["stopped_at_max_minutes"] is True and info["steps"] == res.steps
+    assert res.stopped_at_max_minutes is True
+    assert any(p.name == f"checkpoint-{res.steps}" for p in (res.output_dir / "checkpoints").iterdir())
+
+
+def test_max_minutes_is_validated():
+    from tether.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_minutes"):
+        load_train_config(None, "sft", base_model="x", dataset="d", output_dir="o", max_minutes=-1)
+
+
 def test_planner_on_the_cpu_and_for_an_8b_shape():
     from tether.errors import ConfigError
     from training.planner import Device, ModelShape, plan_training

@@ -630,6 +630,10 @@ class TrainingConfig:
     desirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of thumbs-up rows"})
     undesirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of thumbs-down rows"})
     save_steps: int = field(default=10, metadata={"help": "checkpoint every N steps (resume point)"})
+    max_minutes: float = field(
+        default=0.0,
+        metadata={"help": "stop (checkpointed, adapter saved) after this many minutes of training; 0 = no limit"},
+    )
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
     logging_steps: int = field(default=1, metadata={"help": "loss logged every N steps"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -663,6 +667,8 @@ def training_problems(cfg: Any, label: Any) -> list[str]:
     for key in ("batch_size", "grad_accum", "warmup_steps"):
         if getattr(cfg, key) < 0:
             bad(key, "must be >= 0 (0 = let the planner decide)" if key != "warmup_steps" else "must be >= 0")
+    if not 0 <= cfg.max_minutes < 10_000:
+        bad("max_minutes", "must be in [0, 10000) (0 = no limit)")
     if not 0 <= cfg.lora_dropout < 1:
         bad("lora_dropout", "must be in [0, 1)")
     if not 0 < cfg.learning_rate < 1:

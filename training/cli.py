@@ -189,10 +189,13 @@ def _train_stage(cfg, tc: TrainConfig, procs, *, plan: bool, admin_password: str
                 "loss_curve": str(res.loss_curve),
                 "resumed_from": res.resumed_from,
                 "job_id": res.job_id,
+                "stopped_at_max_minutes": res.stopped_at_max_minutes,
             },
             indent=2,
         )
     )
+    if res.stopped_at_max_minutes:
+        typer.echo("stopped at --max-minutes with the adapter of that step saved: rerun to train on", err=True)
 
 
 def _train(method: str):

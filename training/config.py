@@ -69,6 +69,7 @@ class TrainConfig:
     desirable_weight: float = _default("desirable_weight")
     undesirable_weight: float = _default("undesirable_weight")
     save_steps: int = _default("save_steps")
+    max_minutes: float = _default("max_minutes")
     save_total_limit: int = _default("save_total_limit")
     logging_steps: int = _default("logging_steps")
     seed: int = _default("seed")

@@ -108,23 +108,33 @@ class TrainResult:
     plan: dict[str, Any]
     job_id: str | None = None
     model_id: str | None = None
+    stopped_at_max_minutes: bool = False  # the time budget ended it early; rerun to resume
 
 
 # -- the loss curve and progress --------------------------------------------------------------
 
 
-def _loss_callback(curve_path: Path, on_step: Callable[[int, float | None], None] | None, stop_at: int | None = None):
+def _loss_callback(
+    curve_path: Path,
+    on_step: Callable[[int, float | None], None] | None,
+    stop_at: int | None = None,
+    max_minutes: float = 0.0,
+):
     from transformers import TrainerCallback
 
     class LossCurve(TrainerCallback):
         """Appends every log record to ``loss_curve.json`` (atomic rewrite) and reports progress, on
-        the main process only; (tests only) raises KeyboardInterrupt after step ``stop_at`` to
-        simulate a kill."""
+        the main process only; ends training (checkpointed, the adapter saved as usual) once
+        ``max_minutes`` have passed in this process, every rank at the same step; (tests only) raises
+        KeyboardInterrupt after step ``stop_at`` to simulate a kill."""
 
         def __init__(self):
             self.records: list[dict[str, Any]] = []
+            self.started = time.monotonic()
+            self.out_of_time = False
 
         def on_train_begin(self, args, state, control, **kw):
+            self.started = time.monotonic()
             if not state.is_world_process_zero:  # one curve and one progress log, from the main process
                 return
             if curve_path.is_file():  # resuming: keep the records up to the checkpoint's step
@@ -149,8 +159,29 @@ def _loss_callback(curve_path: Path, on_step: Callable[[int, float | None], None
         def on_step_end(self, args, state, control, **kw):
             if stop_at is not None and state.global_step >= stop_at:
                 raise KeyboardInterrupt(f"stopped after step {state.global_step} (simulated interruption)")
+            if max_minutes > 0 and _any_rank(time.monotonic() - self.started >= 60 * max_minutes):
+                self.out_of_time = True
+                control.should_training_stop = True
+                control.should_save = True
+                log.info(
+                    "stopping at step %d/%d: --max-minutes %g reached", state.global_step, state.max_steps, max_minutes
+                )
 
     return LossCurve()
+
+
+def _any_rank(flag: bool) -> bool:
+    """``flag`` on any process of a launch (every rank must stop at the same step), or this one's alone."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    import torch
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -368,7 +399,7 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
         if store is not None:
             job_id = store.start_job(cfg.method, to_dict(cfg), str(out), str(log_path), cfg.max_steps)
         on_step = (lambda step, loss: store.update_job(job_id, step=step, loss=loss)) if store is not None else None
-        callback = _loss_callback(curve, on_step, stop_at)
+        callback = _loss_callback(curve, on_step, stop_at, cfg.max_minutes)
         t0 = time.perf_counter()
         trainer = _build_trainer(cfg, base, plan, ckpt_dir, callback)
         from transformers.trainer_callback import PrinterCallback
@@ -410,6 +441,7 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
                 "processes": {"world_size": procs.world_size, "distributed_type": procs.distributed_type},
                 "dataset": manifest,
                 "steps": steps,
+                "stopped_at_max_minutes": bool(callback.out_of_time),
                 "final_loss": final,
                 "train_seconds": round(time.perf_counter() - t0, 2),
                 "resumed_from": last,
@@ -435,7 +467,9 @@ def run(cfg: TrainConfig, tether_cfg: Any, *, stop_at: int | None = None, record
             return final, job_id, model_id
 
         final, main_job, model_id = main_only(procs, finish)
-        return TrainResult(out, adapter_dir, steps, final, curve, last, _plan_summary(plan), main_job, model_id)
+        return TrainResult(
+            out, adapter_dir, steps, final, curve, last, _plan_summary(plan), main_job, model_id, callback.out_of_time
+        )
     except KeyboardInterrupt:
         if store is not None and job_id:
             store.finish_job(
