@@ -324,7 +324,9 @@ def test_backtranslated_rows_use_the_chunk_sentence_as_the_answer(cfg):
     assert len(rows) == 2 and len(gen.prompts) == 3  # the reply without '?' was dropped
     for row, prompt in zip(rows, [gen.prompts[0], gen.prompts[2]]):
         msgs = row.data["messages"]
-        sentence = prompt[1].content.rsplit("\n", 1)[1]  # the sentence the LLM was asked about
+        sentence = prompt[-1].content.rsplit("\n", 1)[1]  # the sentence the LLM was asked about
+        assert [m.role for m in prompt] == ["system", "user", "assistant", "user"]  # one worked example first
+        assert prompt[2].content.endswith("?") and sentence not in prompt[1].content
         assert msgs[-1]["content"].startswith(sentence.rstrip(".")) and msgs[-1]["content"].endswith("[1].")
         assert msgs[1]["content"].endswith("Question: " + row.text.split("\n")[0])
         assert sentence in msgs[1]["content"]  # the chunk is the one source of the prompt

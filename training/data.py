@@ -212,13 +212,30 @@ def _cited(answer: str, n: int = 1) -> str:
 BACKTRANSLATE_SYSTEM = "You write one question a reader would ask. Reply with the question only."
 
 
+# One worked example (written here, about no corpus) shows a small model what is asked: without it
+# SmolLM2-135M mostly echoes the sentence; with it, twice as many of its replies on a PostgreSQL
+# corpus were questions about the sentence (6 of 24 against 3 of 24, same sentences, greedy).
+_BACKTRANSLATE_SHOT = (
+    "The desk lamp has two brightness levels. It turns itself off after 30 minutes without use; "
+    "the delay can be changed in the settings menu.",
+    "It turns itself off after 30 minutes without use; the delay can be changed in the settings menu.",
+    "After how long does the lamp switch off when nobody uses it?",
+)
+
+
+def _backtranslate_request(passage: str, sentence: str) -> str:
+    return f"Passage:\n{passage}\n\nWrite one short question that this sentence of the passage answers:\n{sentence}"
+
+
 def backtranslate_prompt(passage: str, sentence: str) -> list[Message]:
+    """The chat asking the model for the question that ``sentence`` (of ``passage``) answers, after
+    one worked example."""
+    shot_passage, shot_sentence, shot_question = _BACKTRANSLATE_SHOT
     return [
         Message("system", BACKTRANSLATE_SYSTEM),
-        Message(
-            "user",
-            f"Passage:\n{passage}\n\nWrite one short question that this sentence of the passage answers:\n{sentence}",
-        ),
+        Message("user", _backtranslate_request(shot_passage, shot_sentence)),
+        Message("assistant", shot_question),
+        Message("user", _backtranslate_request(passage, sentence)),
     ]
 
 
