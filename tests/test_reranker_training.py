@@ -64,7 +64,7 @@ TOPICS = {
 }
 
 
-def _write_corpus(folder: Path) -> None:
+def write_corpus(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, sections in TOPICS.items():
         title = name.removesuffix(".md").title()
@@ -79,7 +79,7 @@ def corpus_cfg(tmp_path_factory, embedder):
     from retrieval.ingest import ingest
 
     tmp = tmp_path_factory.mktemp("rerank")
-    _write_corpus(tmp / "docs")
+    write_corpus(tmp / "docs")
     cfg = load_config(tmp / "data").with_retrieval(chunk_size=48, chunk_overlap=4)
     summary = ingest(cfg, [tmp / "docs"], embedder=embedder)
     assert summary.chunks_total >= 20

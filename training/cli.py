@@ -5,6 +5,7 @@
     tether train pipeline --config FILE.yaml     -> training.pipeline.run_pipeline (data -> sft -> dpo/kto -> export -> gate)
     tether train detector [--out DIR]            -> training.detector.run (pairs -> CrossEncoder -> gate -> promote)
     tether train reranker [--out DIR]            -> training.reranker.run (synthetic questions -> CrossEncoder -> gate -> promote)
+    tether train adapt [--out DIR]               -> training.adapt.run (questions -> engine prompts -> SFT -> on-policy DPO/KTO -> gate -> promote)
     tether train jobs                            -> training.registry.TrainingStore.list_jobs
     tether export MODEL --out DIR                -> training.export.export
     tether models list | promote | rollback      -> training.registry
@@ -26,6 +27,7 @@ import typer
 
 from tether.cli import config_flags, load
 from tether.errors import TetherError
+from training.adapt import AdaptConfig
 from training.config import TrainConfig, load_train_config
 from training.detector import DetectorConfig
 from training.reranker import RerankerConfig
@@ -345,6 +347,43 @@ def reranker_cmd(
         command = shlex.join(["tether", *sys.argv[1:]])
         res, report = run(cfg, rcfg, gate_qa=list(gate_qa or ()), promote=promote, command=command)
     _echo_run(res, "reranker_id", report)
+
+
+@train_app.command("adapt")
+@config_flags(AdaptConfig, exclude=("out_dir",))
+def adapt_cmd(
+    ctx: typer.Context,
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="run folder, reused to resume (default: <data>/models/adapt-<collection>)"
+    ),
+    collection: str | None = typer.Option(None, "--collection", "-c", help="collection the model learns"),
+    gate_qa: list[Path] | None = typer.Option(
+        None,
+        "--gate-qa",
+        help="labelled QA JSONL sets whose dev rows (split: dev) join the gate's held-out questions (repeatable)",
+    ),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="gate and promote when it wins"),
+    admin_password: str | None = ADMIN,
+    **overrides: Any,
+) -> None:
+    """Fine-tune the answerer on the collection alone: questions made from its chunks, prompts built
+    by the engine's own retrieval and context selection, SFT rows (answers cited \\[n], refusals on
+    near-misses, conflict statements, counterfactual contexts), then on-policy DPO or KTO from the
+    SFT model's own judged replies; gate it and promote it when it beats the served model. Rerun the
+    same command to resume an interrupted run."""
+    from training.adapt import run
+
+    cfg = load(ctx, collection=collection)
+    _admin(cfg, admin_password)
+    folder = out or Path(cfg.models_dir) / f"adapt-{cfg.retrieval.collection}"
+    given = {k: v for k, v in overrides.items() if v is not None}
+    acfg = AdaptConfig(out_dir=str(folder), **given).validated()
+    missing = [str(p) for p in gate_qa or () if not Path(p).is_file()]
+    if missing:
+        raise TetherError(f"--gate-qa: no such file {', '.join(missing)}")
+    with _training_log():
+        res = run(cfg, acfg, gate_qa=list(gate_qa or ()), promote=promote)
+    typer.echo(json.dumps({"model_id": res.model_id, "promoted": res.promoted, **res.report}, indent=2, default=str))
 
 
 @train_app.command("jobs")
