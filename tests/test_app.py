@@ -784,3 +784,89 @@ def test_detector_training_runs_in_the_background_from_the_admin_page(home):
     assert result["detector_id"] in set(detectors["id"])
     with TrainingStore.open(home / "tether.db") as store:
         assert store.promoted_detector() is None  # "Promote" was unchecked
+
+
+def test_adapt_form_launches_the_background_job_with_its_settings(home, monkeypatch):
+    """The Adapt tab hands `tether train adapt`'s runner the form's settings and the collection's
+    run folder (the CLI's default, so either resumes the other); the page does not wait for it."""
+    from app.ui import jobs
+
+    launched: list[tuple] = []
+    monkeypatch.setattr(
+        jobs, "launch", lambda data_dir, method, settings: launched.append((method, settings)) or (4242, Path("c"))
+    )
+    at = _admin_session()
+    at.number_input(key="adapt_q").set_value(60)
+    at.number_input(key="adapt_minutes").set_value(2.5)
+    at.selectbox(key="adapt_pref").set_value("kto")
+    at.checkbox(key="adapt_promote").uncheck()
+    _submit(at, "Adapt the model to this knowledge base")
+    assert any("Started adapting the model (pid 4242)" in s.value for s in at.success), [e.value for e in at.error]
+    [(method, settings)] = launched
+    assert method == jobs.ADAPT
+    assert settings["questions"] == 60 and settings["sft_minutes"] == 2.5 and settings["preference"] == "kto"
+    assert settings["promote"] is False and settings["base_model"] == "smollm2"
+    assert Path(settings["output_dir"]) == Path(home) / "models" / "adapt-tether"
+    assert jobs.adapt_config(settings["output_dir"], settings).preference_questions == 40
+
+
+def test_adapt_settings_are_checked_before_anything_starts(tmp_path):
+    from app.ui import jobs
+    from tether.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        jobs.adapt_config(tmp_path, {"questions": 4, "backtranslate": 9, "near_miss": 1.5})
+    assert "--backtranslate (9) must not exceed --questions (4)" in str(err.value) and "--near-miss" in str(err.value)
+
+
+@pytest.mark.slow
+def test_adapt_runs_in_the_background_and_its_result_is_shown(home, tmp_path_factory):
+    """The Admin page's adapt job for real, as the page launches it (a detached process), on a tiny
+    random base model: it records its stages as steps, ends done with the model it registered, and
+    a fresh session lists it with its result."""
+    import time
+
+    from app.ui import jobs
+    from tests.tiny_llm import make_tiny_llm
+    from training.registry import TrainingStore
+
+    tiny = make_tiny_llm(tmp_path_factory.mktemp("tiny-adapt"), max_positions=4096)
+    settings = {
+        "base_model": str(tiny),
+        "questions": 12,
+        "backtranslate": 0,
+        "conflicts": 1,
+        "counterfactuals": 1,
+        "gate_questions": 2,
+        "sft_minutes": 2.0,
+        "preference": "kto",
+        "preference_questions": 2,
+        "preference_minutes": 1.0,
+        "batch_size": 2,
+        "max_length": 4096,
+        "lora_r": 4,
+        "device": "cpu",
+        "promote": False,
+        "output_dir": str(Path(home) / "models" / "adapt-app-test"),
+    }
+    jobs.launch(home, jobs.ADAPT, settings)
+    deadline = time.monotonic() + 400
+    while True:
+        with TrainingStore.open(home / "tether.db") as store:
+            rows = [j for j in store.list_jobs() if j["method"] == "adapt"]
+            models = {m.id for m in store.list_models()}
+        if rows and rows[0]["status"] in ("done", "failed", "interrupted"):
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(1)
+    job = rows[0]
+    console = Path(settings["output_dir"]) / "console.log"
+    assert job["status"] == "done", (job, console.read_text()[-3000:] if console.exists() else "")
+    assert job["step"] == job["total_steps"] == 6  # one step per stage
+    result = job["result"]
+    assert result["model_id"] in models and result["promoted"] is False
+    assert "adapt" in (Path(settings["output_dir"]) / "train.log").read_text()  # the engine's log lines
+    at = _admin_session()  # a fresh session reads the job back from the database
+    assert any(s.value.startswith(f"Trained {result['model_id']} in ") for s in at.success)
+    with TrainingStore.open(home / "tether.db") as store:
+        assert store.served_id() != result["model_id"]  # "promote" was off

@@ -290,6 +290,56 @@ def _detector(cfg: TetherConfig) -> None:
         )
 
 
+def _adapt(cfg: TetherConfig) -> None:
+    """``tether train adapt`` as a background job: the answerer fine-tuned on the collection alone,
+    gated, promoted when it beats the served model (``training/adapt.py``)."""
+    st.caption(
+        "Fine-tunes the answering model on this knowledge base alone: questions made from its passages, "
+        "prompts built exactly as at answer time, cited answers, refusals where the passage is missing, "
+        "conflict statements; then the model's own judged answers as preference pairs. It is promoted only "
+        "when it beats the model served now on held-out questions. Same as `tether train adapt`; starting "
+        "it again resumes an interrupted run."
+    )
+    with st.form("adapt_form"):
+        left, right = st.columns(2)
+        questions = left.number_input("Questions made from the passages", 4, 5000, 220, step=20, key="adapt_q")
+        minutes = right.number_input("SFT minutes", 0.5, 24 * 60.0, 12.0, key="adapt_minutes")
+        preference = left.selectbox("Preference stage", ["dpo", "kto", "none"], key="adapt_pref")
+        pref_q = right.number_input("On-policy answers", 0, 2000, 40, key="adapt_pref_q")
+        base = left.text_input(
+            "Base model ('smollm2' or a checkpoint folder)", cfg.training.base_model, key="adapt_base"
+        )
+        promote = st.checkbox("Promote when it wins the gate", value=True, key="adapt_promote")
+        submitted = st.form_submit_button("Adapt the model to this knowledge base")
+    if submitted:
+        out = jobs.adapt_dir(cfg)
+        settings = {
+            "base_model": base.strip(),
+            "questions": int(questions),
+            "sft_minutes": float(minutes),
+            "preference": preference,
+            "preference_questions": int(pref_q),
+            "promote": bool(promote),
+            "output_dir": str(out),
+        }
+        try:
+            jobs.adapt_config(out, settings)  # refuse a bad setting here, not in the background
+            pid, _console = jobs.launch(cfg.data_dir, jobs.ADAPT, settings)
+            st.success(f"Started adapting the model (pid {pid}); it keeps running if you close or reload the page.")
+        except TetherError as exc:
+            st.error(str(exc))
+    job_view.panel(cfg, (jobs.ADAPT,), key="adapt_jobs", result=_adapt_result, empty="No adapt run yet.")
+
+
+def _adapt_result(job: dict) -> None:
+    result = job.get("result") or {}
+    if job["status"] != "done":
+        st.error(f"The adapt job {job['status']}: {job['error']}")
+        return
+    verdict = "promoted" if result.get("promoted") else "not promoted (see the gate in the Models tab)"
+    st.success(f"Trained {result.get('model_id')} in {result.get('minutes')} min: {verdict}")
+
+
 def _detector_result(job: dict) -> None:
     result = job.get("result") or {}
     gate = result.get("gate") or {}
@@ -406,8 +456,8 @@ def _accounts(cfg: TetherConfig, who) -> None:
 
 def main(cfg: TetherConfig, who=None) -> None:
     who = who or session.viewer()
-    feedback, conversations, accounts, datasets, training, detector, models = st.tabs(
-        ["Feedback", "Conversations", "Accounts", "Datasets", "Training", "Detector", "Models"]
+    feedback, conversations, accounts, datasets, training, adapt, detector, models = st.tabs(
+        ["Feedback", "Conversations", "Accounts", "Datasets", "Training", "Adapt", "Detector", "Models"]
     )
     with feedback:
         _feedback(cfg)
@@ -419,6 +469,8 @@ def main(cfg: TetherConfig, who=None) -> None:
         _datasets(cfg)
     with training:
         _training(cfg)
+    with adapt:
+        _adapt(cfg)
     with detector:
         _detector(cfg)
     with models:

@@ -11,6 +11,9 @@ process (it outlives the page and the browser session), tracked in ``training_jo
   the CrossEncoder, its gate on the labelled conflict sets, promotion when it beats the rules);
   it records its own job, like training; its log goes to the job's ``train.log``, whose step lines
   give the loss curve (``detector_loss_records``).
+- ``adapt``: ``tether train adapt`` (``training.adapt.run``: questions from the collection, SFT
+  rows through the engine's own prompts, SFT, on-policy DPO/KTO, the gate, promotion); it records
+  its own job (one step per stage) in the collection's run folder, which a rerun resumes.
 
 ``launch_job`` records an ``eval`` or ``promote`` job before its process has imported anything,
 so the page lists it at once; the pages poll the table every few seconds (``st.fragment``).
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BACKGROUND = ("eval", "promote")  # the jobs launch_job records (training records its own)
 DETECTOR = "detector"  # tether train detector, which records its own job
 DETECTOR_SETTINGS = ("max_pairs", "epochs", "batch_size", "max_minutes", "max_steps", "seed")
+ADAPT = "adapt"  # tether train adapt, which records its own job
 _DETECTOR_STEP = re.compile(r"detector step (\d+)/\d+ loss (\d+(?:\.\d+)?(?:e-?\d+)?)")
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,22 @@ def detector_config(output_dir: str | Path, settings: dict[str, Any]):
     ).validated()
 
 
+def adapt_config(output_dir: str | Path, settings: dict[str, Any]):
+    """The ``AdaptConfig`` of an adapt job: any of its settings but ``out_dir`` (the job's folder)
+    may be given; raises ``ConfigError`` with every bad setting."""
+    from dataclasses import fields
+
+    from training.adapt import AdaptConfig
+
+    names = {f.name for f in fields(AdaptConfig)} - {"out_dir"}
+    return AdaptConfig(out_dir=str(output_dir), **{k: settings[k] for k in names if k in settings}).validated()
+
+
+def adapt_dir(cfg) -> Path:
+    """The collection's adapt run folder, the same as ``tether train adapt``'s (so either resumes the other)."""
+    return Path(cfg.models_dir) / f"adapt-{cfg.retrieval.collection}"
+
+
 def log_tail(path: str | Path, lines: int = 40) -> str:
     p = Path(path)
     if not p.is_file():
@@ -133,6 +153,8 @@ def _main(argv: list[str]) -> int:
         return _background(cfg, method, settings)
     if method == DETECTOR:
         return _detector(cfg, settings)
+    if method == ADAPT:
+        return _adapt(cfg, settings)
     from training.config import load_train_config
     from training.trainers import run
 
@@ -186,6 +208,7 @@ def _detector(cfg, settings: dict[str, Any]) -> int:
     from training.detector import default_gate_sets, run
 
     out = Path(settings["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.getLogger().addHandler(handler)
@@ -201,6 +224,24 @@ def _detector(cfg, settings: dict[str, Any]) -> int:
         handler.close()
     log.info("detector done: %s, steps %d, gate %s", res.registered_id, res.steps, (report or {}).get("reason"))
     return 0 if res.finished else 1
+
+
+def _adapt(cfg, settings: dict[str, Any]) -> int:
+    """``tether train adapt`` for the Admin page (whose admin is signed in: no admin password); its
+    log lines go to the run folder's ``train.log``."""
+    from training.adapt import run
+
+    out = Path(settings["output_dir"])
+    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    try:
+        res = run(cfg, adapt_config(out, settings), promote=settings.get("promote", True))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    log.info("adapt done: model %s, promoted %s", res.model_id, res.promoted)
+    return 0
 
 
 def _evaluate(cfg, settings: dict[str, Any], progress) -> dict[str, Any]:
