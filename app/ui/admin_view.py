@@ -259,12 +259,7 @@ def _detector(cfg: TetherConfig) -> None:
             "promote": bool(promote),
             "output_dir": str(out),
         }
-        try:
-            jobs.detector_config(out, settings)  # refuse a bad setting here, not in the background
-            pid, _console = jobs.launch(cfg.data_dir, jobs.DETECTOR, settings)
-            st.success(f"Started the detector training (pid {pid}); it keeps running if you close or reload the page.")
-        except TetherError as exc:
-            st.error(str(exc))
+        _start(cfg, jobs.DETECTOR, jobs.detector_config, settings, "the detector training")
     job_view.panel(
         cfg, (jobs.DETECTOR,), key="detector_jobs", result=_detector_result, empty="No detector training yet."
     )
@@ -288,6 +283,17 @@ def _detector(cfg: TetherConfig) -> None:
             width="stretch",
             key="detectors_table",
         )
+
+
+def _start(cfg: TetherConfig, method: str, check, settings: dict, what: str) -> None:
+    """Launch a background job that records its own row, after ``check`` (its config builder) has
+    refused any bad setting here, not in the background."""
+    try:
+        check(settings["output_dir"], settings)
+        pid, _console = jobs.launch(cfg.data_dir, method, settings)
+        st.success(f"Started {what} (pid {pid}); it keeps running if you close or reload the page.")
+    except TetherError as exc:
+        st.error(str(exc))
 
 
 def _adapt(cfg: TetherConfig) -> None:
@@ -322,12 +328,7 @@ def _adapt(cfg: TetherConfig) -> None:
             "promote": bool(promote),
             "output_dir": str(out),
         }
-        try:
-            jobs.adapt_config(out, settings)  # refuse a bad setting here, not in the background
-            pid, _console = jobs.launch(cfg.data_dir, jobs.ADAPT, settings)
-            st.success(f"Started adapting the model (pid {pid}); it keeps running if you close or reload the page.")
-        except TetherError as exc:
-            st.error(str(exc))
+        _start(cfg, jobs.ADAPT, jobs.adapt_config, settings, "adapting the model")
     job_view.panel(cfg, (jobs.ADAPT,), key="adapt_jobs", result=_adapt_result, empty="No adapt run yet.")
 
 
