@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,26 +204,34 @@ def _background(cfg, method: str, settings: dict[str, Any]) -> int:
     return 0
 
 
+@contextmanager
+def _train_log(out: Path) -> Iterator[None]:
+    """Every log line of the block also goes to ``out/train.log`` (the folder made first), where the
+    job panel reads it."""
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 def _detector(cfg, settings: dict[str, Any]) -> int:
     """``tether train detector`` for the Admin page (whose admin is signed in: no admin password),
     gated on the same labelled sets as the command; its log lines go to the job's ``train.log``."""
     from training.detector import default_gate_sets, run
 
     out = Path(settings["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    logging.getLogger().addHandler(handler)
-    try:
+    with _train_log(out):
         res, report = run(
             cfg,
             detector_config(out, settings),
             gate_sets=default_gate_sets(ROOT),
             promote=settings.get("promote", True),
         )
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
     log.info("detector done: %s, steps %d, gate %s", res.registered_id, res.steps, (report or {}).get("reason"))
     return 0 if res.finished else 1
 
@@ -232,14 +242,8 @@ def _adapt(cfg, settings: dict[str, Any]) -> int:
     from training.adapt import run
 
     out = Path(settings["output_dir"])
-    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    logging.getLogger().addHandler(handler)
-    try:
+    with _train_log(out):
         res = run(cfg, adapt_config(out, settings), promote=settings.get("promote", True))
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
     log.info("adapt done: model %s, promoted %s", res.model_id, res.promoted)
     return 0
 
