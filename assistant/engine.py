@@ -454,7 +454,7 @@ class ChatEngine:
         params = GenParams(grounding=Grounding(context.question, context.passages))
         text = "".join(self._extractive.stream((), params)) or REFUSAL
         draft = Draft(text, refused=text == REFUSAL)
-        shown = _result(self.resolve(draft, context, found))  # its events are not shown: one Replace is
+        shown = stage_result(self.resolve(draft, context, found))  # its events are not shown: one Replace is
         verification = self.verify(shown, context.passages)
         log.info("guard: the %s reply was replaced by the extractive answer: %s", answer.generator.backend, reasons)
         yield Replace(shown.text, GUARD_LABEL + " (" + "; ".join(reasons) + ")")
@@ -812,8 +812,9 @@ def repeated_ngram(text: str, n: int = GUARD_NGRAM) -> tuple[str, int] | None:
     return (" ".join(gram), count) if count > 1 else None
 
 
-def _result(stage: Streaming[Event, None, Any]) -> Any:
-    """Run a streaming stage to its result, dropping its events."""
+def stage_result(stage: Streaming[Event, None, Any]) -> Any:
+    """Run a streaming stage to its result, dropping its events (also for ``training.adapt``, which
+    builds training targets with the engine's own stages)."""
     while True:
         try:
             next(stage)

@@ -348,15 +348,6 @@ def _msgs(messages: Sequence[Message]) -> tuple[dict[str, str], ...]:
     return tuple({"role": m.role, "content": m.content} for m in messages)
 
 
-def _drain(stage: Iterator[Any]) -> Any:
-    """The return value of an engine stage (a generator of events)."""
-    while True:
-        try:
-            next(stage)
-        except StopIteration as stop:
-            return stop.value
-
-
 def engine_examples(engine: Any, q: dict[str, Any], acfg: AdaptConfig, want_near_miss: bool) -> list[Example]:
     """The answer row and, when asked, the near-miss row of one question, built as the engine builds
     its prompts; [] when the question fails the round trip (its chunk not retrieved, or not shown)."""
@@ -373,9 +364,9 @@ def engine_examples(engine: Any, q: dict[str, Any], acfg: AdaptConfig, want_near
     n = next((i for i, h in enumerate(ctx.passages, start=1) if _holds(h, q["sentence"])), None)
     if n is None:
         return []
-    from assistant.engine import Draft
+    from assistant.engine import Draft, stage_result
 
-    resolved = _drain(engine.resolve(Draft(_cite(q["sentence"], n), refused=False), ctx, found))
+    resolved = stage_result(engine.resolve(Draft(_cite(q["sentence"], n), refused=False), ctx, found))
     out = [
         Example(
             "conflict" if resolved.statements else "answer",
@@ -417,7 +408,7 @@ def conflict_examples(engine: Any, cases: Sequence[dict[str, Any]], acfg: AdaptC
     answer time with the swapped copy added as another document; kept when the detector finds the
     conflict. The reply is the engine's: the original sentence cited, then ``resolve`` (the policy's
     decision and the conflict statement)."""
-    from assistant.engine import Draft
+    from assistant.engine import Draft, stage_result
     from assistant.types import Conversation
     from retrieval.search import SearchHit
 
@@ -447,7 +438,7 @@ def conflict_examples(engine: Any, cases: Sequence[dict[str, Any]], acfg: AdaptC
         n = next((i for i, h in enumerate(ctx.passages, start=1) if h.id == own.id), None)
         if sentence is None or n is None:
             continue
-        resolved = _drain(engine.resolve(Draft(_cite(sentence, n), refused=False), ctx, found))
+        resolved = stage_result(engine.resolve(Draft(_cite(sentence, n), refused=False), ctx, found))
         if not resolved.statements:
             continue
         out.append(
@@ -643,7 +634,7 @@ def _train(cfg: Any, tc: Any, state: RunState, stage: str, job: Any) -> dict[str
             "steps": res.steps,
             "final_loss": res.final_loss,
             "train_seconds": info.get("train_seconds"),
-            "stopped_at_max_minutes": info.get("stopped_at_max_minutes"),
+            "stopped_at_max_minutes": res.stopped_at_max_minutes,
             "resumed_from": res.resumed_from,
         },
     )
@@ -699,21 +690,15 @@ def run(
         from assistant.engine import ChatEngine
 
         engine = ChatEngine(cfg, searcher=searcher, generator=PromptBuilder(), log_turns=False)
-        base_gen = None
-
-        def base_generator():
-            nonlocal base_gen
-            if base_gen is None:
-                base_gen = _hf(cfg, acfg.base_model, None)
-            return base_gen
 
         # 1. questions
         stage("questions")
         qpath, hpath = out / "questions.jsonl", out / "heldout.jsonl"
         if not (state.done("questions") and qpath.is_file() and hpath.is_file()):
             train_chunks, held_chunks = split_heldout(chunks, acfg.heldout, acfg.seed)
-            gen = base_generator() if acfg.backtranslate else None
+            gen = _hf(cfg, acfg.base_model, None) if acfg.backtranslate else None
             questions = make_questions(acfg, train_chunks, gen)
+            del gen  # the base model is not needed again: free it before training
             held = value_questions(held_chunks, acfg.gate_questions, acfg.seed + 7, acfg.max_sentence_words)
             if not questions:
                 raise TetherError(
