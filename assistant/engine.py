@@ -267,12 +267,14 @@ class ChatEngine:
         classifier, or else the NLI model when one is configured."""
         if self._detector is None:
             from retrieval.conflicts import get_detector
+            from retrieval.ledger import ClaimVectorStore
 
             self._detector = get_detector(
                 self.embedder,
                 nli_model=self.cfg.assistant.nli_model,
                 config=self.cfg.conflicts,
                 classifier=promoted_classifier(self.cfg, self.model_source),
+                stored=ClaimVectorStore(self.cfg.db_path, self.cfg.retrieval.embed_identity),
             )
         return self._detector
 

@@ -200,6 +200,12 @@ class BenchEmbedder:
     def embed_query(self, text: str):
         return self.inner.embed_query(text)
 
+    def __getattr__(self, name):
+        # what the timed wrapper does not define (the ONNX encoder's embed_each for the claim vectors)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
 
 def token_counter_truncates(embedder) -> dict[str, Any]:
     """Does the shipped count_tokens truncate? (before and after the model's first encode)."""
@@ -292,9 +298,15 @@ class TetherPipe:
         if mode == "cached":
             # Built from cached vectors keyed by the chunk text, shared with the plain pipeline: the
             # heading prefix (a quality lever, measured in bench/external_qa.py) would change the text
-            # embedded, so the latency indexes are built without it (bench/query_latency.py reads this file).
+            # embedded, so the latency indexes are built without it (bench/query_latency.py reads this file,
+            # and needs the embedder the vectors were made with). They are built without claim vectors too:
+            # queries never read them, and recycled vectors would make them meaningless.
             Path(data_dir).mkdir(parents=True, exist_ok=True)
-            (Path(data_dir) / "tether.yaml").write_text("retrieval:\n  heading_prefix: false\n", encoding="utf-8")
+            (Path(data_dir) / "tether.yaml").write_text(
+                f"retrieval:\n  heading_prefix: false\n  embed_int8: {str(int8).lower()}\n"
+                "conflicts:\n  vectors_at_ingest: false\n",
+                encoding="utf-8",
+            )
         self.cfg = load_config(data_dir=data_dir).with_retrieval(embed_int8=int8)
         self.model = embedder_for(self.cfg)  # load outside the timed ingest (cached per process)
         self.embedder = BenchEmbedder(self.model, fix_tokens=fix_tokens, cache=cache, mode=mode)

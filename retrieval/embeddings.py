@@ -155,7 +155,7 @@ def embedder_for(cfg) -> Embedder:
     if r.encoder in ("auto", "onnx"):
         onnx_file = usable_export(cfg.models_dir, r.embed_model, r.embed_int8)
         if onnx_file is not None:
-            return get_onnx_embedder(onnx_file, r.embed_model, r.embed_batch_size)
+            return get_onnx_embedder(onnx_file, r.embed_model, r.onnx_batch_size)
         if r.encoder == "onnx":
             raise BackendUnavailable(
                 f"retrieval.encoder is 'onnx' but {r.embed_model!r} has no current ONNX export under "

@@ -15,6 +15,12 @@ every run reconciles the vector store with the ledger (chunks whose vectors are 
 re-embedded from the ledger's texts, vectors the ledger does not know are removed), and ``doctor``
 checks the database, the journal, the vector store and the BM25 index, and repairs them.
 
+With ``conflicts.vectors_at_ingest`` (off by default: it nearly doubles ingest time) each chunk's
+claims that a conflict rule can flag are embedded too, and their vectors committed with the chunk
+(``claim_vectors``), so even the first conflict detection on a passage reads them instead of
+embedding; chunks that lack them (ingested before, or by another embedder) are filled at the end of
+every run (``backfill_claim_vectors``). Off, the detector keeps what it embeds in the same table.
+
 Discovery never follows a symlink out of the folder, into a loop, or into a folder (a folder link
 inside the ingested folder would give its files twice, a link to an enclosing folder a cycle):
 each such link is one ``skipped`` line with its reason. No file gives more than
@@ -73,6 +79,7 @@ class IngestSummary:
     chunks_total: int = 0
     vectors_restored: int = 0  # committed chunks whose vectors were missing, re-embedded
     vectors_removed: int = 0  # vectors the ledger does not hold (orphans, interrupted runs), deleted
+    claim_chunks_backfilled: int = 0  # committed chunks whose claim vectors were missing, stored
     seconds: float = 0.0
 
     def _of(self, status: str) -> list[FileOutcome]:
@@ -112,6 +119,7 @@ class IngestSummary:
             "documents_pruned": self.documents_pruned,
             "vectors_restored": self.vectors_restored,
             "vectors_removed": self.vectors_removed,
+            "claim_chunks_backfilled": self.claim_chunks_backfilled,
             "seconds": round(self.seconds, 3),
             "skipped": [{"source": f.source, "reason": f.reason} for f in self.skipped],
             "failed": [{"source": f.source, "reason": f.reason} for f in self.failed],
@@ -128,6 +136,8 @@ class IngestSummary:
                 f"reconciled: the vector store was out of step with the ledger: {self.vectors_restored} missing "
                 f"vectors re-embedded, {self.vectors_removed} orphan vectors removed"
             )
+        if self.claim_chunks_backfilled:
+            lines.append(f"claim vectors stored for {self.claim_chunks_backfilled} chunks that lacked them")
         lines.append(
             f"{self.collection}: {len(self.ingested)} ingested, {len(self.unchanged)} unchanged, "
             f"{len(self.skipped)} skipped, {len(self.failed)} failed; chunks +{self.chunks_added} "
@@ -336,6 +346,7 @@ def _ingest_locked(
     embedder = embedder or embedder_for(cfg)
     splitter = make_splitter(cfg.retrieval.chunk_size, cfg.retrieval.chunk_overlap, embedder.count_tokens)
     gen_before = ledger.generation(db, name)
+    claims_model = cfg.retrieval.embed_identity if cfg.conflicts.vectors_at_ingest else None
     candidates = list(discover(paths))
     bar = _progress(len(candidates), progress)
     group: list[_Prepared] = []
@@ -348,7 +359,8 @@ def _ingest_locked(
         at = 0
         for prep in group:
             n = len(prep.chunks)
-            _commit(db, store, name, prep, vectors[at : at + n], summary)
+            claims = _claim_vectors(cfg, name, prep, embedder) if claims_model else None
+            _commit(db, store, name, prep, vectors[at : at + n], summary, claims, claims_model)
             at += n
             bar.update(1)
         group.clear()
@@ -383,6 +395,8 @@ def _ingest_locked(
     restored, removed = reconcile(db, store, name, embedder)
     summary.vectors_restored += restored
     summary.vectors_removed += removed
+    if claims_model:
+        summary.claim_chunks_backfilled += backfill_claim_vectors(db, cfg, name, embedder)
     summary.chunks_total = ledger.chunk_count(db, name)
     gen_after = ledger.generation(db, name)
     bm25_dir = cfg.bm25_dir / name
@@ -441,9 +455,51 @@ def _prepare(db, cfg: TetherConfig, name: str, cand: Candidate, splitter, outcom
     return _Prepared(cand, outcome, digest, st.st_size, st.st_mtime, doc, chunks)
 
 
-def _commit(db, store, name: str, prep: _Prepared, vectors, summary: IngestSummary) -> None:
+def _chunk_ids(name: str, prep: _Prepared) -> list[str]:
+    return [chunk_id(name, prep.cand.source, prep.digest, c.seq) for c in prep.chunks]
+
+
+def _claim_vectors(cfg: TetherConfig, name: str, prep: _Prepared, embedder) -> list[tuple[str, str, bytes]]:
+    from retrieval.conflicts import claim_vector_rows
+
+    chunks = list(zip(_chunk_ids(name, prep), (c.text for c in prep.chunks)))
+    return claim_vector_rows(embedder, chunks, cfg.conflicts.min_claim_words)
+
+
+def backfill_claim_vectors(db, cfg: TetherConfig, name: str, embedder, *, batch: int = 64) -> int:
+    """Store the claim vectors of committed chunks that lack them (ingested before
+    ``conflicts.vectors_at_ingest``, or by another embedder); return how many chunks were done.
+    Each batch commits on its own, so a killed run keeps what it did and the next one goes on."""
+    from retrieval.conflicts import claim_vector_rows
+
+    model = cfg.retrieval.embed_identity
+    done = 0
+    while True:
+        todo = ledger.chunks_without_claim_vectors(db, name, model, limit=batch)
+        if not todo:
+            break
+        if not done:
+            log.info("collection %s: storing the claim vectors of chunks that lack them", name)
+        rows = claim_vector_rows(embedder, todo, cfg.conflicts.min_claim_words)
+        ledger.put_claim_vectors(db, [cid for cid, _ in todo], rows, model)
+        done += len(todo)
+    if done:
+        log.info("collection %s: claim vectors stored for %d chunks", name, done)
+    return done
+
+
+def _commit(
+    db,
+    store,
+    name: str,
+    prep: _Prepared,
+    vectors,
+    summary: IngestSummary,
+    claims: list[tuple[str, str, bytes]] | None = None,
+    claims_model: str | None = None,
+) -> None:
     doc, cand = prep.doc, prep.cand
-    ids = [chunk_id(name, cand.source, prep.digest, c.seq) for c in prep.chunks]
+    ids = _chunk_ids(name, prep)
     pages = [doc.page_at(c.start) for c in prep.chunks]
     metadatas = [store_metadata(cand.source, doc.date, prep.digest, c.seq) for c in prep.chunks]
     ledger.journal_add(db, name, ids)
@@ -465,6 +521,8 @@ def _commit(db, store, name: str, prep: _Prepared, vectors, summary: IngestSumma
         chunks=prep.chunks,
         chunk_ids=ids,
         pages=pages,
+        claim_vectors=claims or (),
+        claims_embedded=claims_model if claims is not None else None,
     )
     if old_ids:
         store.delete(old_ids)

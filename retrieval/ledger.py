@@ -5,7 +5,8 @@ becomes visible in one SQLite transaction (``commit_document``); vector-store wr
 outside a transaction are announced first in ``store_journal``, so ``recover`` can undo whatever a
 killed process left behind.
 
-Every SQL statement over the retrieval tables (documents, chunks, collections, store_journal) is in
+Every SQL statement over the retrieval tables (documents, chunks, collections, store_journal,
+claim_vectors) is in
 this module. The functions take an open connection (ingestion holds one for a whole run); everyone
 else opens the ``Ledger`` store per use: ``with Ledger.open(cfg.db_path) as led: led.documents(name)``.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from retrieval.chunking import Chunk, index_text
 from tether.clock import now_iso
-from tether.db import connect, transaction
+from tether.db import PerThreadStore, connect, transaction
 from tether.errors import ConfigError
 
 
@@ -129,11 +130,15 @@ def commit_document(
     chunks: Sequence[Chunk],
     chunk_ids: Sequence[str],
     pages: Sequence[int | None],
+    claim_vectors: Sequence[tuple[str, str, bytes]] = (),
+    claims_embedded: str | None = None,
 ) -> list[str]:
     """Swap a document's ledger rows in one transaction; return the chunk ids it replaced.
 
     The replaced ids go into the journal (they are still in the vector store until the caller
-    deletes them); the new ids leave it (they are now committed).
+    deletes them); the new ids leave it (they are now committed). ``claim_vectors`` are rows
+    (chunk id, claim text hash, float32 bytes) of the claims' vectors, made by the embedder named
+    ``claims_embedded`` (None: not computed; ``retrieval.conflicts.claim_vector_rows``).
     """
     with transaction(db):
         old = db.execute(
@@ -164,13 +169,15 @@ def commit_document(
         )
         doc_id = cur.lastrowid
         db.executemany(
-            "INSERT INTO chunks (id, collection, document_id, seq, text, start_char, end_char, page, heading)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (id, collection, document_id, seq, text, start_char, end_char, page, heading,"
+            " claims_embedded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (cid, collection, doc_id, c.seq, c.text, c.start, c.end, page, c.heading or None)
+                (cid, collection, doc_id, c.seq, c.text, c.start, c.end, page, c.heading or None, claims_embedded)
                 for cid, c, page in zip(chunk_ids, chunks, pages)
             ],
         )
+        if claims_embedded is not None:
+            _insert_claim_vectors(db, claim_vectors, claims_embedded)
         db.executemany(
             "DELETE FROM store_journal WHERE collection = ? AND chunk_id = ?", [(collection, cid) for cid in chunk_ids]
         )
@@ -353,6 +360,95 @@ def integrity_problems(db: sqlite3.Connection) -> list[str]:
         )
     ]
     return out
+
+
+# -- claim vectors (m012) ------------------------------------------------------------------------
+
+
+def _insert_claim_vectors(db: sqlite3.Connection, rows: Sequence[tuple[str, str, bytes]], embed_model: str) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO claim_vectors (chunk_id, text_hash, embed_model, vector) VALUES (?, ?, ?, ?)",
+        [(cid, h, embed_model, blob) for cid, h, blob in rows],
+    )
+
+
+def chunks_without_claim_vectors(
+    db: sqlite3.Connection, collection: str, embed_model: str, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """(id, text) of the collection's chunks whose claim vectors were not made by ``embed_model``."""
+    sql = (
+        "SELECT id, text FROM chunks WHERE collection = ? AND (claims_embedded IS NULL OR claims_embedded != ?)"
+        " ORDER BY id"
+    )
+    args: tuple = (collection, embed_model)
+    if limit is not None:
+        sql += " LIMIT ?"
+        args += (limit,)
+    return [(r["id"], r["text"]) for r in db.execute(sql, args)]
+
+
+def put_claim_vectors(
+    db: sqlite3.Connection, chunk_ids: Sequence[str], rows: Sequence[tuple[str, str, bytes]], embed_model: str
+) -> None:
+    """Replace the claim vectors of ``chunk_ids`` by ``rows`` and mark those chunks done, in one transaction."""
+    with transaction(db):
+        db.executemany("DELETE FROM claim_vectors WHERE chunk_id = ?", [(cid,) for cid in chunk_ids])
+        _insert_claim_vectors(db, rows, embed_model)
+        db.executemany("UPDATE chunks SET claims_embedded = ? WHERE id = ?", [(embed_model, cid) for cid in chunk_ids])
+
+
+def claim_vectors(db: sqlite3.Connection, embed_model: str, text_hashes: Sequence[str]) -> dict[str, bytes]:
+    """Stored vector bytes by claim text hash (any chunk's copy), for the hashes that have one."""
+    out: dict[str, bytes] = {}
+    hashes = list(dict.fromkeys(text_hashes))
+    for lo in range(0, len(hashes), 500):  # under SQLite's bound-parameter limit
+        part = hashes[lo : lo + 500]
+        marks = ",".join("?" * len(part))
+        for r in db.execute(
+            f"SELECT text_hash, vector FROM claim_vectors WHERE embed_model = ? AND text_hash IN ({marks})",
+            (embed_model, *part),
+        ):
+            out.setdefault(r["text_hash"], r["vector"])
+    return out
+
+
+def keep_claim_vectors(db: sqlite3.Connection, rows: Sequence[tuple[str, str, bytes]], embed_model: str) -> int:
+    """Store claim vectors embedded at detection time, for the rows whose chunk id is a committed chunk
+    (a passage from elsewhere has none); existing rows stay. Returns how many were new."""
+    with transaction(db):
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO claim_vectors (chunk_id, text_hash, embed_model, vector)"
+            " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?)",
+            [(cid, h, embed_model, blob, cid) for cid, h, blob in rows],
+        )
+        return db.total_changes - before
+
+
+class ClaimVectorStore(PerThreadStore):
+    """The stored claim vectors of one embedder, shared by threads (the conflict detector of every
+    web-app session reads it): ``lookup(hashes)`` gives unit float32 vectors by claim text hash;
+    ``keep(rows)`` stores what the detector had to embed (a persistent cache where ingestion did not)."""
+
+    def __init__(self, path: str | Path, embed_model: str):
+        super().__init__(path)
+        self.embed_model = embed_model
+
+    def lookup(self, text_hashes: Sequence[str]) -> dict:
+        import numpy as np
+
+        return {
+            h: np.frombuffer(blob, dtype=np.float32)
+            for h, blob in claim_vectors(self.db, self.embed_model, text_hashes).items()
+        }
+
+    def keep(self, rows) -> int:
+        """Store (chunk id, claim hash, unit vector) rows; those of passages that are no chunk are dropped."""
+        import numpy as np
+
+        return keep_claim_vectors(
+            self.db, [(cid, h, np.asarray(v, dtype=np.float32).tobytes()) for cid, h, v in rows], self.embed_model
+        )
 
 
 class Ledger:

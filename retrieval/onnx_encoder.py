@@ -212,15 +212,10 @@ class OnnxEmbedder:
         self._counter.no_truncation()
         self._counter.no_padding()
         self._lock = threading.Lock()
+        self._each: list | None = None  # single-threaded sessions for embed_each, made on first use
 
     def _run(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
-        if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        feeds = self._feeds(texts)
         with self._lock:
             (out,) = self.session.run(None, feeds)
         return np.asarray(out, dtype=np.float32)
@@ -239,6 +234,54 @@ class OnnxEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         """One text, unpadded."""
         return self._run([text])[0]
+
+    def embed_each(self, texts: Sequence[str]) -> np.ndarray:
+        """Each text alone (unpadded, so its vector is ``embed_query``'s, whatever its neighbours), spread
+        over one single-threaded session per core, run side by side: a one-text pass keeps one core
+        busy only, so this is about twice as fast on 2 cores as calling ``embed_query`` in a loop."""
+        texts = list(texts)
+        if len(texts) < 8:
+            return np.stack([self.embed_query(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+        workers = self._workers()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+
+        def run(w: int) -> None:
+            session, feeds_of = workers[w], self._feeds
+            for i in range(w, len(texts), len(workers)):
+                (vec,) = session.run(None, feeds_of([texts[i]]))
+                out[i] = vec[0]
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(workers), thread_name_prefix="onnx-each") as pool:
+            list(pool.map(run, range(len(workers))))
+        return out
+
+    def _workers(self) -> list:
+        """Single-threaded sessions over the same file, one per core (at most 4), made on first use."""
+        with self._lock:
+            if self._each is None:
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.log_severity_level = 3
+                opts.intra_op_num_threads = 1
+                n = max(1, min(4, os.cpu_count() or 1))
+                self._each = [
+                    ort.InferenceSession(str(self.onnx_file), sess_options=opts, providers=["CPUExecutionProvider"])
+                    for _ in range(n)
+                ]
+            return self._each
+
+    def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self._tokenizer.encode_batch(texts)
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        return feeds
 
     def count_tokens(self, text: str) -> list[int]:
         """Token ids of text (no special tokens), for chunk sizing; never truncates."""

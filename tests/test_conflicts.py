@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from assistant.evaluation.metrics import prf
@@ -370,6 +371,156 @@ def test_warm_detect_embeds_nothing(handbook_searcher, embedder):
     misses = detector.cache_misses
     assert first and misses > 0
     assert detector.detect(hits) == first and detector.cache_misses == misses and detector.cache_hits > 0
+
+
+# -- claim vectors kept in tether.db (at detection, or at ingest: conflicts.vectors_at_ingest) -----
+
+
+class _Counting:
+    """The real embedder, counting the texts it is asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.dim, self.texts = inner, inner.name, inner.dim, 0
+
+    def embed_query(self, text):
+        self.texts += 1
+        return self.inner.embed_query(text)
+
+    def embed_batch(self, texts):
+        self.texts += len(texts)
+        return self.inner.embed_batch(texts)
+
+
+def _stored(cfg):
+    from retrieval.ledger import ClaimVectorStore
+
+    return ClaimVectorStore(cfg.db_path, cfg.retrieval.embed_identity)
+
+
+def _with_ingest_vectors(cfg, on: bool = True):
+    import dataclasses
+
+    return dataclasses.replace(cfg, conflicts=dataclasses.replace(cfg.conflicts, vectors_at_ingest=on))
+
+
+@pytest.fixture(scope="module")
+def vectors_searcher(embedder, tmp_path_factory):
+    """The handbook ingested with conflicts.vectors_at_ingest on."""
+    from retrieval.ingest import ingest
+    from retrieval.search import Searcher
+    from tether.config import load_config
+
+    cfg = _with_ingest_vectors(load_config(tmp_path_factory.mktemp("handbook-vectors")))
+    ingest(cfg, [HANDBOOK], embedder=embedder)
+    s = Searcher(cfg, embedder=embedder)
+    yield s
+    s.close()
+
+
+def test_a_fresh_detector_reads_the_claim_vectors_ingestion_stored(vectors_searcher, embedder):
+    """Cold detection embeds nothing for ingested passages, and finds exactly what embedding finds."""
+    handbook_searcher = vectors_searcher
+    cfg = handbook_searcher.cfg
+    questions = [
+        "What is the daily meal allowance for a business trip inside the EU?",
+        "How many days of annual leave do I get per year?",
+        "Who approves business trips?",
+    ]
+    with _stored(cfg) as stored:
+        for q in questions:
+            hits = handbook_searcher.search(q, k=8)
+            counting = _Counting(embedder)
+            cold = RuleConflictDetector(counting, stored=stored)
+            found = cold.detect(hits)
+            assert found == RuleConflictDetector(embedder).detect(hits)
+            assert cold.stored_hits > 0 and cold.embedded == 0 and counting.texts == 0, q
+
+
+def test_stored_claim_vectors_are_the_detector_vectors(vectors_searcher, embedder):
+    from retrieval.conflicts.detectors import claim_hash, embed_one_by_one
+
+    handbook_searcher = vectors_searcher
+    cfg = handbook_searcher.cfg
+    db = handbook_searcher.db
+    rows = db.execute("SELECT chunk_id, text_hash, embed_model, vector FROM claim_vectors").fetchall()
+    n_chunks = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    assert len(rows) > n_chunks  # several flaggable claims per chunk on average
+    assert {r["embed_model"] for r in rows} == {cfg.retrieval.embed_identity}
+    assert db.execute("SELECT COUNT(*) FROM chunks WHERE claims_embedded IS NULL").fetchone()[0] == 0
+    hits = handbook_searcher.search("What is the daily meal allowance for a business trip inside the EU?", k=8)
+    detector = RuleConflictDetector(embedder)
+    claims = [c for c in detector.claims(hits) if claim_hash(c.text) in {r["text_hash"] for r in rows}]
+    assert len(claims) >= 5
+    with _stored(cfg) as stored:
+        by_hash = stored.lookup([claim_hash(c.text) for c in claims])
+    fresh = embed_one_by_one(embedder, [c.text for c in claims])
+    for c, vec in zip(claims, fresh):
+        assert by_hash[claim_hash(c.text)].shape == vec.shape
+        assert float(np.dot(by_hash[claim_hash(c.text)], vec)) > 0.9999
+
+
+def test_claim_vectors_follow_the_documents_and_backfill(embedder, tmp_path):
+    """Changed and removed documents take their claim vectors with them; a collection ingested without
+    them gets them on the next run; a vector of another size is never used."""
+    from retrieval.conflicts.detectors import claim_hash
+    from retrieval.ingest import ingest
+    from tether.config import load_config
+    from tether.db import connect
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Leave\n\nEmployees get 25 days of annual leave per year.\n", encoding="utf-8")
+    (docs / "b.md").write_text("# Travel\n\nThe hotel limit is EUR 120 per night in every city.\n", encoding="utf-8")
+    off = load_config(tmp_path / "data")
+    assert off.conflicts.vectors_at_ingest is False  # the default: kept at detection time instead
+    cfg = _with_ingest_vectors(off)
+    ingest(off, [docs], embedder=embedder)
+    db = connect(cfg.db_path)
+    count = lambda: db.execute("SELECT COUNT(*) FROM claim_vectors").fetchone()[0]  # noqa: E731
+    assert count() == 0
+    summary = ingest(cfg, [docs], embedder=embedder)  # files unchanged: the backfill does it
+    assert summary.claim_chunks_backfilled == 2 and count() == 2
+    assert ingest(cfg, [docs], embedder=embedder).claim_chunks_backfilled == 0
+    (docs / "a.md").write_text("# Leave\n\nEmployees get 30 days of annual leave per year.\n", encoding="utf-8")
+    ingest(cfg, [docs], embedder=embedder)
+    with _stored(cfg) as stored:
+        old = claim_hash("Employees get 25 days of annual leave per year.")
+        new = claim_hash("Employees get 30 days of annual leave per year.")
+        assert set(stored.lookup([old, new])) == {new}
+        (docs / "b.md").unlink()
+        ingest(cfg, [docs], prune=True, embedder=embedder)
+        assert count() == 1
+        db.execute("UPDATE claim_vectors SET vector = ?", (np.zeros(7, dtype=np.float32).tobytes(),))
+        counting = _Counting(embedder)
+        det = RuleConflictDetector(counting, stored=stored)
+        det.vectors([Claim(text="Employees get 30 days of annual leave per year.", source="a.md")])
+        assert det.stored_hits == 0 and det.embedded == 1 and counting.texts == 1
+    db.close()
+
+
+def test_without_ingest_vectors_the_store_is_a_persistent_cache(embedder, tmp_path):
+    """With conflicts.vectors_at_ingest off, the first detection embeds and keeps the vectors; a fresh
+    detector (a new process) then embeds nothing; claims of passages that are no chunk are not kept."""
+    from retrieval.ingest import ingest
+    from retrieval.search import Searcher
+    from tether.config import load_config
+
+    cfg = _with_ingest_vectors(load_config(tmp_path / "data"), on=False)
+    ingest(cfg, [HANDBOOK], embedder=embedder)
+    searcher = Searcher(cfg, embedder=embedder)
+    hits = searcher.search("What is the daily meal allowance for a business trip inside the EU?", k=8)
+    count = lambda: searcher.db.execute("SELECT COUNT(*) FROM claim_vectors").fetchone()[0]  # noqa: E731
+    assert count() == 0
+    with _stored(cfg) as stored:
+        first = RuleConflictDetector(embedder, stored=stored)
+        found = first.detect(hits)
+        assert found and first.embedded > 0 and count() == first.embedded
+        again = RuleConflictDetector(_Counting(embedder), stored=stored)
+        assert again.detect(hits) == found and again.embedded == 0 and again.embedder.texts == 0
+        outside = RuleConflictDetector(embedder, stored=stored)
+        outside.vectors([Claim(text="The hotel limit is EUR 120 per night in Lyon.", source="elsewhere.md")])
+        assert outside.embedded == 1 and count() == first.embedded
+    searcher.close()
 
 
 # -- the NLI detector (tiny random cross-encoder: proves the wiring, not the quality) -------------

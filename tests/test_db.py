@@ -25,6 +25,7 @@ def test_migrate_blank_database_creates_the_schema():
         "end_char": "INTEGER",
         "page": "INTEGER",
         "heading": "TEXT",  # m007
+        "claims_embedded": "TEXT",  # m012
     }
     doc_cols = _columns(db, "documents")
     for col in ("source", "path", "content_hash", "title", "doc_date", "status", "authority", "text", "n_chunks"):
@@ -32,6 +33,8 @@ def test_migrate_blank_database_creates_the_schema():
     assert _columns(db, "turns")["consistency_json"] == "TEXT"  # m005, added after m002 created the table
     fks = db.execute("PRAGMA foreign_key_list(chunks)").fetchall()
     assert [(fk[2], fk[3], fk[4], fk[6]) for fk in fks] == [("documents", "document_id", "id", "CASCADE")]
+    fks = db.execute("PRAGMA foreign_key_list(claim_vectors)").fetchall()  # m012: removed with their chunk
+    assert [(fk[2], fk[3], fk[4], fk[6]) for fk in fks] == [("chunks", "chunk_id", "id", "CASCADE")]
 
 
 def test_migrate_is_idempotent(tmp_path):

@@ -75,6 +75,19 @@ def test_vectors_match_sentence_transformers(exported, st_fp32, file, floor):
     assert enc.embed_batch([]).shape == (0, 384)
 
 
+def test_embed_each_gives_each_text_its_own_single_pass_vector(exported):
+    """Side by side over single-threaded sessions, in order, and bit for bit what embed_query gives."""
+    _, report = exported
+    enc = OnnxEmbedder(report.out_dir / INT8_FILE, name=DEFAULT_EMBED_MODEL)
+    texts = [f"{t} ({i})" for i, t in enumerate(HELD_OUT * 4)]  # over the side-by-side threshold
+    got = enc.embed_each(texts)
+    assert got.shape == (len(texts), 384) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.stack([enc.embed_query(t) for t in texts]))
+    assert len(enc._each) >= 1
+    np.testing.assert_array_equal(enc.embed_each(texts[:3]), np.stack([enc.embed_query(t) for t in texts[:3]]))
+    assert enc.embed_each([]).shape == (0, 384)
+
+
 def test_token_counts_match_the_torch_embedder(exported, embedder):
     _, report = exported
     enc = OnnxEmbedder(report.out_dir / INT8_FILE, name=DEFAULT_EMBED_MODEL)

@@ -58,7 +58,16 @@ class RetrievalConfig:
         default=DEFAULT_EMBED_MODEL,
         metadata={"help": "sentence-transformers model: 'all-MiniLM-L6-v2' (shipped offline) or a local path"},
     )
-    embed_batch_size: int = field(default=16, metadata={"help": "texts per embedding forward pass"})
+    embed_batch_size: int = field(
+        default=16, metadata={"help": "texts per embedding forward pass (sentence-transformers)"}
+    )
+    onnx_batch_size: int = field(
+        default=4,
+        metadata={
+            "help": "texts per ONNX Runtime pass of the exported encoder: small batches pad less (4 was the fastest "
+            "on 2 cores, docs/BENCHMARKS.md)"
+        },
+    )
     embed_int8: bool = field(
         default=True,
         metadata={
@@ -165,6 +174,8 @@ class RetrievalConfig:
             out.append(f"retrieval.encoder ({self.encoder!r}) must be one of {', '.join(ENCODERS)}")
         if self.embed_batch_size < 1:
             out.append(f"retrieval.embed_batch_size ({self.embed_batch_size}) must be >= 1")
+        if self.onnx_batch_size < 1:
+            out.append(f"retrieval.onnx_batch_size ({self.onnx_batch_size}) must be >= 1")
         if not 1 <= self.max_chunks_per_file <= 1_000_000:
             out.append(f"retrieval.max_chunks_per_file ({self.max_chunks_per_file}) must be between 1 and 1000000")
         if not 0 <= self.ingest_lock_timeout <= 86_400:
@@ -527,6 +538,14 @@ class ConflictsConfig:
         default=400, metadata={"help": "claims considered per detect call (the first ones, in passage order)"}
     )
     cache_size: int = field(default=4096, metadata={"help": "sentence vectors kept in the LRU"})
+    vectors_at_ingest: bool = field(
+        default=False,
+        metadata={
+            "help": "embed every claim a rule can flag when its document is ingested, so even the first detection "
+            "on a passage needs no embedding pass (ingest takes about 1.8x as long: docs/BENCHMARKS.md); off, "
+            "the vectors the detector embeds are kept in tether.db instead, so only that first detection embeds"
+        },
+    )
     max_value_ratio: float = field(
         default=4.0,
         metadata={

@@ -555,3 +555,25 @@ def m011_cross_encoders(db: sqlite3.Connection) -> None:
         CREATE INDEX cross_encoders_served ON cross_encoders (kind, collection, promoted_at);
         """,
     )
+
+
+@migration
+def m012_claim_vectors(db: sqlite3.Connection) -> None:
+    """MiniLM vectors of the claims a conflict rule can flag, computed when a chunk is ingested
+    (``conflicts.vectors_at_ingest``), so detection in a fresh process needs no embedding pass.
+    Keyed by chunk (removed with it) and the claim text's hash; ``chunks.claims_embedded`` names the
+    embedder that filled a chunk's rows (NULL: not done, e.g. ingested before this migration)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE claim_vectors (
+            chunk_id TEXT NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+            text_hash TEXT NOT NULL,
+            embed_model TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            PRIMARY KEY (chunk_id, text_hash)
+        );
+        CREATE INDEX claim_vectors_hash ON claim_vectors (text_hash, embed_model);
+        ALTER TABLE chunks ADD COLUMN claims_embedded TEXT;
+        """,
+    )

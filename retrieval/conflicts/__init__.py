@@ -6,8 +6,8 @@ The package is three layers, each importing only the one before it:
   (``split_claims``) and what the rules read from a sentence (``claim_features``);
 - ``rules``: ``rule_hit`` and ``scope_differs`` over two ``ClaimFeatures`` (no model);
 - ``detectors``: ``RuleConflictDetector`` (rules plus the MiniLM subject gate), ``NLIConflictDetector``,
-  ``ClassifierConflictDetector`` (rules + the classifier ``tether train detector`` trains) and
-  ``get_detector``.
+  ``ClassifierConflictDetector`` (rules + the classifier ``tether train detector`` trains),
+  ``get_detector``, and ``claim_vector_rows`` (the claim vectors ingestion stores).
 
 Every word the rules use is data, in ``retrieval/lexicon.yaml`` (``retrieval.lexicon``). See
 docs/CONFLICTS.md.
@@ -24,10 +24,12 @@ from retrieval.conflicts.claims import (
     subject_of,
 )
 from retrieval.conflicts.detectors import (
+    ClaimVectorSource,
     ClassifierConflictDetector,
     ConflictDetector,
     NLIConflictDetector,
     RuleConflictDetector,
+    claim_vector_rows,
     classifier_card,
     get_detector,
 )
@@ -38,6 +40,8 @@ __all__ = [
     "Claim",
     "Conflict",
     "ConflictDetector",
+    "ClaimVectorSource",
+    "claim_vector_rows",
     "RuleConflictDetector",
     "NLIConflictDetector",
     "ClassifierConflictDetector",

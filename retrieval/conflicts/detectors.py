@@ -1,8 +1,12 @@
 """The detectors: rules over parsed claims gated by MiniLM similarity, and optionally an NLI cross-encoder.
 
 A rule hit only counts when the two claims are about the same subject: they share key terms and their
-MiniLM embeddings are similar. Embeddings are computed only for claims that a rule flagged, and cached
-per (passage id, text hash) in an LRU, so a warm ``detect`` costs a few milliseconds.
+MiniLM embeddings are similar. Embeddings are needed only for claims that a rule flagged: they come
+from the LRU (per passage id and text hash, so a warm ``detect`` costs a few milliseconds), else from
+the vectors ingestion stored for every claim a rule can flag (``stored``, a ``ClaimVectorSource``:
+``retrieval.ledger.ClaimVectorStore``; ``claim_vector_rows`` makes them), else from one embedding
+pass each, which ``stored`` then keeps (so with ``conflicts.vectors_at_ingest`` off it is a persistent
+cache: only the first detection on a passage ever embeds).
 
 Claims from the same document are paired only when they are near-duplicates (similarity at least
 ``same_document_similarity``): a policy that lists a rate for weekdays and another for weekends is
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -40,6 +45,66 @@ from tether.config import ConflictsConfig
 from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class ClaimVectorSource(Protocol):
+    def lookup(self, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Unit vectors of the claims stored under these text hashes (those it holds)."""
+        ...
+
+    def keep(self, rows: Sequence[tuple[str, str, np.ndarray]]) -> int:
+        """Store (passage id, text hash, vector) of claims the detector embedded; returns how many were kept."""
+        ...
+
+
+def claim_hash(text: str) -> str:
+    """The key of a claim's vector: the SHA-1 of its (whitespace-normalised) text."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def can_flag(f: ClaimFeatures) -> bool:
+    """Could any rule flag a claim with these features (a value or wording signal and key terms)?"""
+    return bool(f.has_signal and f.terms)
+
+
+def embed_one_by_one(embedder, texts: Sequence[str]) -> np.ndarray:
+    """Unit vectors of ``texts``, one forward pass each: batching pads, and the int8 embedders quantize
+    activations per batch, so a batched vector would depend on its neighbours (and the similarity gates
+    were calibrated on single-text vectors). An embedder with ``embed_each`` (the ONNX encoder) runs the
+    single-text passes side by side."""
+    each = getattr(embedder, "embed_each", None)
+    if each is not None:
+        return np.asarray(each(list(texts)), dtype=np.float32)
+    one = getattr(embedder, "embed_query", None)
+    if one is not None:
+        return np.stack([np.asarray(one(text), dtype=np.float32) for text in texts])
+    return np.concatenate([np.asarray(embedder.embed_batch([text]), dtype=np.float32) for text in texts])
+
+
+def claim_vector_rows(embedder, chunks: Sequence[tuple[str, str]], min_words: int) -> list[tuple[str, str, bytes]]:
+    """(chunk id, claim hash, float32 bytes) for every claim a rule can flag in the chunks
+    (id, text): what ingestion stores so that ``detect`` needs no embedding pass for them."""
+    from types import SimpleNamespace
+
+    wanted: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    for cid, text in chunks:
+        for c in split_claims(SimpleNamespace(text=text, source=cid, id=cid), min_words):
+            if not can_flag(claim_features(c.text)):
+                continue
+            h = claim_hash(c.text)
+            pairs.append((cid, h))
+            wanted.setdefault(h, c.text)
+    if not wanted:
+        return []
+    vecs = dict(zip(wanted, embed_one_by_one(embedder, list(wanted.values()))))
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for cid, h in pairs:
+        if (cid, h) not in seen:
+            seen.add((cid, h))
+            rows.append((cid, h, vecs[h].astype(np.float32).tobytes()))
+    return rows
 
 
 class ConflictDetector(Protocol):
@@ -74,22 +139,32 @@ class RuleConflictDetector:
     arguments change some of its fields.
     """
 
-    def __init__(self, embedder, config: ConflictsConfig | None = None, **thresholds: Any):
+    def __init__(
+        self,
+        embedder,
+        config: ConflictsConfig | None = None,
+        *,
+        stored: ClaimVectorSource | None = None,
+        **thresholds: Any,
+    ):
         self.embedder = embedder
         self.thresholds = _thresholds(config, thresholds)
+        self.stored = stored
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.cache_hits = 0
-        self.cache_misses = 0
+        self.cache_misses = 0  # not in the LRU
+        self.stored_hits = 0  # ... but stored at ingest
+        self.embedded = 0  # ... nor stored: embedded here
 
     # vectors ---------------------------------------------------------------------------------
 
     @staticmethod
     def _key(c: Claim) -> tuple[str, str]:
-        return (c.passage_id or c.source, hashlib.sha1(c.text.encode("utf-8")).hexdigest())
+        return (c.passage_id or c.source, claim_hash(c.text))
 
     def vectors(self, claims: Sequence[Claim]) -> dict[tuple[str, str], np.ndarray]:
-        """Unit vectors of the claims, from the LRU where present; the rest embedded in one batch."""
+        """Unit vectors of the claims: from the LRU, else stored at ingest, else embedded one by one."""
         out: dict[tuple[str, str], np.ndarray] = {}
         missing: dict[tuple[str, str], str] = {}
         with self._lock:
@@ -104,17 +179,28 @@ class RuleConflictDetector:
                     missing[key] = c.text
         if missing:
             self.cache_misses += len(missing)
-            # one text per forward pass: batching pads, and the int8 embedder quantizes activations per
-            # batch, so a batched vector would depend on its neighbours and the cache on call order
-            one = getattr(self.embedder, "embed_query", None)
-            if one is not None:
-                vecs = np.stack([np.asarray(one(text), dtype=np.float32) for text in missing.values()])
-            else:
-                vecs = np.concatenate(
-                    [np.asarray(self.embedder.embed_batch([text]), dtype=np.float32) for text in missing.values()]
-                )
+            found: dict[tuple[str, str], np.ndarray] = {}
+            if self.stored is not None:
+                by_hash = self.stored.lookup([h for _, h in missing])
+                dim = getattr(self.embedder, "dim", None)
+                found = {
+                    key: by_hash[key[1]]
+                    for key in missing
+                    if key[1] in by_hash and (dim is None or by_hash[key[1]].shape == (dim,))
+                }
+                self.stored_hits += len(found)
+            todo = [key for key in missing if key not in found]
+            if todo:
+                self.embedded += len(todo)
+                fresh = dict(zip(todo, embed_one_by_one(self.embedder, [missing[k] for k in todo])))
+                found.update(fresh)
+                if self.stored is not None:
+                    try:
+                        self.stored.keep([(pid, h, vec) for (pid, h), vec in fresh.items()])
+                    except sqlite3.Error as exc:  # a cache: detection goes on without it
+                        log.warning("could not store %d claim vectors: %s", len(fresh), exc)
             with self._lock:
-                for key, vec in zip(missing, vecs):
+                for key, vec in found.items():
                     out[key] = vec
                     self._vectors[key] = vec
                 while len(self._vectors) > self.thresholds.cache_size:
@@ -195,7 +281,7 @@ class RuleConflictDetector:
     def candidate_hits(self, claims: Sequence[Claim]) -> list[tuple[int, int, RuleHit]]:
         """Pairs (i, j) whose rules fire, before the subject gate; cheap, no model."""
         feats = [claim_features(c.text) for c in claims]
-        live = [i for i, f in enumerate(feats) if f.has_signal and f.terms]
+        live = [i for i, f in enumerate(feats) if can_flag(f)]
         out = []
         for x, i in enumerate(live):
             fi = feats[i]
@@ -259,6 +345,7 @@ class NLIConflictDetector:
         wording_only: bool = False,
         setting: str = "assistant.nli_model",
         what: str = "NLI model",
+        stored: ClaimVectorSource | None = None,
         **thresholds: Any,
     ):
         self.wording_only = wording_only  # leave pairs with comparable values or role holders to the rules
@@ -266,7 +353,7 @@ class NLIConflictDetector:
             thresholds["contradiction_threshold"] = contradiction_threshold
         if max_pairs is not None:
             thresholds["nli_max_pairs"] = max_pairs
-        self.rules = RuleConflictDetector(embedder, config, **thresholds)
+        self.rules = RuleConflictDetector(embedder, config, stored=stored, **thresholds)
         self.threshold = self.rules.thresholds.contradiction_threshold
         self.max_pairs = self.rules.thresholds.nli_max_pairs
         from tether.crossencoder import load_cross_encoder
@@ -378,7 +465,15 @@ class ClassifierConflictDetector(NLIConflictDetector):
     training run chose on the dev halves (``tether-detector.json`` in the model folder).
     """
 
-    def __init__(self, embedder, classifier: str | Path, config: ConflictsConfig | None = None, **thresholds: Any):
+    def __init__(
+        self,
+        embedder,
+        classifier: str | Path,
+        config: ConflictsConfig | None = None,
+        *,
+        stored: ClaimVectorSource | None = None,
+        **thresholds: Any,
+    ):
         threshold = (config or ConflictsConfig()).classifier_threshold
         if threshold is None:
             threshold = classifier_card(classifier).get("threshold", 0.5)
@@ -390,6 +485,7 @@ class ClassifierConflictDetector(NLIConflictDetector):
             wording_only=True,
             setting="conflicts.classifier",
             what="contradiction classifier",
+            stored=stored,
             **thresholds,
         )
         self.path = str(classifier)
@@ -412,14 +508,15 @@ def get_detector(
     config: ConflictsConfig | None = None,
     *,
     classifier: str | Path | None = None,
+    stored: ClaimVectorSource | None = None,
 ) -> ConflictDetector:
     """The rule detector; rules + a trained contradiction classifier when one is given (``classifier``,
     else ``conflicts.classifier``: a local folder, e.g. the promoted one); else rules + NLI when a
     local NLI cross-encoder path is given. ``config`` is the ``conflicts:`` section (``cfg.conflicts``;
-    None = defaults)."""
+    None = defaults). ``stored``: the claim vectors ingestion stored (``retrieval.ledger.ClaimVectorStore``)."""
     classifier = classifier or (config.classifier if config is not None else None)
     if classifier:
-        return ClassifierConflictDetector(embedder, classifier, config)
+        return ClassifierConflictDetector(embedder, classifier, config, stored=stored)
     if nli_model:
-        return NLIConflictDetector(embedder, nli_model, config)
-    return RuleConflictDetector(embedder, config)
+        return NLIConflictDetector(embedder, nli_model, config, stored=stored)
+    return RuleConflictDetector(embedder, config, stored=stored)
