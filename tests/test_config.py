@@ -107,7 +107,7 @@ def test_defaults_are_the_generators_own():
         ("hf", "device", "tpu", r"hf.device \('tpu'\) must be one of auto, cpu, cuda \(or cuda:N\)"),
         ("hf", "device", "cuda:x", r"hf.device \('cuda:x'\)"),
         ("hf", "dtype", "int3", r"hf.dtype \('int3'\) must be one of auto, float32, bfloat16, float16"),
-        ("hf", "quantize", "int4", r"hf.quantize \('int4'\) must be one of none, int8"),
+        ("hf", "quantize", "int4", r"hf.quantize \('int4'\) must be one of none, int8, quanto-int8, quanto-int4"),
         ("hf", "cache", "paged", r"hf.cache \('paged'\) must be one of auto, dynamic, static"),
         ("hf", "compile", "yes", r"hf.compile \('yes'\) must be auto, true or false"),
         ("hf", "compile", 1, r"hf.compile \('1'\) must be auto, true or false"),
@@ -139,6 +139,7 @@ def test_each_bad_hf_or_openai_value_is_one_clear_problem(tmp_path, section, key
         ({"quantize": "int8", "load_in_4bit": True}, "hf.quantize int8 is for the CPU"),
         ({"load_in_4bit": True, "device": "cpu"}, "hf.load_in_4bit needs a CUDA GPU"),
         ({"compile": True, "cache": "dynamic"}, "hf.compile true needs hf.cache static"),
+        ({"quantize": "quanto-int8", "load_in_4bit": True, "device": "cuda"}, "two quantizations"),
     ],
 )
 def test_hf_combinations_the_generator_refuses_are_caught_up_front(hf, message):

@@ -243,6 +243,56 @@ def test_int8_quantizes_the_linear_layers_and_still_decodes(tiny_dir, gen):
     assert len(list(q.tokens(ids, GenParams(max_new_tokens=8)))) == 8
 
 
+def test_quanto_int8_weights_keep_the_logits_and_decode(tiny_dir, gen):
+    import torch
+    from optimum.quanto.nn import QLinear
+
+    from assistant.generators.hf import HFGenerator
+
+    q = HFGenerator(tiny_dir, device="cpu", quantize="quanto-int8")
+    assert sum(isinstance(m, QLinear) for m in q.model.modules()) == 2 * 7  # q k v o gate up down per layer
+    assert type(q.model.lm_head) is torch.nn.Linear  # the head, tied to the embeddings, is kept
+    ids = gen.prompt_ids(MESSAGES)
+    with torch.inference_mode():
+        ref = gen.model(torch.tensor([ids])).logits[0, -1]
+    with q.no_grad():  # quanto's weights cannot run under inference_mode
+        got = q.model(torch.tensor([ids])).logits[0, -1]
+    assert torch.nn.functional.cosine_similarity(ref, got, dim=0) > 0.99
+    assert len(list(q.tokens(ids, GenParams(max_new_tokens=8)))) == 8
+    four = HFGenerator(tiny_dir, device="cpu", quantize="quanto-int4")
+    assert len(list(four.tokens(ids, GenParams(max_new_tokens=8)))) == 8
+
+
+def test_quanto_merges_an_adapter_first(tiny_dir, adapter_dir, gen):
+    import torch
+
+    from assistant.generators.hf import HFGenerator
+
+    tuned = HFGenerator(tiny_dir, adapter=adapter_dir, device="cpu")
+    q = HFGenerator(tiny_dir, adapter=adapter_dir, device="cpu", quantize="quanto-int8")
+    assert q.identity.adapter_hash == tuned.identity.adapter_hash
+    assert not any("lora" in name for name, _ in q.model.named_modules())
+    ids = gen.prompt_ids(MESSAGES)
+    with torch.inference_mode():
+        ref = tuned.model(torch.tensor([ids])).logits[0, -1]
+        base = gen.model(torch.tensor([ids])).logits[0, -1]
+    with q.no_grad():
+        got = q.model(torch.tensor([ids])).logits[0, -1]
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(ref, got, dim=0) > 0.99 and cos(ref, got, dim=0) > cos(base, got, dim=0)
+
+
+def test_quanto_without_the_package_is_a_clear_error(tiny_dir, monkeypatch):
+    import sys
+
+    from assistant.generators.hf import HFGenerator
+    from tether.errors import BackendUnavailable
+
+    monkeypatch.setitem(sys.modules, "optimum.quanto", None)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'tether\[quantize\]'"):
+        HFGenerator(tiny_dir, device="cpu", quantize="quanto-int8")
+
+
 def test_cache_compile_and_quantize_options_are_validated(tiny_dir):
     from assistant.generators.hf import HFGenerator
 
@@ -251,6 +301,8 @@ def test_cache_compile_and_quantize_options_are_validated(tiny_dir):
     assert len(err.value.problems) == 3
     with pytest.raises(ConfigError, match="compile=True needs cache='static'"):
         HFGenerator(tiny_dir, device="cpu", cache="dynamic", compile=True)
+    with pytest.raises(ConfigError, match="two quantizations"):
+        HFGenerator(tiny_dir, device="cpu", quantize="quanto-int8", load_in_4bit=True)
 
 
 # -- adapter, errors ------------------------------------------------------------------------------

@@ -357,7 +357,7 @@ class AssistantConfig:
 HF_DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 HF_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HF_CACHES = ("auto", "dynamic", "static")
-HF_QUANTIZE = ("none", "int8")
+HF_QUANTIZE = ("none", "int8", "quanto-int8", "quanto-int4")
 
 
 @dataclass(frozen=True)
@@ -372,7 +372,11 @@ class HFConfig:
         },
     )
     quantize: str = field(
-        default="none", metadata={"help": "none | int8 (dynamic int8 Linear layers; CPU only, no adapter)"}
+        default="none",
+        metadata={
+            "help": "none | int8 (torch dynamic int8 Linear layers; CPU only, no adapter) | quanto-int8 | quanto-int4 "
+            "(optimum-quanto weights, the LM head kept; an adapter is merged first; pip install 'tether[quantize]')"
+        },
     )
     load_in_4bit: bool = field(
         default=False, metadata={"help": "NF4 weights via bitsandbytes, bf16 compute (CUDA only)"}
@@ -426,6 +430,8 @@ class HFConfig:
             out.append(
                 "hf.quantize int8 is for the CPU without 4-bit: set hf.device: cpu and hf.load_in_4bit: false, or hf.quantize: none"
             )
+        if self.quantize.startswith("quanto-") and self.load_in_4bit:
+            out.append(f"hf.quantize {self.quantize} and hf.load_in_4bit are two quantizations: keep one")
         if self.load_in_4bit and device == "cpu":
             out.append("hf.load_in_4bit needs a CUDA GPU (bitsandbytes NF4): drop it, or set hf.device: auto or cuda")
         if self.compile is True and self.cache == "dynamic":

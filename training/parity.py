@@ -62,7 +62,7 @@ def parity_messages():
 def _hf_logits(gen, ids: Sequence[int]):
     import torch
 
-    with torch.inference_mode():
+    with gen.no_grad():
         return gen.model(input_ids=torch.tensor([list(ids)], device=gen.device)).logits[0].float().cpu().numpy()
 
 

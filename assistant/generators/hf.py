@@ -421,6 +421,24 @@ def _stop_cut(text: str, stops: Sequence[str]) -> tuple[int, bool]:
     return len(text) - hold, False
 
 
+def _quanto(model, quantize: str, *, merge: bool):
+    """``model`` with optimum-quanto int8/int4 weights in every Linear layer but the LM head (tied to the
+    embeddings in SmolLM2; quantizing it unties a 49k x 576 matrix for little memory); a PEFT model is
+    merged first, as quanto quantizes plain Linear layers."""
+    try:
+        from optimum.quanto import freeze, qint4, qint8
+        from optimum.quanto import quantize as quanto_quantize
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"hf.quantize {quantize!r} needs optimum-quanto: pip install 'tether[quantize]' (optimum-quanto==0.2.7)"
+        ) from exc
+    if merge:
+        model = model.merge_and_unload()
+    quanto_quantize(model, weights=qint8 if quantize == "quanto-int8" else qint4, exclude=["lm_head"])
+    freeze(model)
+    return model
+
+
 class HFGenerator:
     """A transformers causal LM from a local folder, streaming replies through our decode loop.
 
@@ -434,7 +452,9 @@ class HFGenerator:
             by the compiled step), "auto" (static when compiling, else dynamic).
         compile: compile the one-token decode step (torch.compile, CUDA graphs) on first use:
             "auto" = on CUDA only; True also on the CPU (slow first call); False never.
-        quantize: "int8": dynamic int8 quantization of every Linear layer (CPU only, no adapter).
+        quantize: "int8": dynamic int8 quantization of every Linear layer (CPU only, no adapter);
+            "quanto-int8" / "quanto-int4": optimum-quanto weight quantization of every Linear layer but
+            the LM head (activations stay in ``dtype``; an adapter is merged into the weights first).
         prefix_cache: keep the KV cache of the last prompt and reuse the part the next prompt shares
             with it (the system prompt and chat header are the same every turn); dynamic cache only.
         cad_batched: decode CAD's two rows in one batched forward per step (None: on CUDA only;
@@ -457,7 +477,7 @@ class HFGenerator:
         dtype: str = "auto",
         cache: Literal["auto", "dynamic", "static"] = "auto",
         compile: Literal["auto"] | bool = "auto",
-        quantize: Literal["none", "int8"] = "none",
+        quantize: Literal["none", "int8", "quanto-int8", "quanto-int4"] = "none",
         prefix_cache: bool = True,
         cad_batched: bool | None = None,
         no_repeat_ngram: int = 6,
@@ -491,6 +511,8 @@ class HFGenerator:
             problems.append(
                 "quantize='int8' is for the CPU without an adapter or 4-bit: use device='cpu', or drop quantize"
             )
+        if quantize.startswith("quanto-") and load_in_4bit:
+            problems.append(f"quantize={quantize!r} and load_in_4bit are two quantizations: keep one")
         if compile is True and cache == "dynamic":
             problems.append("compile=True needs cache='static' (or 'auto')")
         if problems:
@@ -543,6 +565,9 @@ class HFGenerator:
             a_hash = adapter_hash(adapter)
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         model.eval()
+        self.quantize = quantize
+        if quantize.startswith("quanto-"):
+            model = _quanto(model, quantize, merge=adapter is not None)
         if quantize == "int8":
             from torch.ao.quantization import quantize_dynamic
 
@@ -576,6 +601,13 @@ class HFGenerator:
             torch_dtype,
             self.load_ms,
         )
+
+    def no_grad(self):
+        """The context the model runs in: ``torch.inference_mode``, or ``torch.no_grad`` for quanto
+        weights (their autograd functions cannot run on inference tensors)."""
+        import torch
+
+        return torch.no_grad() if self.quantize.startswith("quanto-") else torch.inference_mode()
 
     @classmethod
     def from_config(cls, model_path: Path, adapter: Path | None, cfg: HFConfig) -> HFGenerator:
@@ -776,7 +808,7 @@ class HFGenerator:
         )
         t0 = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with self.no_grad():
                 seen = torch.tensor([rows[0]], dtype=torch.long, device=self.device)
                 logits = state.prefill()
                 for step in range(max_new):
