@@ -197,6 +197,71 @@ def test_a_run_stopped_between_stages_resumes_without_redoing_them(world, adapte
         assert sum(1 for m in store.list_models() if m.id == res.model_id) == 1
 
 
+def test_a_run_killed_during_sft_resumes_from_its_checkpoint(world, request):
+    """kill -9 of a real ``tether train adapt`` process in the middle of SFT: the same command then
+    resumes from the last checkpoint, reuses the rows already built and registers one model."""
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    from tests.test_cli_errors import TETHER
+
+    cfg = world["cfg"]
+    data = cfg.data_dir
+    (data / "tether.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "retrieval": {"chunk_size": 48, "chunk_overlap": 4},
+                "assistant": {"generator": "hf", "model": str(world["model"]), "max_new_tokens": 12},
+            }
+        ),
+        encoding="utf-8",
+    )
+    request.addfinalizer(lambda: (data / "tether.yaml").unlink(missing_ok=True))  # the module's other tests
+    out = world["tmp"] / "killed"
+    argv = [
+        str(TETHER), "--data-dir", str(data), "train", "adapt", "--out", str(out), "--base-model", str(world["model"]),
+        "--questions", "16", "--backtranslate", "2", "--conflicts", "2", "--counterfactuals", "2",
+        "--heldout", "0.2", "--gate-questions", "3", "--epochs", "6", "--sft-minutes", "3", "--preference", "none",
+        "--batch-size", "2", "--max-length", "4096", "--learning-rate", "5e-3", "--save-steps", "2",
+        "--lora-r", "4", "--device", "cpu", "--no-promote",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    ckpts = out / "runs" / "sft" / "checkpoints"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not (ckpts.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpts.iterdir())):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no SFT checkpoint within 10 minutes"
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint's files land, then die mid-training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((out / "adapt.json").read_text())
+    assert "sft" not in state["stages"] and {"questions", "sft-data"} <= set(state["stages"])
+    rows = (out / "data" / "examples.jsonl").read_text()
+    stamp = os.stat(out / "data" / "examples.jsonl").st_mtime_ns
+
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=900)
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    state = json.loads((out / "adapt.json").read_text())
+    assert {"questions", "sft-data", "sft"} <= set(state["stages"]), state["stages"].keys()
+    resumed = state["stages"]["sft"]["resumed_from"]
+    assert resumed and Path(resumed).name.startswith("checkpoint-"), state["stages"]["sft"]
+    assert os.stat(out / "data" / "examples.jsonl").st_mtime_ns == stamp  # the rows were reused
+    assert (out / "data" / "examples.jsonl").read_text() == rows
+    model_id = state["stages"]["sft"]["model_id"]
+    with TrainingStore.open(cfg.db_path) as store:
+        models = [m for m in store.list_models() if str(m.path).startswith(str(out.resolve()))]
+        assert [m.id for m in models] == [model_id]  # one row: the killed run registered nothing
+
+
 def test_settings_are_checked_up_front(world):
     from tether.errors import ConfigError
 
