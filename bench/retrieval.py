@@ -89,6 +89,8 @@ from bench.retrieval_pipes import (  # noqa: E402
     PlainPipe,
     TetherPipe,
     VectorCache,
+    ingest_in_turn,
+    loadavg,
     token_counter_truncates,
 )
 
@@ -118,13 +120,6 @@ def pct(values: Sequence[float], q: float) -> float:
     import numpy as np
 
     return float(np.percentile(np.asarray(values, dtype=float), q)) if values else float("nan")
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 # --- query measurement ------------------------------------------------------------------------
@@ -390,27 +385,22 @@ def run_scale_measured(
     if not args.skip_plain_ingest:
         pipes["plain"] = PlainPipe(work / "plain", model_path)
     names = list(pipes)
-    per_shard: dict[str, list[dict]] = {n: [] for n in names}
-    for i, folder in enumerate(shards):
-        r = i % len(names)
-        for name in names[r:] + names[:r]:
-            pipe = pipes[name]
-            res = pipe.ingest([folder]) if name != "plain" else pipe.ingest(folder)
-            res["chunks_per_s"] = res["chunks"] / res["seconds"]
-            res["loadavg"] = loadavg()
-            per_shard[name].append(res)
-            log.info(
-                "%s: %s shard %d/%d: %d chunks in %.1fs (%.1f chunks/s), load %s",
-                label,
-                name,
-                i + 1,
-                len(shards),
-                res["chunks"],
-                res["seconds"],
-                res["chunks_per_s"],
-                res["loadavg"],
-            )
+
+    def after(i: int, name: str, res: dict) -> None:
+        log.info(
+            "%s: %s shard %d/%d: %d chunks in %.1fs (%.1f chunks/s), load %s",
+            label,
+            name,
+            i + 1,
+            len(shards),
+            res["chunks"],
+            res["seconds"],
+            res["chunks_per_s"],
+            res["loadavg"],
+        )
         cache.save()
+
+    per_shard = ingest_in_turn(pipes, shards, after)
     for name, pipe in pipes.items():
         rates = [x["chunks_per_s"] for x in per_shard[name]]
         sc["ingest"][name] = {

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -205,6 +206,32 @@ class BenchEmbedder:
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def ingest_in_turn(pipes: dict[str, Any], shards: Sequence[Path], after=None) -> dict[str, list[dict]]:
+    """Every pipeline ingests every shard, the order rotating from shard to shard so that load from other
+    work hits them alike; per pipeline, one result per shard (chunks, seconds, chunks_per_s, loadavg).
+    ``after(shard_index, name, result)`` is called after each ingest."""
+    names = list(pipes)
+    per_shard: dict[str, list[dict]] = {n: [] for n in names}
+    for i, folder in enumerate(shards):
+        r = i % len(names)
+        for name in names[r:] + names[:r]:
+            pipe = pipes[name]
+            res = pipe.ingest([folder]) if name != "plain" else pipe.ingest(folder)
+            res["chunks_per_s"] = res["chunks"] / res["seconds"]
+            res["loadavg"] = loadavg()
+            per_shard[name].append(res)
+            if after is not None:
+                after(i, name, res)
+    return per_shard
 
 
 def token_counter_truncates(embedder) -> dict[str, Any]:
