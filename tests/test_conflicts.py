@@ -523,6 +523,21 @@ def test_without_ingest_vectors_the_store_is_a_persistent_cache(embedder, tmp_pa
     searcher.close()
 
 
+def test_a_broken_claim_vector_store_does_not_stop_detection(handbook_searcher, embedder):
+    import sqlite3
+
+    class Locked:
+        def lookup(self, hashes):
+            raise sqlite3.OperationalError("database is locked")
+
+        def keep(self, rows):
+            raise sqlite3.OperationalError("database is locked")
+
+    hits = handbook_searcher.search("What is the daily meal allowance for a business trip inside the EU?", k=8)
+    det = RuleConflictDetector(embedder, stored=Locked())
+    assert det.detect(hits) == RuleConflictDetector(embedder).detect(hits) and det.embedded > 0
+
+
 # -- the NLI detector (tiny random cross-encoder: proves the wiring, not the quality) -------------
 
 

@@ -3,10 +3,9 @@
 A rule hit only counts when the two claims are about the same subject: they share key terms and their
 MiniLM embeddings are similar. Embeddings are needed only for claims that a rule flagged: they come
 from the LRU (per passage id and text hash, so a warm ``detect`` costs a few milliseconds), else from
-the vectors ingestion stored for every claim a rule can flag (``stored``, a ``ClaimVectorSource``:
-``retrieval.ledger.ClaimVectorStore``; ``claim_vector_rows`` makes them), else from one embedding
-pass each, which ``stored`` then keeps (so with ``conflicts.vectors_at_ingest`` off it is a persistent
-cache: only the first detection on a passage ever embeds).
+the vectors kept in ``tether.db`` (``stored``, a ``ClaimVectorSource``: ``retrieval.ledger.ClaimVectorStore``),
+else from one embedding pass each, which ``stored`` then keeps: only the first detection on a passage
+ever embeds. With ``conflicts.vectors_at_ingest`` ingestion makes them beforehand (``claim_vector_rows``).
 
 Claims from the same document are paired only when they are near-duplicates (similarity at least
 ``same_document_similarity``): a policy that lists a rate for weekdays and another for weekends is
@@ -154,7 +153,7 @@ class RuleConflictDetector:
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0  # not in the LRU
-        self.stored_hits = 0  # ... but stored at ingest
+        self.stored_hits = 0  # ... but kept in tether.db
         self.embedded = 0  # ... nor stored: embedded here
 
     # vectors ---------------------------------------------------------------------------------
@@ -164,7 +163,7 @@ class RuleConflictDetector:
         return (c.passage_id or c.source, claim_hash(c.text))
 
     def vectors(self, claims: Sequence[Claim]) -> dict[tuple[str, str], np.ndarray]:
-        """Unit vectors of the claims: from the LRU, else stored at ingest, else embedded one by one."""
+        """Unit vectors of the claims: from the LRU, else kept in ``stored``, else embedded one by one (and kept)."""
         out: dict[tuple[str, str], np.ndarray] = {}
         missing: dict[tuple[str, str], str] = {}
         with self._lock:
@@ -181,7 +180,11 @@ class RuleConflictDetector:
             self.cache_misses += len(missing)
             found: dict[tuple[str, str], np.ndarray] = {}
             if self.stored is not None:
-                by_hash = self.stored.lookup([h for _, h in missing])
+                try:
+                    by_hash = self.stored.lookup([h for _, h in missing])
+                except sqlite3.Error as exc:  # a cache: detection goes on without it
+                    log.warning("could not read the kept claim vectors: %s", exc)
+                    by_hash = {}
                 dim = getattr(self.embedder, "dim", None)
                 found = {
                     key: by_hash[key[1]]
