@@ -824,7 +824,6 @@ def test_adapt_runs_in_the_background_and_its_result_is_shown(home, tmp_path_fac
     """The Admin page's adapt job for real, as the page launches it (a detached process), on a tiny
     random base model: it records its stages as steps, ends done with the model it registered, and
     a fresh session lists it with its result."""
-    import time
 
     from app.ui import jobs
     from tests.tiny_llm import make_tiny_llm
@@ -850,16 +849,9 @@ def test_adapt_runs_in_the_background_and_its_result_is_shown(home, tmp_path_fac
         "output_dir": str(Path(home) / "models" / "adapt-app-test"),
     }
     jobs.launch(home, jobs.ADAPT, settings)
-    deadline = time.monotonic() + 400
-    while True:
-        with TrainingStore.open(home / "tether.db") as store:
-            rows = [j for j in store.list_jobs() if j["method"] == "adapt"]
-            models = {m.id for m in store.list_models()}
-        if rows and rows[0]["status"] in ("done", "failed", "interrupted"):
-            break
-        assert time.monotonic() < deadline, rows
-        time.sleep(1)
-    job = rows[0]
+    job = _wait_job(home, "adapt", timeout=400)
+    with TrainingStore.open(home / "tether.db") as store:
+        models = {m.id for m in store.list_models()}
     console = Path(settings["output_dir"]) / "console.log"
     assert job["status"] == "done", (job, console.read_text()[-3000:] if console.exists() else "")
     assert job["step"] == job["total_steps"] == 6  # one step per stage
