@@ -115,7 +115,7 @@ def main() -> int:
 
     from assistant.generators.base import GenParams
     from assistant.generators.hf import common_prefix
-    from training.parity import _hf_logits, parity_messages
+    from training.parity import hf_logits, parity_messages, teacher_forced_agreement
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -148,14 +148,7 @@ def main() -> int:
         log.info("prompt %d/%d (%d tokens) done", i + 1, len(prompts), len(p))
     ref = outs["fp32"]
     for v in variants:
-        agree = total = 0
-        for p, r in zip(prompts, ref):
-            if not r:
-                continue
-            logits = _hf_logits(gens[v], list(p) + r[:-1])
-            preds = logits[len(p) - 1 : len(p) - 1 + len(r)].argmax(-1)
-            agree += int(sum(int(a) == b for a, b in zip(preds, r)))
-            total += len(r)
+        agreement = teacher_forced_agreement(lambda ids, g=gens[v]: hf_logits(g, ids), prompts, ref)
         report[v].update(
             {
                 "exact_outputs": sum(o == r for o, r in zip(outs[v], ref)),
@@ -163,7 +156,7 @@ def main() -> int:
                 "mean_prefix_share": round(
                     statistics.fmean(common_prefix(o, r) / max(1, len(r)) for o, r in zip(outs[v], ref)), 3
                 ),
-                "teacher_forced_agreement": round(agree / total, 4) if total else None,
+                "teacher_forced_agreement": round(agreement, 4),
                 "first_token_ms_median": round(statistics.median(ttft[v]), 1),
                 "decode_ms_per_token_median": round(statistics.median(per_tok[v]), 1) if per_tok[v] else None,
                 "sample_output": gens[v].tokenizer.decode(outs[v][-1]),

@@ -59,11 +59,25 @@ def parity_messages():
     return [build_messages(q, [PromptSource(title=t, text=x) for t, x in srcs]) for q, srcs in PARITY_PROMPTS]
 
 
-def _hf_logits(gen, ids: Sequence[int]):
+def hf_logits(gen, ids: Sequence[int]):
     import torch
 
     with gen.no_grad():
         return gen.model(input_ids=torch.tensor([list(ids)], device=gen.device)).logits[0].float().cpu().numpy()
+
+
+def teacher_forced_agreement(logits_of, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]) -> float:
+    """Fed each reference output after its prompt, how often the model's argmax (``logits_of(ids)``:
+    [positions, vocab]) is the reference's next token, over all generated positions (1.0 when none)."""
+    agree = total = 0
+    for p, r in zip(prompts, outputs):
+        if not r:
+            continue
+        logits = logits_of(list(p) + list(r[:-1]) if len(r) > 1 else list(p))
+        preds = logits[len(p) - 1 : len(p) - 1 + len(r)].argmax(-1)
+        agree += int(sum(int(a) == b for a, b in zip(preds, r)))
+        total += len(r)
+    return agree / total if total else 1.0
 
 
 def check_parity(
@@ -99,21 +113,13 @@ def check_parity(
             logits_of = gen.logits
         else:
             gen = HFGenerator(folder, device="cpu")
-            logits_of = lambda ids, g=gen: _hf_logits(g, ids)  # noqa: E731
+            logits_of = lambda ids, g=gen: hf_logits(g, ids)  # noqa: E731
         mine = [gen.prompt_ids(m) for m in parity_messages()]
         same_prompt = mine == prompts  # the same chat template and tokenizer
         outs = [list(gen.tokens(p, params)) for p in prompts]
         exact = sum(o == r for o, r in zip(outs, ref_out))
         prefix = [(common_prefix(o, r) / max(1, len(r))) for o, r in zip(outs, ref_out)]
-        agree = total = 0
-        for p, r in zip(prompts, ref_out):
-            if not r:
-                continue
-            logits = logits_of(list(p) + r[:-1] if len(r) > 1 else list(p))
-            preds = logits[len(p) - 1 : len(p) - 1 + len(r)].argmax(-1)
-            agree += int(sum(int(a) == b for a, b in zip(preds, r)))
-            total += len(r)
-        tf = agree / total if total else 1.0
+        tf = teacher_forced_agreement(logits_of, prompts, ref_out)
         criterion = CRITERIA[fmt]
         passed = same_prompt and (exact == len(prompts) if criterion == "exact" else tf >= tolerance)
         report["variants"][fmt] = {
