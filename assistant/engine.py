@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from assistant.answerability import Verdict, judge, windows
 from assistant.citations import NLIJudge, supports, verify_citations
 from assistant.conflict_answering import conflict_statement, drop_overridden, names_conflict, prompt_notes
 from assistant.consistency import check_consistency
@@ -337,6 +338,13 @@ class ChatEngine:
         if not passages or self.best_relevance(question, passages) < self.cfg.assistant.min_relevance:
             return Context(question, tuple(passages), refuse=True)
         claims = found.claims_by_passage()
+        if self.cfg.assistant.answerability:
+            verdict, holder = self.answerability(question, passages)
+            if not verdict.answerable:
+                log.info("refused as unanswerable: %s", verdict.reason)
+                return Context(question, tuple(passages), refuse=True)
+            if holder is not None:  # the sentence stating the asked value is shown to the model
+                claims.setdefault(holder, []).append(verdict.evidence)
         shown = self.focus(question, passages, keep=set(claims))
         numbers = {h.id: n for n, h in enumerate(shown, start=1)}
         chosen = found.chosen()
@@ -700,6 +708,16 @@ class ChatEngine:
             picked += sorted(forced - {t for _, t in scored})  # a claim the splitter cut differently
             out.append(" ".join(_clip(t, 60) for t in picked) or _clip(h.text, 60))
         return out
+
+    def answerability(self, question: str, passages: Sequence[SearchHit]) -> tuple[Verdict, str | None]:
+        """The answerability check (``assistant/answerability.py``) over the engine's ranked sentences:
+        the verdict and the id of the passage holding its evidence sentence (None without one)."""
+        per = [self._scored_sentences(question, h) for h in passages]
+        ranked = [(sc, p, i) for p, scored in enumerate(per) for i, (sc, _) in enumerate(scored)]
+        texts = [[t for _, t in scored] for scored in per]
+        verdict = judge(question, windows(ranked, texts, depth=self.cfg.assistant.answerability_depth, follow=2))
+        holder = next((h.id for h, t in zip(passages, texts) if verdict.evidence in t), None)
+        return verdict, holder
 
     def best_relevance(self, question: str, passages: Sequence[SearchHit]) -> float:
         """The best sentence score over the passages (the extractive answerer's relevance measure)."""

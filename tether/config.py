@@ -231,6 +231,16 @@ class AssistantConfig:
             "help": "refuse without generating when no retrieved sentence scores this close to the question (cosine + 0.25 x shared words)"
         },
     )
+    answerability: bool = field(
+        default=True,
+        metadata={
+            "help": "refuse, with every generator, a question that asks for a number, a limit or a version when none "
+            "of the answerability_depth sentences closest to it (or the two after each) states one (assistant/answerability.py)"
+        },
+    )
+    answerability_depth: int = field(
+        default=5, metadata={"help": "how many of the best-ranked sentences the answerability check reads"}
+    )
     conflicts: bool = field(default=True, metadata={"help": "detect contradicting claims among the retrieved passages"})
     conflict_policy: str = field(
         default="prefer-official",
@@ -321,6 +331,8 @@ class AssistantConfig:
             out.append(
                 f"assistant.min_relevance ({self.min_relevance}) must be between 0 and 2 (0 = never refuse for low relevance)"
             )
+        if not 1 <= self.answerability_depth <= 50:
+            out.append(f"assistant.answerability_depth ({self.answerability_depth}) must be between 1 and 50")
         if self.conflict_policy not in CONFLICT_POLICIES:
             out.append(
                 f"--policy / assistant.conflict_policy ({self.conflict_policy!r}) must be one of {', '.join(CONFLICT_POLICIES)}"

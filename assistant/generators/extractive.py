@@ -4,17 +4,21 @@ question and joins them, each with its citation.
 Sentences are scored by embedding similarity with the question plus a lexical bonus for shared
 content words (numbers and names matter in policies), chosen with MMR so the answer does not
 repeat itself, and ordered as they appear in the ranked passages. Below the relevance threshold
-it refuses. It is also the announced fallback when no LLM can be loaded.
+it refuses, and when the question asks for a number, a limit or a version that none of the best
+sentences (or the two after each) states (``assistant.answerability``); the sentence that states it
+then joins the answer. It is also the announced fallback when no LLM can be loaded.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from assistant.answerability import judge, windows
 from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
 from assistant.prompts import REFUSAL
 from retrieval.search import SearchHit
@@ -22,6 +26,8 @@ from tether.config import AssistantConfig, ExtractiveSection, TetherConfig
 from tether.errors import ConfigError
 from tether.text.sentences import heading_prefix, split_sentences
 from tether.text.terms import LEXICAL_WEIGHT, lexical_overlap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class ExtractiveConfig:
     keep_ratio: float = ExtractiveSection.keep_ratio  # later sentences must score at least this share of the best
     mmr_lambda: float = ExtractiveSection.mmr_lambda
     lexical_weight: float = LEXICAL_WEIGHT
+    answerability: bool = AssistantConfig.answerability  # refuse a typed question no close sentence answers
+    answerability_depth: int = AssistantConfig.answerability_depth
 
     @classmethod
     def from_config(cls, cfg: TetherConfig) -> ExtractiveConfig:
@@ -46,6 +54,8 @@ class ExtractiveConfig:
             min_relevance=cfg.assistant.min_relevance,
             keep_ratio=e.keep_ratio,
             mmr_lambda=e.mmr_lambda,
+            answerability=cfg.assistant.answerability,
+            answerability_depth=cfg.assistant.answerability_depth,
         )
 
 
@@ -103,6 +113,11 @@ class ExtractiveAnswerer:
         best = float(relevance.max())
         if best < cfg.min_relevance:
             return REFUSAL, True
+        evidence = None
+        if cfg.answerability:
+            evidence = self.evidence(question, cands, relevance)
+            if evidence is None:
+                return REFUSAL, True
         chosen: list[int] = []
         while len(chosen) < cfg.max_sentences:
             scores = []
@@ -116,6 +131,8 @@ class ExtractiveAnswerer:
             if scores[pick] == -np.inf:
                 break
             chosen.append(pick)
+        if evidence is not None and evidence >= 0 and evidence not in chosen:
+            chosen = chosen[:1] + [evidence] + chosen[1 : cfg.max_sentences - 1]  # the sentence stating the value
         # the best sentence leads; the others follow in passage rank and reading order
         chosen = chosen[:1] + sorted(chosen[1:], key=lambda i: (cands[i][0], cands[i][1]))
         parts = []
@@ -128,3 +145,21 @@ class ExtractiveAnswerer:
             sentence = sentence.rstrip(".!?:;, ")
             parts.append(f"{sentence} [{n}]{end}")
         return " ".join(parts), False
+
+    def evidence(self, question: str, cands: Sequence[tuple[int, int, str]], relevance: np.ndarray) -> int | None:
+        """The answerability check (``assistant.answerability``) over the candidates: the index of the
+        candidate stating the value the question asks for, -1 when the question asks for no typed value,
+        None when none of the best ``answerability_depth`` (with the two after each) states one."""
+        by_passage: dict[int, list[int]] = {}
+        for i, (n, _, _) in enumerate(cands):
+            by_passage.setdefault(n, []).append(i)
+        position = {i: (n, j) for n, idx in by_passage.items() for j, i in enumerate(idx)}
+        texts = {n: [cands[i][2] for i in idx] for n, idx in by_passage.items()}
+        ranked = [(float(relevance[i]), *position[i]) for i in range(len(cands))]
+        verdict = judge(question, windows(ranked, texts, depth=self.config.answerability_depth, follow=2))
+        if not verdict.answerable:
+            log.info("extractive: refused as unanswerable: %s", verdict.reason)
+            return None
+        if verdict.evidence is None:
+            return -1
+        return next(i for i, c in enumerate(cands) if c[2] == verdict.evidence)
