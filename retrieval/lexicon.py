@@ -136,7 +136,8 @@ _REQUIRED = (
     "subject_verbs",
     "subject_determiners",
 )
-POLARITY_LABELS = ("prohibited", "optional", "required", "allowed")
+# modal labels, then the lifecycle of a feature or setting (release notes and manuals state changes so)
+POLARITY_LABELS = ("not-default", "default", "removed", "deprecated", "prohibited", "optional", "required", "allowed")
 
 
 def _words(value: Any, key: str, problems: list[str]) -> tuple[str, ...]:

@@ -95,6 +95,34 @@ def hit(a: str, b: str):
             "polarity",
             ("required", "optional"),
         ),
+        (
+            "The compact index format becomes the default.",
+            "The compact index format was slow on large trees, so it has been demoted from the default.",
+            "polarity",
+            "polarity",
+            ("default", "not-default"),
+        ),
+        (
+            "The legacy sync command can be used to mirror a repository over the sync command protocol.",
+            "The legacy sync command has been removed; use the mirror tool.",
+            "polarity",
+            "polarity",
+            ("allowed", "removed"),
+        ),
+        (
+            "The old option syntax of the export command is deprecated and will be removed in a later release.",
+            "The old option syntax of the export command was deprecated for two releases and is now removed.",
+            "polarity",
+            "polarity",
+            ("deprecated", "removed"),
+        ),
+        (
+            "Release 3 was supposed to make the compact index format the default, but it didn't.",
+            "The compact index format is the default.",
+            "polarity",
+            "polarity",
+            ("not-default", "default"),
+        ),
     ],
 )
 def test_rules_find_each_kind(a, b, kind, value_type, values):
@@ -141,6 +169,14 @@ def test_rules_find_each_kind(a, b, kind, value_type, values):
             "Policy owner: Femke Visser, Procurement Manager.",
         ),  # each document's own owner
         ("Effective date: 1 June 2024.", "Effective date: 1 February 2024."),  # document metadata
+        (
+            "The compact index format is now the default.",
+            "The compact index format has become the default for new repositories.",
+        ),  # the same state, said twice
+        (
+            "The legacy sync command has been removed.",
+            "The mirror command can be used to copy a repository.",
+        ),  # another feature
     ],
 )
 def test_look_alikes_are_not_conflicts(a, b):

@@ -219,8 +219,17 @@ def test_the_shipped_lexicon_loads_once_and_typed():
     lex = lexicon()
     assert isinstance(lex, Lexicon) and lexicon() is lex
     assert {"the", "must"} <= set(lex.stop_words) | {"the", "must"} and "officer" in lex.role_heads
-    assert [label for label, _ in lex.polarity] == ["prohibited", "optional", "required", "allowed"]
-    assert lex.polarity[0][1].search("Smoking is not permitted.") and len(lex.contrast_groups) >= 5
+    assert [label for label, _ in lex.polarity] == [
+        "not-default",
+        "default",
+        "removed",
+        "deprecated",
+        "prohibited",
+        "optional",
+        "required",
+        "allowed",
+    ]
+    assert dict(lex.polarity)["prohibited"].search("Smoking is not permitted.") and len(lex.contrast_groups) >= 5
     assert frozenset(("allowed", "prohibited")) in lex.opposed
 
 

@@ -295,8 +295,12 @@ def _clean_role(raw: str) -> str:
     return role if role.lower() not in ("", "of") else raw
 
 
+_PRONOUN_SUBJECT = re.compile(r"\s*,?\s*(?:it|they|this|these|which|that)\b", re.I)
+
+
 def polarity_of(text: str) -> frozenset[str]:
-    """The modal labels of a text: allowed | prohibited | required | optional."""
+    """The modal and lifecycle labels of a text: allowed | prohibited | required | optional |
+    default | not-default | removed | deprecated (``retrieval/lexicon.yaml``)."""
     lex = lexicon()
     out = set()
     rest = lex.restricted.sub(" ", text)  # "may only ... when" is a condition, not a permission
@@ -304,6 +308,8 @@ def polarity_of(text: str) -> frozenset[str]:
         if pattern.search(rest):
             out.add(label)
             rest = pattern.sub(" ", rest)  # "not permitted" must not also read as "permitted"
+    if "removed" in out:
+        out.discard("deprecated")  # "deprecated for a while, and now removed": the later state holds
     return frozenset(out)
 
 
@@ -377,9 +383,18 @@ def claim_features(text: str) -> ClaimFeatures:
     polarity = polarity_of(text)
     polarity_terms = set()
     if polarity:
+        previous: frozenset[str] = frozenset()
         for clause in pat.clause_split.split(text):
-            if clause and polarity_of(clause):
-                polarity_terms |= terms(clause)
+            if not clause:
+                continue
+            own = terms(clause)
+            if polarity_of(clause):
+                polarity_terms |= own
+                if _PRONOUN_SUBJECT.match(clause):  # "..., so it has been demoted": the subject is before
+                    polarity_terms |= previous
+            previous = own
+        if not polarity_terms:  # the polarity wording spans a clause boundary ("was supposed to …, but")
+            polarity_terms = set(terms(text))
     values = [q for q in quantities if not (q.kind == "date" and q.unit == "year")]
     if lex.about_document.search(text):
         values = [q for q in values if q.kind != "date"]
