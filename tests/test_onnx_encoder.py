@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -104,6 +105,15 @@ def test_export_refuses_a_model_that_fails_parity(tmp_path):
         export_encoder(DEFAULT_EMBED_MODEL, out, min_cosine=1.01)
     assert not out.exists()
     assert list((tmp_path / "encoders").iterdir()) == []  # nothing half-written either
+
+
+def test_export_without_the_onnx_extra_names_the_fix(tmp_path, monkeypatch):
+    """A machine without the ``onnx`` package gets the extra to install, not an ImportError."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes ``import onnx`` raise ImportError
+    out = tmp_path / "encoders" / "no-onnx"
+    with pytest.raises(EncoderExportError, match=r"pip install 'tether\[onnx\]'"):
+        export_encoder(DEFAULT_EMBED_MODEL, out)
+    assert not out.exists()
 
 
 def test_encoder_selection(exported, tmp_path):
