@@ -96,6 +96,21 @@ def test_promote_refused_by_a_failing_gate_then_forced_then_rolled_back(world):
     # the same weights registered again: no regression against the served model -> promoted by the gate
     passed = promote(cfg, second, world["suite"])
     assert passed["gate"]["passed"] and not passed["forced"] and passed["previous_id"] == first
+    # each model carries the gate of its promotion, and `tether models list` prints it
+    gates = {m.id: m.gate for m in list_models(db)}
+    assert gates[first]["passed"] is False and gates[second]["passed"] is True and gates[world["onnx"]] is None
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    listed = CliRunner().invoke(app, ["--data-dir", str(cfg.data_dir), "models", "list"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    row = next(i for i, line in enumerate(lines) if second in line)
+    assert lines[row].startswith("*") and lines[row + 1].strip().startswith("gate passed: ")
+    assert "contains " in lines[row + 1] and " vs " in lines[row + 1]
+    first_row = next(i for i, line in enumerate(lines) if first in line)
+    assert lines[first_row + 1].strip().startswith("gate FAILED (forced): ") and "REGRESSED" in lines[first_row + 1]
 
     assert rollback(cfg) == first and promoted_model(cfg) == (world["model"], world["adapter"])
     assert rollback(cfg) is None and promoted_model(cfg) is None

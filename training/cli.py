@@ -467,6 +467,21 @@ def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
             f"{'*' if r.promoted else ' '} {r.id}  {r.kind:<9} {r.method or '-':<4} parent {r.parent_id or '-'}  {r.path}  "
             f"evals {len(r.eval_runs)}  {r.created_at}"
         )
+        if r.gate:
+            typer.echo(f"    gate {_gate_line(r.gate)}")
+
+
+def _gate_line(gate: dict) -> str:
+    """One line of a promotion's gate: verdict, then each metric as candidate vs baseline."""
+    parts = []
+    for row in gate.get("rows") or ():
+        cand, base = row.get("candidate"), row.get("baseline")
+        if cand is None:
+            continue
+        vs = f" vs {base:.3f}" if isinstance(base, int | float) else ""
+        parts.append(f"{row['metric'].split('.', 1)[-1]} {cand:.3f}{vs}{' REGRESSED' if row.get('regressed') else ''}")
+    verdict = "passed" if gate.get("passed") else "FAILED (forced)"
+    return f"{verdict}: " + ", ".join(parts) if parts else f"{verdict}: {gate.get('reason', '')}"
 
 
 def models_promote(

@@ -54,6 +54,7 @@ class ModelRecord:
     config: dict
     promoted: bool = False
     eval_runs: tuple[str, ...] = ()
+    gate: dict | None = None  # the gate of its latest promotion ({"passed", "reason", "rows"}), if ever promoted
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -188,6 +189,9 @@ def _record(db: sqlite3.Connection, row: sqlite3.Row, served: str | None) -> Mod
         r["run_id"]
         for r in db.execute("SELECT run_id FROM model_eval_runs WHERE model_id = ? ORDER BY rowid", (row["id"],))
     )
+    promotion = db.execute(
+        "SELECT gate_json FROM promotions WHERE model_id = ? ORDER BY id DESC LIMIT 1", (row["id"],)
+    ).fetchone()
     return ModelRecord(
         row["id"],
         row["kind"],
@@ -201,6 +205,7 @@ def _record(db: sqlite3.Connection, row: sqlite3.Row, served: str | None) -> Mod
         json.loads(row["config_json"]),
         row["id"] == served,
         runs,
+        json.loads(promotion["gate_json"]) if promotion and promotion["gate_json"] else None,
     )
 
 
