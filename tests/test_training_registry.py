@@ -189,3 +189,77 @@ def test_m004_training_schema():
             "INSERT INTO training_jobs (id, method, status, config_json, output_dir, log_path, created_at, updated_at)"
             " VALUES ('j', 'sft', 'exploded', '{}', 'o', 'l', 'now', 'now')"
         )
+
+
+def _adapt_run_yaml(passed: bool) -> str:
+    import yaml
+
+    verdict = {
+        "passed": passed,
+        "reason": "no regression" if passed else "answers.contains regressed",
+        "rows": [
+            {"metric": "answers.contains", "candidate": 0.31, "baseline": 0.25, "delta": 0.06, "regressed": False},
+            {
+                "metric": "grounding.groundedness",
+                "candidate": 0.84,
+                "baseline": 0.52,
+                "delta": 0.32,
+                "regressed": False,
+            },
+        ],
+    }
+    gate = {"model_id": "adapter-elsewhere", "promoted": passed, "suite": {"heldout": 20}, "gate": verdict}
+    return yaml.safe_dump({"adapt": {"base_model": "smollm2", "lora_r": 4}, "report": {"gate": gate}})
+
+
+def test_an_adapter_trained_elsewhere_is_added_once_and_served_on_its_recorded_gate(tmp_path):
+    """`tether models add FOLDER --serve-recorded` (what `make run` does with the shipped adapter):
+    registered once per weights, served on the gate its run.yaml records, but never over a registry
+    where an admin already promoted or rolled back."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from tether.config import load_config
+    from tether.db import connect
+    from tether.errors import TetherError
+    from training.registry import add_adapter, list_models, promoted_model, rollback
+
+    model = make_tiny_llm(tmp_path / "tiny")
+    shipped = make_lora_adapter(model, tmp_path / "shipped")
+    (shipped / "run.yaml").write_text(_adapt_run_yaml(passed=True))
+    data = tmp_path / "data"
+    cfg = load_config(data)
+
+    def tether(*args: str):
+        return CliRunner().invoke(app, ["--data-dir", str(data), "models", *args])
+
+    # user errors are TetherErrors: app/cli.py's main prints them as one line (tests/test_cli_errors.py)
+    res = tether("add", str(tmp_path / "tiny"), "--base", str(model))
+    assert isinstance(res.exception, TetherError) and "is not a PEFT adapter folder" in str(res.exception)
+    assert promoted_model(cfg) is None
+
+    res = tether("add", str(shipped), "--base", str(model), "--serve-recorded")
+    assert res.exit_code == 0, res.output
+    assert "registered adapter-" in res.output and "serving adapter-" in res.output
+    assert "contains 0.310 vs 0.250" in res.output
+    assert promoted_model(cfg) == (model.resolve(), shipped.resolve())
+    again, added = add_adapter(cfg, shipped, base=str(model))
+    assert not added
+    db_rows = list_models(connect(cfg.db_path))
+    assert [r.id for r in db_rows] == [again] and db_rows[0].method == "adapt" and db_rows[0].gate["recorded"]
+    listed = tether("list")
+    assert listed.output.splitlines()[0].startswith("*") and "gate passed: contains 0.310 vs 0.250" in listed.output
+
+    # new weights at the same path are a new model; after an admin's rollback nothing is served over it
+    assert rollback(cfg) is None
+    (shipped / "adapter_model.safetensors").write_bytes((shipped / "adapter_model.safetensors").read_bytes() + b" ")
+    res = tether("add", str(shipped), "--base", str(model), "--serve-recorded")
+    assert res.exit_code == 0 and "registered adapter-" in res.output and "not served" in res.output
+    assert promoted_model(cfg) is None
+
+    # a run that records a refused gate is never served on it
+    refused = make_lora_adapter(model, tmp_path / "refused")
+    (refused / "run.yaml").write_text(_adapt_run_yaml(passed=False))
+    res = tether("add", str(refused), "--base", str(model), "--serve-recorded")
+    assert isinstance(res.exception, TetherError) and "records no passed gate" in str(res.exception)
+    assert "models promote" in str(res.exception)

@@ -522,6 +522,40 @@ def models_promote(
     )
 
 
+def models_add(
+    ctx: typer.Context,
+    folder: Path = typer.Argument(..., help="a PEFT adapter folder (adapter_config.json, adapter_model.safetensors)"),
+    base: str | None = typer.Option(
+        None, "--base", help="the model it was trained on (default: its run.yaml's, else smollm2)"
+    ),
+    serve_recorded: bool = typer.Option(
+        False,
+        "--serve-recorded",
+        help="serve it on the gate its run.yaml records, when nothing was ever promoted here (what `make run` does "
+        "with the shipped adapter); otherwise gate it with `tether models promote ID --suite ...`",
+    ),
+    admin_password: str | None = ADMIN,
+) -> None:
+    """Register an adapter trained elsewhere (or the one Tether ships) so it can be gated and served."""
+    from training.registry import add_adapter, adopt_recorded, recorded_gate
+
+    cfg = load(ctx)
+    _admin(cfg, admin_password)
+    model_id, added = add_adapter(cfg, folder, base=base)
+    typer.echo(f"{'registered' if added else 'already registered'} {model_id}  {folder}")
+    if serve_recorded:
+        gate = recorded_gate(folder)
+        if gate is None:
+            raise TetherError(
+                f"{folder} records no passed gate (run.yaml report.gate): gate it with "
+                f"`tether models promote {model_id} --suite CASES` instead"
+            )
+        if adopt_recorded(cfg, model_id, gate):
+            typer.echo(f"serving {model_id} (gate recorded when it was trained: {_gate_line(gate)})")
+        else:
+            typer.echo("not served: a model was promoted (or rolled back) here before; `tether models promote` decides")
+
+
 def models_rollback(ctx: typer.Context, admin_password: str | None = ADMIN) -> None:
     """Undo the latest promotion: the previously promoted model (or the configured default) is served again."""
     from training.registry import rollback
@@ -546,10 +580,11 @@ def models_set_admin_password(
 
 
 def register(app: typer.Typer, models_app: typer.Typer) -> None:
-    """Add ``train`` (group), ``export`` and ``models list|promote|rollback|set-admin-password`` to the CLI."""
+    """Add ``train`` (group), ``export`` and ``models list|promote|add|rollback|set-admin-password`` to the CLI."""
     app.add_typer(train_app, name="train")
     app.command("export")(export_cmd)
     models_app.command("list")(models_list)
     models_app.command("promote")(models_promote)
+    models_app.command("add")(models_add)
     models_app.command("rollback")(models_rollback)
     models_app.command("set-admin-password")(models_set_admin_password)

@@ -582,6 +582,106 @@ def rollback(cfg: Any, *, user: str | None = None) -> str | None:
     return now
 
 
+# -- adapters trained elsewhere, and the shipped one ------------------------------------------------
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _weights_sha256(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in ADAPTER_WEIGHTS:
+        path = folder / name
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _run_yaml(folder: Path) -> dict[str, Any]:
+    """The ``run.yaml`` that describes an adapter folder: its own, or its run folder's (``runs/sft/``
+    holds ``adapter/`` and ``run.yaml`` side by side)."""
+    path = next((p for p in (folder / "run.yaml", folder.parent / "run.yaml") if p.is_file()), None)
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TetherError(f"{path} is not valid YAML ({exc}): restore the file the adapter was trained with") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def add_adapter(cfg: Any, folder: str | Path, *, base: str | None = None) -> tuple[str, bool]:
+    """Register a PEFT adapter folder trained elsewhere (another machine, a GPU box, or the one
+    Tether ships): (model id, whether it was added now). The same weights at the same path are
+    registered once. ``base``: the model it was trained on ("smollm2" or a checkpoint folder);
+    default: the ``base_model`` its ``run.yaml`` names, else "smollm2".
+
+    Raises:
+        TetherError: the folder holds no adapter, or the base model is missing.
+    """
+    from assistant.models import resolve_model
+
+    folder = Path(folder).expanduser().resolve()
+    if not (folder / "adapter_config.json").is_file() or not any((folder / n).is_file() for n in ADAPTER_WEIGHTS):
+        raise TetherError(
+            f"{folder} is not a PEFT adapter folder: it needs adapter_config.json and adapter_model.safetensors "
+            "(the adapter/ folder a `tether train sft|dpo|kto|adapt` run writes)"
+        )
+    run = _run_yaml(folder)
+    settings = run.get("adapt") or run.get("config") or {}
+    base_name = base or settings.get("base_model") or "smollm2"
+    base_path = resolve_model(str(base_name), Path(cfg.models_dir)).resolve()
+    digest = _weights_sha256(folder)
+    with TrainingStore.open(cfg.db_path) as store:
+        for row in store.db.execute(
+            "SELECT id, manifest_json FROM models WHERE kind = 'adapter' AND path = ? ORDER BY created_at",
+            (str(folder),),
+        ):
+            if json.loads(row["manifest_json"] or "{}").get("weights_sha256") == digest:
+                return row["id"], False
+        model_id = store.register(
+            kind="adapter",
+            path=str(folder),
+            base=str(base_path),
+            adapter=str(folder),
+            method="adapt" if "adapt" in run else str(run.get("method") or "sft"),
+            config=settings,
+            manifest={
+                "weights_sha256": digest,
+                "source": "added",
+                "run": {k: v for k, v in run.items() if k != "adapt"},
+            },
+            notes=f"added from {folder}",
+        )
+    log.info("registered the adapter %s as %s (base %s)", folder, model_id, base_path)
+    return model_id, True
+
+
+def recorded_gate(folder: str | Path) -> dict[str, Any] | None:
+    """The gate an adapter passed when it was trained (``report.gate`` of the ``run.yaml`` that
+    ``tether train adapt`` writes), or None when it records no passed promotion."""
+    gate = (_run_yaml(Path(folder)).get("report") or {}).get("gate") or {}
+    verdict = gate.get("gate") or {}
+    if not gate.get("promoted") or not verdict.get("passed"):
+        return None
+    return {**verdict, "recorded": True, "suite": gate.get("suite"), "baseline": gate.get("previous_id") or "default"}
+
+
+def adopt_recorded(cfg: Any, model_id: str, gate: dict[str, Any], *, user: str | None = None) -> bool:
+    """Serve ``model_id`` on the strength of the gate it passed when it was trained, but only on a
+    registry where nothing was ever promoted (an admin's promotion or rollback is never overridden).
+    True when it is served now."""
+    with TrainingStore.open(cfg.db_path) as store:
+        if store.db.execute("SELECT 1 FROM promotions LIMIT 1").fetchone():
+            return store.served_id() == model_id
+        store.record_promotion(model_id, None, forced=False, gate=gate, user=user or "shipped")
+    log.info("serving %s (gate recorded when it was trained: %s)", model_id, gate.get("reason"))
+    return True
+
+
 # -- trained cross-encoders: contradiction classifiers and rerankers -----------------------------------
 
 CROSS_ENCODER_KINDS = {
