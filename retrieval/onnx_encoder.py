@@ -78,6 +78,10 @@ PARITY_SENTENCES: tuple[str, ...] = (
 )
 
 
+# from this many batches on, embed_batch runs them side by side (a query or a short list stays in one session)
+SIDE_BY_SIDE_MIN_BATCHES = 4
+
+
 class EncoderExportError(TetherError):
     """The export failed its parity check, or the source model cannot be exported."""
 
@@ -213,6 +217,7 @@ class OnnxEmbedder:
         self._counter.no_padding()
         self._lock = threading.Lock()
         self._each: list | None = None  # single-threaded sessions for embed_each, made on first use
+        self.side_by_side_min = SIDE_BY_SIDE_MIN_BATCHES  # embed_batch: batches from which sessions run side by side
 
     def _run(self, texts: list[str]) -> np.ndarray:
         feeds = self._feeds(texts)
@@ -221,14 +226,31 @@ class OnnxEmbedder:
         return np.asarray(out, dtype=np.float32)
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Length-sorted batches of ``batch_size``; with more than a few batches (an ingest), they run
+        side by side on one single-threaded session per core, as ``embed_each`` does: a small
+        model's matrices are too small for intra-op threads to keep two cores busy."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         texts = list(texts)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo : lo + self.batch_size]
-            out[idx] = self._run([texts[i] for i in idx])
+        workers = self._workers() if len(batches) >= self.side_by_side_min else []
+        if len(workers) < 2:
+            for idx in batches:
+                out[idx] = self._run([texts[i] for i in idx])
+            return out
+
+        def run(w: int) -> None:
+            session = workers[w]
+            for idx in batches[w :: len(workers)]:  # sorted by length: every worker gets long and short ones
+                (vec,) = session.run(None, self._feeds([texts[i] for i in idx]))
+                out[idx] = vec
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(workers), thread_name_prefix="onnx-batch") as pool:
+            list(pool.map(run, range(len(workers))))
         return out
 
     def embed_query(self, text: str) -> np.ndarray:

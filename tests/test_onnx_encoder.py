@@ -89,6 +89,22 @@ def test_embed_each_gives_each_text_its_own_single_pass_vector(exported):
     assert enc.embed_each([]).shape == (0, 384)
 
 
+def test_many_batches_run_side_by_side_in_order(exported):
+    """An ingest-sized list runs its length-sorted batches on one session per core; the vectors come
+    back in the caller's order and equal those of the one-session path."""
+    _, report = exported
+    enc = OnnxEmbedder(report.out_dir / INT8_FILE, name=DEFAULT_EMBED_MODEL, batch_size=2)
+    texts = [f"{t} ({i})" * (1 + i % 3) for i, t in enumerate(HELD_OUT * 3)]  # 21 batches, mixed lengths
+    got = enc.embed_batch(texts)
+    assert enc._each is not None  # the side-by-side sessions were used
+    alone = OnnxEmbedder(report.out_dir / INT8_FILE, name=DEFAULT_EMBED_MODEL, batch_size=2)
+    alone.side_by_side_min = 10**9  # the one-session path
+    one = alone.embed_batch(texts)
+    assert alone._each is None
+    np.testing.assert_allclose(got, one, atol=1e-5)
+    assert np.sum(got * np.stack([enc.embed_query(t) for t in texts]), axis=1).min() > 0.97
+
+
 def test_token_counts_match_the_torch_embedder(exported, embedder):
     _, report = exported
     enc = OnnxEmbedder(report.out_dir / INT8_FILE, name=DEFAULT_EMBED_MODEL)
