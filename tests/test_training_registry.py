@@ -213,8 +213,7 @@ def _adapt_run_yaml(passed: bool) -> str:
 
 
 def test_an_adapter_trained_elsewhere_is_added_once_and_served_on_its_recorded_gate(tmp_path):
-    """`tether models add FOLDER --serve-recorded` (what `make run` does with the shipped adapter):
-    registered once per weights, served on the gate its run.yaml records, but never over a registry
+    """`tether models add FOLDER --serve-recorded`: registered once per weights, served on the gate its run.yaml records, but never over a registry
     where an admin already promoted or rolled back."""
     from typer.testing import CliRunner
 

@@ -531,12 +531,12 @@ def models_add(
     serve_recorded: bool = typer.Option(
         False,
         "--serve-recorded",
-        help="serve it on the gate its run.yaml records, when nothing was ever promoted here (what `make run` does "
-        "with the shipped adapter); otherwise gate it with `tether models promote ID --suite ...`",
+        help="serve it on the gate its run.yaml records (a `tether train adapt` run that passed), when nothing was "
+        "ever promoted here; otherwise gate it with `tether models promote ID --suite ...`",
     ),
     admin_password: str | None = ADMIN,
 ) -> None:
-    """Register an adapter trained elsewhere (or the one Tether ships) so it can be gated and served."""
+    """Register an adapter trained elsewhere (another machine, a GPU box) so it can be gated and served."""
     from training.registry import add_adapter, adopt_recorded, recorded_gate
 
     cfg = load(ctx)

@@ -169,6 +169,21 @@ def link_eval_run(db: sqlite3.Connection, model_id: str, run_id: str, role: str)
         )
 
 
+def find_adapter(db: sqlite3.Connection, path: str | Path, digest: str) -> str | None:
+    """The id of the adapter registered at ``path`` with weights hashing to ``digest`` (``add_adapter``), or None."""
+    for row in db.execute(
+        "SELECT id, manifest_json FROM models WHERE kind = 'adapter' AND path = ? ORDER BY created_at", (str(path),)
+    ):
+        if json.loads(row["manifest_json"] or "{}").get("adapter_hash") == digest:
+            return row["id"]
+    return None
+
+
+def ever_promoted(db: sqlite3.Connection) -> bool:
+    """Whether any promotion (rolled back or not) was ever recorded."""
+    return db.execute("SELECT 1 FROM promotions LIMIT 1").fetchone() is not None
+
+
 def _served_id(db: sqlite3.Connection) -> str | None:
     row = db.execute("SELECT model_id FROM promotions WHERE rolled_back_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
     return row["model_id"] if row else None
@@ -331,6 +346,12 @@ class TrainingStore:
         self, model_id: str, previous_id: str | None, *, forced: bool, gate: dict | None, user: str | None
     ) -> None:
         record_promotion(self.db, model_id, previous_id, forced=forced, gate=gate, user=user)
+
+    def find_adapter(self, path: str | Path, digest: str) -> str | None:
+        return find_adapter(self.db, path, digest)
+
+    def ever_promoted(self) -> bool:
+        return ever_promoted(self.db)
 
     def rollback_latest(self) -> str:
         return rollback_latest(self.db)
@@ -584,19 +605,6 @@ def rollback(cfg: Any, *, user: str | None = None) -> str | None:
 
 # -- adapters trained elsewhere, and the shipped one ------------------------------------------------
 
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def _weights_sha256(folder: Path) -> str:
-    h = hashlib.sha256()
-    for name in ADAPTER_WEIGHTS:
-        path = folder / name
-        if path.is_file():
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
-
 
 def _run_yaml(folder: Path) -> dict[str, Any]:
     """The ``run.yaml`` that describes an adapter folder: its own, or its run folder's (``runs/sft/``
@@ -614,14 +622,15 @@ def _run_yaml(folder: Path) -> dict[str, Any]:
 
 
 def add_adapter(cfg: Any, folder: str | Path, *, base: str | None = None) -> tuple[str, bool]:
-    """Register a PEFT adapter folder trained elsewhere (another machine, a GPU box, or the one
-    Tether ships): (model id, whether it was added now). The same weights at the same path are
+    """Register a PEFT adapter folder trained elsewhere (another machine, a GPU box): (model id,
+    whether it was added now). The same weights at the same path are
     registered once. ``base``: the model it was trained on ("smollm2" or a checkpoint folder);
     default: the ``base_model`` its ``run.yaml`` names, else "smollm2".
 
     Raises:
         TetherError: the folder holds no adapter, or the base model is missing.
     """
+    from assistant.generators.hf import ADAPTER_WEIGHTS, adapter_hash
     from assistant.models import resolve_model
 
     folder = Path(folder).expanduser().resolve()
@@ -634,14 +643,11 @@ def add_adapter(cfg: Any, folder: str | Path, *, base: str | None = None) -> tup
     settings = run.get("adapt") or run.get("config") or {}
     base_name = base or settings.get("base_model") or "smollm2"
     base_path = resolve_model(str(base_name), Path(cfg.models_dir)).resolve()
-    digest = _weights_sha256(folder)
+    digest = adapter_hash(folder)  # the hash eval runs record for the adapter they answered with
     with TrainingStore.open(cfg.db_path) as store:
-        for row in store.db.execute(
-            "SELECT id, manifest_json FROM models WHERE kind = 'adapter' AND path = ? ORDER BY created_at",
-            (str(folder),),
-        ):
-            if json.loads(row["manifest_json"] or "{}").get("weights_sha256") == digest:
-                return row["id"], False
+        known = store.find_adapter(folder, digest)
+        if known is not None:
+            return known, False
         model_id = store.register(
             kind="adapter",
             path=str(folder),
@@ -650,7 +656,7 @@ def add_adapter(cfg: Any, folder: str | Path, *, base: str | None = None) -> tup
             method="adapt" if "adapt" in run else str(run.get("method") or "sft"),
             config=settings,
             manifest={
-                "weights_sha256": digest,
+                "adapter_hash": digest,
                 "source": "added",
                 "run": {k: v for k, v in run.items() if k != "adapt"},
             },
@@ -675,7 +681,7 @@ def adopt_recorded(cfg: Any, model_id: str, gate: dict[str, Any], *, user: str |
     registry where nothing was ever promoted (an admin's promotion or rollback is never overridden).
     True when it is served now."""
     with TrainingStore.open(cfg.db_path) as store:
-        if store.db.execute("SELECT 1 FROM promotions LIMIT 1").fetchone():
+        if store.ever_promoted():
             return store.served_id() == model_id
         store.record_promotion(model_id, None, forced=False, gate=gate, user=user or "shipped")
     log.info("serving %s (gate recorded when it was trained: %s)", model_id, gate.get("reason"))
