@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -235,22 +235,16 @@ class OnnxEmbedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        workers = self._workers() if len(batches) >= self.side_by_side_min else []
-        if len(workers) < 2:
+        if len(batches) < self.side_by_side_min or len(self._workers()) < 2:
             for idx in batches:
                 out[idx] = self._run([texts[i] for i in idx])
             return out
 
-        def run(w: int) -> None:
-            session = workers[w]
-            for idx in batches[w :: len(workers)]:  # sorted by length: every worker gets long and short ones
-                (vec,) = session.run(None, self._feeds([texts[i] for i in idx]))
-                out[idx] = vec
+        def work(session: Any, idx: list[int]) -> None:
+            (vec,) = session.run(None, self._feeds([texts[i] for i in idx]))
+            out[idx] = vec
 
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(workers), thread_name_prefix="onnx-batch") as pool:
-            list(pool.map(run, range(len(workers))))
+        self._side_by_side(batches, work)  # sorted by length: every session gets long and short batches
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -264,20 +258,28 @@ class OnnxEmbedder:
         texts = list(texts)
         if len(texts) < 8:
             return np.stack([self.embed_query(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
-        workers = self._workers()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
 
+        def work(session: Any, i: int) -> None:
+            (vec,) = session.run(None, self._feeds([texts[i]]))
+            out[i] = vec[0]
+
+        self._side_by_side(range(len(texts)), work)
+        return out
+
+    def _side_by_side(self, jobs: Sequence[Any], work: Callable[[Any, Any], None]) -> None:
+        """``work(session, job)`` for every job, the jobs dealt in turn to the single-threaded sessions
+        of ``_workers``, one thread per session."""
+        workers = self._workers()
+
         def run(w: int) -> None:
-            session, feeds_of = workers[w], self._feeds
-            for i in range(w, len(texts), len(workers)):
-                (vec,) = session.run(None, feeds_of([texts[i]]))
-                out[i] = vec[0]
+            for job in jobs[w :: len(workers)]:
+                work(workers[w], job)
 
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(len(workers), thread_name_prefix="onnx-each") as pool:
+        with ThreadPoolExecutor(len(workers), thread_name_prefix="onnx") as pool:
             list(pool.map(run, range(len(workers))))
-        return out
 
     def _workers(self) -> list:
         """Single-threaded sessions over the same file, one per core (at most 4), made on first use."""
