@@ -35,7 +35,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 $(DATA)/models/encoders/all-MiniLM-L6-v2/manifest.json: | $(VENV)/.installed
 	$(BIN)/tether --data-dir $(DATA) models export-encoder
 
-install: $(VENV)/.installed $(DATA)/models/smollm2-135m-instruct/tether-model.json $(DATA)/models/encoders/all-MiniLM-L6-v2/manifest.json
+# exports SmolLM2 to ONNX with its KV cache once (greedy tokens checked against torch), so `tether ask`
+# and the app answer without importing torch (hf.runtime: auto)
+$(DATA)/models/smollm2-135m-instruct/onnx/tether-onnx.json: $(DATA)/models/smollm2-135m-instruct/tether-model.json
+	$(BIN)/tether --data-dir $(DATA) models export-generator
+
+install: $(VENV)/.installed $(DATA)/models/smollm2-135m-instruct/tether-model.json $(DATA)/models/encoders/all-MiniLM-L6-v2/manifest.json $(DATA)/models/smollm2-135m-instruct/onnx/tether-onnx.json
 
 install-dev: $(VENV)/.installed-dev
 

@@ -4,6 +4,7 @@ tether ask QUESTION          -> assistant.engine.ChatEngine.stream
 tether chat                  -> the same, turn after turn
 tether serve                 -> assistant.serve.serve
 tether models install|pull   -> assistant.models.install_smollm2 / pull_model
+tether models export-generator -> assistant.generators.onnx_lm.export_graph
 tether logs export           -> assistant.logstore.LogStore.export
 """
 
@@ -22,13 +23,14 @@ logs_app = typer.Typer(help="The conversation log.")
 
 
 def register(app: typer.Typer, models_app: typer.Typer) -> None:
-    """Add ``ask``, ``chat``, ``serve``, ``logs export`` and ``models install|pull``."""
+    """Add ``ask``, ``chat``, ``serve``, ``logs export`` and ``models install|pull|export-generator``."""
     app.command("ask")(ask)
     app.command("chat")(chat)
     app.command("serve")(serve)
     app.add_typer(logs_app, name="logs")
     models_app.command("install")(models_install)
     models_app.command("pull")(models_pull)
+    models_app.command("export-generator")(models_export_generator)
 
 
 def ask(
@@ -180,8 +182,7 @@ def serve(
     if limits.problems():
         raise ConfigError(limits.problems())
 
-    from assistant.engine import ChatEngine, promoted_model_paths
-    from assistant.generators.hf import HFGenerator
+    from assistant.engine import ChatEngine, hf_generator, promoted_model_paths
     from assistant.models import resolve_model
 
     cfg = load(ctx, collection=collection)
@@ -191,7 +192,7 @@ def serve(
     else:
         path = resolve_model(model or cfg.assistant.model, cfg.models_dir)
         chosen_adapter = adapter or (Path(cfg.assistant.adapter) if cfg.assistant.adapter else None)
-    generator = HFGenerator.from_config(path, chosen_adapter, cfg.hf)
+    generator = hf_generator(path, chosen_adapter, cfg.hf)
     engine = None
     if rag:
         # the grounded answers share the served model when the config's generator is hf; else its own
@@ -228,6 +229,21 @@ def models_install(
         raise TetherError(f"unknown shipped model {name!r}: the only one is 'smollm2'")
     path = install_smollm2(load(ctx).models_dir)
     typer.echo(str(path))
+
+
+def models_export_generator(
+    ctx: typer.Context,
+    model: str | None = typer.Option(
+        None, "--model", help="'smollm2' or a local checkpoint folder (default assistant.model)"
+    ),
+) -> None:
+    """Export the hf model to ONNX with its KV cache, parity-checked (greedy tokens equal to torch's);
+    `hf.runtime: auto` then answers on ONNX Runtime, without importing torch."""
+    from assistant.generators.onnx_lm import export_graph
+    from assistant.models import resolve_model
+
+    cfg = load(ctx)
+    typer.echo(str(export_graph(resolve_model(model or cfg.assistant.model, cfg.models_dir))))
 
 
 def models_pull(
@@ -324,6 +340,8 @@ def _print_sources(answer) -> None:
         meta = ", ".join(x for x in (h.date, h.authority) if x)
         typer.echo(f"  [{n}] {h.title} — {h.source}" + (f" ({meta})" if meta else "") + f" — {mark}")
     if answer.groundedness is not None:
+        g = answer.generator
+        on = f" on {g.runtime}" if g.runtime else ""
         typer.echo(
-            f"  groundedness {answer.groundedness:.2f} · {answer.generator.backend}:{answer.generator.model} · {answer.latency_ms['total']:.0f} ms"
+            f"  groundedness {answer.groundedness:.2f} · {g.backend}:{g.model}{on} · {answer.latency_ms['total']:.0f} ms"
         )

@@ -56,7 +56,7 @@ from assistant.prompts import (
 from assistant.resolution import Decision, resolve
 from assistant.types import Answer, Citation, Conversation, Rejected, Turn
 from retrieval.search import Searcher, SearchHit
-from tether.config import TetherConfig
+from tether.config import HFConfig, TetherConfig
 from tether.errors import BackendUnavailable, ConfigError
 from tether.text.quantities import missing_values
 from tether.text.sentences import citation_numbers, split_sentences, split_sentences_text, strip_citations
@@ -105,6 +105,26 @@ def promoted_classifier(cfg: TetherConfig, source: ModelSource | None) -> Path |
     return ask(cfg) if ask is not None else None
 
 
+def hf_generator(path: Path, adapter: Path | None, hf: HFConfig):
+    """The ``hf`` generator for checkpoint ``path`` (+ ``adapter``) on the runtime ``hf.runtime``
+    chooses (``onnx_lm.choose_runtime``): ONNX Runtime when the checkpoint's exported graph can
+    serve, else transformers on torch."""
+    from assistant.generators.onnx_lm import OnnxLM, choose_runtime
+
+    runtime, why = choose_runtime(hf, path, adapter)
+    log.info("hf generator on %s: %s", runtime, why)
+    if runtime == "onnx":
+        try:
+            return OnnxLM(path, no_repeat_ngram=hf.no_repeat_ngram, prefix_cache=hf.prefix_cache)
+        except BackendUnavailable as exc:
+            if hf.runtime == "onnx":
+                raise
+            log.warning("the ONNX graph of %s cannot load (%s); running it on torch", path, exc)
+    from assistant.generators.hf import HFGenerator
+
+    return HFGenerator.from_config(path, adapter, hf)
+
+
 def build_generator(cfg: TetherConfig, embedder, *, model_source: ModelSource | None = None):
     """(generator, fallback reason or None). The extractive answerer stands in, announced, when an LLM cannot load."""
     a = cfg.assistant
@@ -117,15 +137,14 @@ def build_generator(cfg: TetherConfig, embedder, *, model_source: ModelSource | 
             gen = OpenAIGenerator.from_config(cfg.openai)
             gen.models()  # fail now, while the extractive fallback can still stand in
             return gen, None
-        from assistant.generators.hf import HFGenerator
         from assistant.models import resolve_model
 
         promoted = promoted_model_paths(cfg, model_source)
         if promoted is not None:
             path, adapter = promoted
-            return HFGenerator.from_config(path, adapter, cfg.hf), None
-        path = resolve_model(a.model, cfg.models_dir)
-        return HFGenerator.from_config(path, Path(a.adapter) if a.adapter else None, cfg.hf), None
+        else:
+            path, adapter = resolve_model(a.model, cfg.models_dir), Path(a.adapter) if a.adapter else None
+        return hf_generator(path, adapter, cfg.hf), None
     except (BackendUnavailable, ImportError, OSError) as exc:
         if not a.fallback_to_extractive:
             raise

@@ -95,7 +95,9 @@ def test_defaults_are_the_generators_own():
 
     hf = inspect.signature(HFGenerator.__init__).parameters
     knobs = {n: p.default for n, p in hf.items() if n not in ("self", "model_path", "adapter")}
-    assert knobs == dataclasses.asdict(HFConfig())
+    # hf.runtime picks between HFGenerator and onnx_lm.OnnxLM (assistant.engine.hf_generator)
+    assert knobs == {k: v for k, v in dataclasses.asdict(HFConfig()).items() if k != "runtime"}
+    assert HFConfig().runtime == "auto"
     oa = inspect.signature(OpenAIGenerator.__init__).parameters
     assert (OpenAIConfig().timeout_s, OpenAIConfig().max_retries) == (oa["timeout"].default, oa["max_retries"].default)
     assert (OpenAIConfig().url, OpenAIConfig().model, OpenAIConfig().api_key) == (None, "tether", None)
@@ -109,6 +111,7 @@ def test_defaults_are_the_generators_own():
         ("hf", "dtype", "int3", r"hf.dtype \('int3'\) must be one of auto, float32, bfloat16, float16"),
         ("hf", "quantize", "int4", r"hf.quantize \('int4'\) must be one of none, int8, quanto-int8, quanto-int4"),
         ("hf", "cache", "paged", r"hf.cache \('paged'\) must be one of auto, dynamic, static"),
+        ("hf", "runtime", "tensorrt", r"hf.runtime \('tensorrt'\) must be one of auto, torch, onnx"),
         ("hf", "compile", "yes", r"hf.compile \('yes'\) must be auto, true or false"),
         ("hf", "compile", 1, r"hf.compile \('1'\) must be auto, true or false"),
         ("hf", "load_in_4bit", "no", r"hf.load_in_4bit must be true or false, got 'no'"),

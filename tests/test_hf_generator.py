@@ -140,7 +140,7 @@ def test_stop_string_ends_the_reply_and_is_never_streamed(gen):
 
 
 def test_multibyte_characters_are_never_split(gen):
-    from assistant.generators.hf import _Detokenizer
+    from assistant.generators.decoding import Detokenizer as _Detokenizer
 
     text = "Ω≈ç √ 😀 über 日本"
     ids = gen.tokenizer.encode(text, add_special_tokens=False)

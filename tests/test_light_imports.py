@@ -122,3 +122,34 @@ def test_torch_encoder_is_seen_by_the_check(light_home):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"torch", "sentence_transformers"} <= loaded
     assert json.loads(proc.stdout)[0]["source"] == "travel.md"
+
+
+def test_ask_with_an_exported_llm_imports_no_torch(light_home):
+    """``tether ask`` with the hf generator on a checkpoint that ``tether models export-generator``
+    exported answers on ONNX Runtime: no torch, no transformers; with ``hf.runtime: torch`` it does."""
+    from tests.tiny_llm import make_tiny_llm
+
+    data, tmp = light_home
+    model_dir = make_tiny_llm(tmp / "tiny-llm")
+    config = tmp / "llm.yaml"
+    config.write_text(
+        f"assistant:\n  generator: hf\n  model: {model_dir}\n  fallback_to_extractive: false\n  answerability: false\n"
+        "  min_relevance: 0.0\n",
+        encoding="utf-8",
+    )
+    export, _ = run_tether(data, "models", "export-generator", tmp=tmp, config=config)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert (model_dir / "onnx" / "model.onnx").is_file()
+    ask = ["ask", "Who approves business trips?", "--json"]
+    proc, loaded = run_tether(data, *ask, tmp=tmp, config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout)
+    assert answer["generator"]["runtime"] == "onnx" and answer["generator"]["backend"] == "hf"
+    assert "onnxruntime" in loaded
+    assert not loaded & HEAVY, f"tether ask on the exported model imported {sorted(loaded & HEAVY)}"
+    config.write_text(config.read_text(encoding="utf-8") + "hf:\n  runtime: torch\n", encoding="utf-8")
+    proc, loaded = run_tether(data, *ask, tmp=tmp, config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"torch", "transformers"} <= loaded
+    assert json.loads(proc.stdout)["answer"] == answer["answer"]  # the same reply from either runtime

@@ -370,12 +370,21 @@ HF_DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 HF_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HF_CACHES = ("auto", "dynamic", "static")
 HF_QUANTIZE = ("none", "int8", "quanto-int8", "quanto-int4")
+HF_RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
 class HFConfig:
     """How the ``hf`` generator loads and decodes its model (``assistant/generators/hf.py``)."""
 
+    runtime: str = field(
+        default="auto",
+        metadata={
+            "help": "what runs the model: auto (ONNX Runtime on the CPU when `tether models export-generator` has "
+            "exported it and nothing below needs torch: no adapter, quantize none, no 4-bit, restrict_numbers off, "
+            "no CUDA; else torch) | onnx (the export; an error when it cannot serve) | torch (transformers)"
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"})
     dtype: str = field(
         default="auto",
@@ -423,6 +432,23 @@ class HFConfig:
         },
     )
 
+    def torch_only(self) -> list[str]:
+        """The settings only the torch runtime serves (``runtime: auto`` picks torch for them)."""
+        out = []
+        if self.device.split(":")[0] == "cuda":
+            out.append(f"hf.device {self.device} (ONNX Runtime runs the model on the CPU here)")
+        if self.dtype not in ("auto", "float32"):
+            out.append(f"hf.dtype {self.dtype} (the export is float32)")
+        if self.quantize != "none":
+            out.append(f"hf.quantize {self.quantize}")
+        if self.load_in_4bit:
+            out.append("hf.load_in_4bit")
+        if self.compile is True or self.cache == "static":
+            out.append("hf.compile true / hf.cache static")
+        if self.restrict_numbers:
+            out.append("hf.restrict_numbers")
+        return out
+
     def problems(self) -> list[str]:
         out = []
         if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
@@ -436,6 +462,10 @@ class HFConfig:
             out.append(f"hf.quantize ({self.quantize!r}) must be one of {', '.join(HF_QUANTIZE)}")
         if self.cache not in HF_CACHES:
             out.append(f"hf.cache ({self.cache!r}) must be one of {', '.join(HF_CACHES)}")
+        if self.runtime not in HF_RUNTIMES:
+            out.append(f"hf.runtime ({self.runtime!r}) must be one of {', '.join(HF_RUNTIMES)}")
+        if self.runtime == "onnx":
+            out += [f"hf.runtime onnx: {why}" for why in self.torch_only()]
         if self.compile not in ("auto", True, False):
             out.append(f"hf.compile ({self.compile!r}) must be auto, true or false")
         if self.quantize == "int8" and (device == "cuda" or self.load_in_4bit):

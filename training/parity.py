@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.generators.base import GenParams
-from assistant.generators.hf import common_prefix  # the length of the shared start of two id lists
+from assistant.generators.decoding import common_prefix  # the length of the shared start of two id lists
 from assistant.prompts import PromptSource, build_messages
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ The loop, top to bottom (``HFGenerator.tokens``):
                row 1, with CAD only: the context-free prompt)
     repeat    _cad_combine(logits, alpha)                  (1+a)*ctx - a*free, with CAD (adaptive: a = JSD); else row 0
               _penalize(logits, seen ids)                  repetition penalty (HF semantics)
-              _NgramBlock.block(logits)                    no n-gram of the reply twice (``no_repeat_ngram``)
+              NgramBlock.block(logits)                     no n-gram of the reply twice (``no_repeat_ngram``)
               _NumberGuard.block(logits)                   numbers only as the sources state them (``restrict_numbers``)
               sample_token(logits, params, rng)                 argmax, or temperature/top-k/top-p
               stop at EOS or max_new_tokens
@@ -25,7 +25,7 @@ On CUDA the decode step runs on a ``StaticCache`` and is compiled (``torch.compi
 ``DynamicCache`` and nothing is compiled unless asked. ``quantize="int8"`` swaps the Linear layers
 for dynamically quantized int8 ones (CPU only).
 
-``stream`` turns the token ids into text pieces with ``_Detokenizer`` (never splits a multi-byte
+``stream`` turns the token ids into text pieces with ``decoding.stream_text`` (never splits a multi-byte
 character) and cuts at ``params.stop`` strings without ever yielding part of one.
 
 Greedy output is token-for-token that of ``model.generate(do_sample=False)`` (tested).
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
+from assistant.generators.decoding import NgramBlock, common_prefix, stream_text
 from tether.config import HF_CACHES as CACHES
 from tether.config import HF_DEVICES as DEVICES
 from tether.config import HF_DTYPES as DTYPES
@@ -94,33 +95,6 @@ def _penalize(logits, seen_ids, penalty: float):
     score = score.where(score < 0, score / penalty)
     score = score.where(score >= 0, score * penalty)
     return logits.scatter(-1, seen_ids, score)
-
-
-class _NgramBlock:
-    """No n-gram twice in the reply: the tokens that would complete an n-gram the reply already
-    holds get -inf. Only the reply's own tokens count, never the prompt's: copying a phrase of the
-    sources is what a grounded answer does; saying it again and again is the loop a small model falls
-    into ("is the one that says ... is the one that says ..."). ``n`` 0 or 1: off."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.ids: list[int] = []
-        self.after: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> the tokens that followed it
-
-    def add(self, token_id: int) -> None:
-        self.ids.append(token_id)
-        if self.n > 1 and len(self.ids) >= self.n:
-            self.after.setdefault(tuple(self.ids[-self.n : -1]), set()).add(token_id)
-
-    def block(self, logits):
-        if self.n <= 1 or len(self.ids) < self.n - 1:
-            return logits
-        banned = self.after.get(tuple(self.ids[len(self.ids) - self.n + 1 :]))
-        if not banned:
-            return logits
-        logits = logits.clone()
-        logits[..., list(banned)] = float("-inf")
-        return logits
 
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -263,15 +237,6 @@ def jensen_shannon(a, b):
     return ((kl_am + kl_bm) / (2 * math.log(2))).clamp(0, 1)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class _Rows:
     """One generation's model state: prompt rows decoded in lockstep, one forward per step for all rows.
 
@@ -379,46 +344,6 @@ class _Rows:
             logits = self._forward(token, self.cache, position_ids=position_ids, attention_mask=mask)
         self.positions = self.positions + 1
         return logits
-
-
-class _Detokenizer:
-    """Token ids in, text pieces out. Decodes the accumulated ids and returns the new suffix,
-    holding back a trailing U+FFFD (a multi-byte character whose bytes are still arriving)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""  # what has been returned so far
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd") or not text.startswith(self.text):
-            return ""
-        piece, self.text = text[len(self.text) :], text
-        return piece
-
-    def flush(self) -> str:
-        """Whatever is left (an unfinished character decodes as U+FFFD)."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        piece = text[len(self.text) :] if text.startswith(self.text) else ""
-        self.text += piece
-        return piece
-
-
-def _stop_cut(text: str, stops: Sequence[str]) -> tuple[int, bool]:
-    """(how much of ``text`` is safe to emit, whether a stop string was found). Text that could be
-    the start of a stop string is held back until it is known not to be one."""
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    if found:
-        return min(found), True
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return len(text) - hold, False
 
 
 def _quanto(model, quantize: str, *, merge: bool):
@@ -778,7 +703,7 @@ class HFGenerator:
         if numbers is not None:
             decoding += ",source-numbers"
         self.identity = replace(self.identity, decoding=decoding)
-        blocker = _NgramBlock(ngram)
+        blocker = NgramBlock(ngram)
 
         rng = None
         if params.temperature > 0:
@@ -848,24 +773,6 @@ class HFGenerator:
         Context-aware decoding: ``params.cad_alpha > 0`` with ``params.cad_context_free`` = the
         same chat without the sources (``build_context_free_messages(question)``); without them
         it raises ConfigError."""
-        detok = _Detokenizer(self.tokenizer)
-        text, emitted = "", 0  # text decoded so far; how much of it has been yielded
         ids = self.prompt_ids(messages)
         free = self.prompt_ids(params.cad_context_free) if params.cad_alpha > 0 and params.cad_context_free else None
-        tokens = self.tokens(ids, params, free)
-        try:
-            for token_id in tokens:
-                text += detok.push(token_id)
-                safe, stopped = _stop_cut(text, params.stop)
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
-                if stopped:
-                    return
-            text += detok.flush()
-            safe, stopped = _stop_cut(text, params.stop)
-            end = safe if stopped else len(text)  # at the end, a held-back partial stop string is just text
-            if end > emitted:
-                yield text[emitted:end]
-        finally:
-            tokens.close()
+        return stream_text(self.tokens(ids, params, free), self.tokenizer, params.stop)

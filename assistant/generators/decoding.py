@@ -1,0 +1,122 @@
+"""The parts of a token decode loop that need no tensor library, shared by the ``hf`` backend's two
+runtimes (torch in ``hf.py``, ONNX Runtime in ``onnx_lm.py``) so both decode the same way:
+
+* ``NgramBlock``: no n-gram of the reply twice (``hf.no_repeat_ngram``);
+* ``Detokenizer``: token ids in, text pieces out, never half a multi-byte character;
+* ``stop_cut``: where a reply stops at one of ``GenParams.stop``, holding back a partial stop string;
+* ``common_prefix``: how many leading ids two prompts share (the reusable part of a KV cache).
+
+Logits are whatever array type the runtime uses (a torch tensor or a NumPy array): only indexing
+with a list of ids and a copy are asked of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class NgramBlock:
+    """No n-gram twice in the reply: the tokens that would complete an n-gram the reply already
+    holds get -inf. Only the reply's own tokens count, never the prompt's: copying a phrase of the
+    sources is what a grounded answer does; saying it again and again is the loop a small model falls
+    into ("is the one that says ... is the one that says ..."). ``n`` 0 or 1: off."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.ids: list[int] = []
+        self.after: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> the tokens that followed it
+
+    def add(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        if self.n > 1 and len(self.ids) >= self.n:
+            self.after.setdefault(tuple(self.ids[-self.n : -1]), set()).add(token_id)
+
+    def banned(self) -> set[int]:
+        """The ids that would repeat an n-gram of the reply if they came next."""
+        if self.n <= 1 or len(self.ids) < self.n - 1:
+            return set()
+        return self.after.get(tuple(self.ids[len(self.ids) - self.n + 1 :]), set())
+
+    def block(self, logits):
+        """``logits`` [..., vocab] with the banned ids at -inf (a copy; the same object when none is)."""
+        banned = self.banned()
+        if not banned:
+            return logits
+        logits = logits.clone() if hasattr(logits, "clone") else logits.copy()
+        logits[..., sorted(banned)] = float("-inf")
+        return logits
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Detokenizer:
+    """Token ids in, text pieces out. Decodes the accumulated ids and returns the new suffix,
+    holding back a trailing U+FFFD (a multi-byte character whose bytes are still arriving).
+    ``tokenizer`` is a transformers tokenizer or a ``tokenizers.Tokenizer``: both decode
+    ``(ids, skip_special_tokens=True)``."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""  # what has been returned so far
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or not text.startswith(self.text):
+            return ""
+        piece, self.text = text[len(self.text) :], text
+        return piece
+
+    def flush(self) -> str:
+        """Whatever is left (an unfinished character decodes as U+FFFD)."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece = text[len(self.text) :] if text.startswith(self.text) else ""
+        self.text += piece
+        return piece
+
+
+def stop_cut(text: str, stops: Sequence[str]) -> tuple[int, bool]:
+    """(how much of ``text`` is safe to emit, whether a stop string was found). Text that could be
+    the start of a stop string is held back until it is known not to be one."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    if found:
+        return min(found), True
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return len(text) - hold, False
+
+
+def stream_text(tokens, tokenizer, stops: Sequence[str]):
+    """The text pieces of the token ids ``tokens`` yields (an iterator it closes), cut at the first
+    of ``stops`` (not included): what a ``Generator.stream`` returns."""
+    detok = Detokenizer(tokenizer)
+    text, emitted = "", 0  # text decoded so far; how much of it has been yielded
+    try:
+        for token_id in tokens:
+            text += detok.push(token_id)
+            safe, stopped = stop_cut(text, stops)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+            if stopped:
+                return
+        text += detok.flush()
+        safe, stopped = stop_cut(text, stops)
+        end = safe if stopped else len(text)  # at the end, a held-back partial stop string is just text
+        if end > emitted:
+            yield text[emitted:end]
+    finally:
+        tokens.close()
