@@ -5,6 +5,9 @@ Corpora and sets (made blind by others; never edited here):
 * ``postgresql``: ``bench/data/postgresql/qa.jsonl``, pages listed in its ``pages.txt`` (root on the
   first line, ``/usr/share/doc/postgresql-doc-15/html``);
 * ``git``: ``bench/data/git/qa.jsonl`` and ``pages.txt`` (``/usr/share/doc/git-doc``);
+* ``valgrind``: ``bench/data/valgrind/qa.jsonl`` and ``pages.txt`` (``/usr/share/doc/valgrind/html``), a
+  set made for the answerability check (half its items are near-misses); any other folder of
+  ``bench/data`` with the same two files works the same way;
 * ``debian``: ``bench/data/debian_reference_qa.jsonl`` (question, evidence, source) with the split of
   ``bench/data/debian_reference_answers.jsonl``, over the ``*.en.html`` pages of
   ``/usr/share/debian-reference`` (the 15 pages of ``bench/retrieval_quality.py``).
@@ -106,7 +109,7 @@ def load_pages_txt(path: Path) -> tuple[Path, list[str]]:
 
 
 def load_corpus(name: str) -> Corpus:
-    if name in ("postgresql", "git"):
+    if name != "debian" and (DATA / name / "pages.txt").is_file() and (DATA / name / "qa.jsonl").is_file():
         root, pages = load_pages_txt(DATA / name / "pages.txt")
         items = [
             Item(
@@ -130,7 +133,10 @@ def load_corpus(name: str) -> Corpus:
             for r in _read_jsonl(DATA / "debian_reference_qa.jsonl")
         ]
         return Corpus(name, root, tuple(pages), tuple(items))
-    raise SystemExit(f"error: unknown corpus {name!r} (postgresql, git, debian)")
+    raise SystemExit(
+        f"error: unknown corpus {name!r}: debian, or a folder of bench/data with pages.txt and qa.jsonl "
+        "(postgresql, git, valgrind)"
+    )
 
 
 def copy_pages(corpus: Corpus, dest: Path) -> None:
@@ -348,7 +354,9 @@ def markdown(summaries: Sequence[Summary]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--corpus", action="append", choices=("postgresql", "git", "debian"), help="repeatable; default all"
+        "--corpus",
+        action="append",
+        help="postgresql, git, debian or another bench/data folder; repeatable; default the first three",
     )
     ap.add_argument("--split", choices=("dev", "test"), required=True)
     ap.add_argument("--variant", action="append", help="NAME or NAME:key=value,...; repeatable; default baseline")
