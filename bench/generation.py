@@ -8,6 +8,8 @@ For each question from ``examples/eval/qa.jsonl`` (answerable ones) over the sam
   the focused grounded prompt (closest passages, their most relevant sentences), greedy decoding,
   citations attached and verified. Time to first token and time to the full answer, both from the
   moment the question is asked (retrieval included).
+  Once per ``hf.runtime`` in ``--runtimes`` (default both): ``torch`` (transformers) and ``onnx``
+  (the graph of ``tether models export-generator``, exported here when missing), in turn per question.
 * **plain**: what a user would write with transformers alone: the same five retrieved passages
   pasted whole into a chat prompt, ``pipeline("text-generation")`` on the same checkpoint, greedy,
   with a streamer recording the first token.
@@ -29,6 +31,7 @@ Targets: hf loop >= 7x plain generate in bf16; CAD <= 1.3x plain hf per token.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -197,6 +200,9 @@ def main() -> None:
     ap.add_argument("--gpu-quant", nargs="+", default=["bf16", "nf4"], choices=["bf16", "nf4"])
     ap.add_argument("--questions", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=80)
+    ap.add_argument(
+        "--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"], help="hf.runtime rows"
+    )
     ap.add_argument("--data-dir", type=Path, default=None, help="reuse a data dir (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "generation.json")
     args = ap.parse_args()
@@ -214,6 +220,7 @@ def main() -> None:
 
     from assistant.engine import ChatEngine
     from assistant.events import Final, Token
+    from assistant.generators.onnx_lm import export_graph, graph_problem
     from assistant.models import install_smollm2
     from assistant.prompts import PromptSource, build_messages
     from retrieval.ingest import ingest
@@ -224,7 +231,12 @@ def main() -> None:
     model_dir = install_smollm2(cfg.models_dir)
     ingest(cfg, [ROOT / "examples" / "handbook"])
     cfg = cfg.with_assistant(generator="hf", model=str(model_dir), max_new_tokens=args.max_new_tokens)
-    engine = ChatEngine(cfg)
+    if "onnx" in args.runtimes and graph_problem(model_dir):
+        export_graph(model_dir)
+    engines = {
+        rt: ChatEngine(dataclasses.replace(cfg, hf=dataclasses.replace(cfg.hf, runtime=rt))) for rt in args.runtimes
+    }
+    engine = engines[args.runtimes[0]]
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
@@ -248,18 +260,32 @@ def main() -> None:
     ]
     questions = [q for q in questions if not q.get("unanswerable")][: args.questions]
     rows = []
-    engine.answer("warm-up: how long is the probation period?")
-    for q in questions:
+    for eng in engines.values():
+        eng.answer("warm-up: how long is the probation period?")
+
+    def run_engine(eng, question):
         t0 = time.perf_counter()
         first = None
         answer = None
-        for item in engine.stream(q["question"]):
+        for item in eng.stream(question):
             if isinstance(item, Token) and first is None:
                 first = time.perf_counter()
             elif isinstance(item, Final):
                 answer = item.answer
-        t_total = time.perf_counter() - t0
-        t_first = (first or time.perf_counter()) - t0
+        return (first or time.perf_counter()) - t0, time.perf_counter() - t0, answer
+
+    for q in questions:
+        gold = q.get("answers") or []
+        per_runtime = {}
+        for rt, eng in engines.items():
+            t_first, t_total, answer = run_engine(eng, q["question"])
+            per_runtime[rt] = {
+                "first_s": t_first,
+                "total_s": t_total,
+                "correct": any(g.lower() in answer.text.lower() for g in gold),
+                "text": answer.text,
+            }
+        t_first, t_total = per_runtime[args.runtimes[0]]["first_s"], per_runtime[args.runtimes[0]]["total_s"]
         prompt_tokens = engine.generator.last_stats.get("prompt_tokens")
 
         t0 = time.perf_counter()
@@ -275,14 +301,13 @@ def main() -> None:
         plain_prompt_tokens = len(
             tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         )
-        gold = q.get("answers") or []
         row = {
             "id": q["id"],
             "tether_first_s": t_first,
             "tether_total_s": t_total,
             "tether_prompt_tokens": prompt_tokens,
-            "tether_correct": any(g.lower() in answer.text.lower() for g in gold),
-            "tether_groundedness": answer.groundedness,
+            "tether_correct": per_runtime[args.runtimes[0]]["correct"],
+            "runtimes": per_runtime,
             "plain_first_s": p_first,
             "plain_total_s": p_total,
             "plain_prompt_tokens": plain_prompt_tokens,
@@ -312,13 +337,26 @@ def main() -> None:
     lines = [
         "| pipeline | first token p50 s | p95 s | full answer p50 s | p95 s | prompt tokens p50 | correct |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| tether (hf, SmolLM2) | {tf:.2f} | {table['tether_first_s'][1]:.2f} | {tt:.2f} | {table['tether_total_s'][1]:.2f} | "
-        f"{statistics.median(r['tether_prompt_tokens'] or 0 for r in rows):.0f} | {sum(r['tether_correct'] for r in rows)}/{len(rows)} |",
+    ]
+    for rt in args.runtimes:
+        firsts = [r["runtimes"][rt]["first_s"] for r in rows]
+        totals = [r["runtimes"][rt]["total_s"] for r in rows]
+        lines.append(
+            f"| tether (hf on {rt}, SmolLM2) | {statistics.median(firsts):.2f} | {_pct(firsts, 0.95):.2f} | "
+            f"{statistics.median(totals):.2f} | {_pct(totals, 0.95):.2f} | "
+            f"{statistics.median(r['tether_prompt_tokens'] or 0 for r in rows):.0f} | "
+            f"{sum(r['runtimes'][rt]['correct'] for r in rows)}/{len(rows)} |"
+        )
+    lines += [
         f"| plain pipeline | {pf:.2f} | {table['plain_first_s'][1]:.2f} | {pt:.2f} | {table['plain_total_s'][1]:.2f} | "
         f"{statistics.median(r['plain_prompt_tokens'] for r in rows):.0f} | {sum(r['plain_correct'] for r in rows)}/{len(rows)} |",
         "",
-        f"Speed-up (p50): first token {pf / tf:.1f}x, full answer {pt / tt:.1f}x. {result['date']}, {result['platform']}, {result['cpus']} CPUs.",
+        f"Speed-up of hf on {args.runtimes[0]} against plain (p50): first token {pf / tf:.1f}x, full answer {pt / tt:.1f}x. "
+        f"{result['date']}, {result['platform']}, {result['cpus']} CPUs.",
     ]
+    if len(args.runtimes) == 2:
+        same = sum(r["runtimes"]["torch"]["text"] == r["runtimes"]["onnx"]["text"] for r in rows)
+        lines.append(f"Answers identical on both runtimes: {same}/{len(rows)}.")
     print("\n".join(lines))
 
 
