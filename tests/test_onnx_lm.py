@@ -185,6 +185,7 @@ def test_a_failed_check_keeps_the_previous_graph(tmp_path, monkeypatch):
     def differs(*args, **kwargs):
         raise ConfigError(["the exported graph was not kept: greedy tokens differ"])
 
+    (model_dir / ".onnx.tmp-99999999").mkdir()  # a killed export's staging folder
     monkeypatch.setattr(onnx_lm, "_parity", differs)
     with pytest.raises(ConfigError, match="not kept"):
         onnx_lm.export_graph(model_dir)

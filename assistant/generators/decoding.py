@@ -4,7 +4,9 @@ runtimes (torch in ``hf.py``, ONNX Runtime in ``onnx_lm.py``) so both decode the
 * ``NgramBlock``: no n-gram of the reply twice (``hf.no_repeat_ngram``);
 * ``Detokenizer``: token ids in, text pieces out, never half a multi-byte character;
 * ``stop_cut``: where a reply stops at one of ``GenParams.stop``, holding back a partial stop string;
-* ``common_prefix``: how many leading ids two prompts share (the reusable part of a KV cache).
+* ``common_prefix``: how many leading ids two prompts share (the reusable part of a KV cache);
+* ``plan_decoding``: the checks and settings every generation starts from (rows, token budget, the
+  decoding label recorded in the generator's identity).
 
 Logits are whatever array type the runtime uses (a torch tensor or a NumPy array): only indexing
 with a list of ids and a copy are asked of them.
@@ -13,6 +15,10 @@ with a list of ids and a copy are asked of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from assistant.generators.base import GenParams
+from tether.errors import ConfigError
 
 
 class NgramBlock:
@@ -120,3 +126,56 @@ def stream_text(tokens, tokenizer, stops: Sequence[str]):
             yield text[emitted:end]
     finally:
         tokens.close()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one generation decodes: the prompt rows (the prompt, and with CAD the context-free one),
+    the new-token budget, the n-gram block size and the decoding label."""
+
+    rows: list[list[int]]
+    max_new: int
+    ngram: int
+    decoding: str
+
+
+def plan_decoding(
+    params: GenParams,
+    prompt_ids: Sequence[int],
+    context_free_ids: Sequence[int] | None,
+    *,
+    limit: int | None,
+    default_ngram: int,
+    problems: Sequence[str] = (),
+) -> Plan:
+    """Check ``params`` against the prompt (``limit``: the model's context, None = unknown) and say
+    what to decode. ``problems`` are the runtime's own; all are raised together.
+
+    Raises:
+        ConfigError: invalid params, CAD without the context-free prompt, a prompt the context cannot hold.
+    """
+    found = params.problems() + list(problems)
+    cad = params.cad_alpha > 0
+    if cad and not context_free_ids:
+        found.append(
+            f"cad_alpha ({params.cad_alpha}) > 0 needs the context-free prompt: set GenParams.cad_context_free to "
+            "the messages without the sources (assistant.prompts.build_context_free_messages(question)), or cad_alpha=0"
+        )
+    rows = [list(prompt_ids)] + ([list(context_free_ids)] if cad and context_free_ids else [])
+    longest = max(len(r) for r in rows)
+    if limit and longest >= limit:
+        found.append(f"the prompt ({longest} tokens) does not fit the model's context ({limit} tokens)")
+    if found:
+        raise ConfigError(found)
+    max_new = min(params.max_new_tokens, limit - longest) if limit else params.max_new_tokens
+    decoding = "greedy" if params.temperature == 0 else "sample"
+    if cad:
+        decoding = ("adacad" if params.cad_adaptive else f"cad(alpha={params.cad_alpha:g})") + (
+            "" if params.temperature == 0 else ",sample"
+        )
+    ngram = default_ngram if params.no_repeat_ngram is None else params.no_repeat_ngram
+    if ngram > 1:
+        decoding += f",no-repeat-{ngram}gram"
+    if params.repetition_penalty != 1.0:
+        decoding += f",repetition-penalty-{params.repetition_penalty:g}"
+    return Plan(rows, max_new, ngram, decoding)

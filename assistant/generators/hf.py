@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
-from assistant.generators.decoding import NgramBlock, common_prefix, stream_text
+from assistant.generators.decoding import NgramBlock, common_prefix, plan_decoding, stream_text
 from tether.config import HF_CACHES as CACHES
 from tether.config import HF_DEVICES as DEVICES
 from tether.config import HF_DTYPES as DTYPES
@@ -674,31 +674,15 @@ class HFGenerator:
         its sources) is decoded in lockstep and the logits are ``(1+a)*ctx - a*free``."""
         import torch
 
-        problems = params.problems()
-        cad = params.cad_alpha > 0
-        if cad and not context_free_ids:
-            problems.append(
-                f"cad_alpha ({params.cad_alpha}) > 0 needs the context-free prompt: set GenParams.cad_context_free to "
-                "the messages without the sources (assistant.prompts.build_context_free_messages(question)), or cad_alpha=0"
-            )
-        rows = [list(prompt_ids)] + ([list(context_free_ids)] if cad and context_free_ids else [])
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        plan = plan_decoding(
+            params,
+            prompt_ids,
+            context_free_ids,
+            limit=getattr(self.model.config, "max_position_embeddings", None),
+            default_ngram=self.no_repeat_ngram,
+        )
+        rows, max_new, ngram, decoding = plan.rows, plan.max_new, plan.ngram, plan.decoding
         longest = max(len(r) for r in rows)
-        if limit and longest >= limit:
-            problems.append(f"the prompt ({longest} tokens) does not fit the model's context ({limit} tokens)")
-        if problems:
-            raise ConfigError(problems)
-        max_new = min(params.max_new_tokens, limit - longest) if limit else params.max_new_tokens
-        decoding = "greedy" if params.temperature == 0 else "sample"
-        if cad:
-            decoding = ("adacad" if params.cad_adaptive else f"cad(alpha={params.cad_alpha:g})") + (
-                "" if params.temperature == 0 else ",sample"
-            )
-        ngram = self.no_repeat_ngram if params.no_repeat_ngram is None else params.no_repeat_ngram
-        if ngram > 1:
-            decoding += f",no-repeat-{ngram}gram"
-        if params.repetition_penalty != 1.0:
-            decoding += f",repetition-penalty-{params.repetition_penalty:g}"
         numbers = self._number_guard(params)
         if numbers is not None:
             decoding += ",source-numbers"

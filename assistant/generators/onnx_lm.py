@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
-from assistant.generators.decoding import NgramBlock, common_prefix, stream_text
+from assistant.generators.decoding import NgramBlock, common_prefix, plan_decoding, stream_text
 from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -371,33 +371,18 @@ class OnnxLM:
         yielded) or ``params.max_new_tokens``; fills ``last_stats``."""
         import numpy as np
 
-        problems = params.problems()
-        cad = params.cad_alpha > 0
-        if cad and not context_free_ids:
-            problems.append(
-                f"cad_alpha ({params.cad_alpha}) > 0 needs the context-free prompt: set GenParams.cad_context_free to "
-                "the messages without the sources (assistant.prompts.build_context_free_messages(question)), or cad_alpha=0"
-            )
+        refused = []
         if params.allowed_numbers is not None:
-            problems.append("restricting numbers (GenParams.allowed_numbers) needs hf.runtime: torch")
-        prompts = [list(prompt_ids)] + ([list(context_free_ids)] if cad and context_free_ids else [])
-        longest = max(len(p) for p in prompts)
-        limit = self.max_positions
-        if limit and longest >= limit:
-            problems.append(f"the prompt ({longest} tokens) does not fit the model's context ({limit} tokens)")
-        if problems:
-            raise ConfigError(problems)
-        max_new = min(params.max_new_tokens, limit - longest) if limit else params.max_new_tokens
-        decoding = "greedy" if params.temperature == 0 else "sample"
-        if cad:
-            decoding = ("adacad" if params.cad_adaptive else f"cad(alpha={params.cad_alpha:g})") + (
-                "" if params.temperature == 0 else ",sample"
-            )
-        ngram = self.no_repeat_ngram if params.no_repeat_ngram is None else params.no_repeat_ngram
-        if ngram > 1:
-            decoding += f",no-repeat-{ngram}gram"
-        if params.repetition_penalty != 1.0:
-            decoding += f",repetition-penalty-{params.repetition_penalty:g}"
+            refused.append("restricting numbers (GenParams.allowed_numbers) needs hf.runtime: torch")
+        plan = plan_decoding(
+            params,
+            prompt_ids,
+            context_free_ids,
+            limit=self.max_positions,
+            default_ngram=self.no_repeat_ngram,
+            problems=refused,
+        )
+        prompts, max_new, ngram, decoding = plan.rows, plan.max_new, plan.ngram, plan.decoding
         self.identity = replace(self.identity, decoding=decoding)
         blocker = NgramBlock(ngram)
         rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
@@ -516,8 +501,9 @@ def export_graph(model_dir: Path, *, threads: int = 0) -> Path:
     pos = torch.arange(example_past, example_past + example_new)[None]
     past = [torch.randn(1, kv_heads, example_past, head_dim) for _ in past_names]
     folder = model_dir / GRAPH_DIR
+    for stale in [*model_dir.glob(f".{GRAPH_DIR}.tmp-*"), *model_dir.glob(f".{GRAPH_DIR}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     tmp = model_dir / f".{GRAPH_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         single = tmp / "single.onnx"
