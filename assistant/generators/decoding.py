@@ -138,6 +138,17 @@ class Plan:
     ngram: int
     decoding: str
 
+    def new_stats(self, reused_prefix_tokens: int) -> dict[str, float]:
+        """The ``last_stats`` a generation starts with (the loop fills in tokens and times)."""
+        return {
+            "prompt_tokens": len(self.rows[0]),
+            "new_tokens": 0,
+            "ttft_ms": 0.0,
+            "total_ms": 0.0,
+            "reused_prefix_tokens": reused_prefix_tokens,
+            "rows": len(self.rows),
+        }
+
 
 def plan_decoding(
     params: GenParams,

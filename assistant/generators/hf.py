@@ -697,14 +697,7 @@ class HFGenerator:
             else:
                 rng.seed()
         prefix = self._take_prefix(rows[0])
-        stats = {
-            "prompt_tokens": len(rows[0]),
-            "new_tokens": 0,
-            "ttft_ms": 0.0,
-            "total_ms": 0.0,
-            "reused_prefix_tokens": prefix[1] if prefix else 0,
-            "rows": len(rows),
-        }
+        stats = plan.new_stats(prefix[1] if prefix else 0)
         self.last_stats = stats
         state = _Rows(
             self.model,

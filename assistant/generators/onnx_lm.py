@@ -387,14 +387,7 @@ class OnnxLM:
         blocker = NgramBlock(ngram)
         rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
         prefix = self._take_prefix(prompts[0])
-        stats = {
-            "prompt_tokens": len(prompts[0]),
-            "new_tokens": 0,
-            "ttft_ms": 0.0,
-            "total_ms": 0.0,
-            "reused_prefix_tokens": prefix[1] if prefix else 0,
-            "rows": len(prompts),
-        }
+        stats = plan.new_stats(prefix[1] if prefix else 0)
         self.last_stats = stats
         rows: list[_Row] = []
         t0 = time.perf_counter()
