@@ -115,7 +115,7 @@ def main() -> int:
 
     from assistant.generators.base import GenParams
     from assistant.generators.hf import common_prefix
-    from training.parity import hf_logits, parity_messages, teacher_forced_agreement
+    from training.parity import hf_next_logits, parity_messages, teacher_forced_agreement
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -148,7 +148,7 @@ def main() -> int:
         log.info("prompt %d/%d (%d tokens) done", i + 1, len(prompts), len(p))
     ref = outs["fp32"]
     for v in variants:
-        agreement = teacher_forced_agreement(lambda ids, g=gens[v]: hf_logits(g, ids), prompts, ref)
+        agreement = teacher_forced_agreement(lambda p, r, g=gens[v]: hf_next_logits(g, p, r), prompts, ref)
         report[v].update(
             {
                 "exact_outputs": sum(o == r for o, r in zip(outs[v], ref)),

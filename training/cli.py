@@ -406,7 +406,9 @@ def jobs_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
 def export_cmd(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="a registered adapter id (tether models list) or an adapter folder"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder receiving merged/, bnb4/, onnx/, onnx-int8/"),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="folder receiving merged/ (its ONNX graph in merged/onnx/), bnb4/, onnx-int8/"
+    ),
     formats: str = typer.Option("merged,onnx,onnx-int8", "--formats", help="merged, bnb4, onnx, onnx-int8"),
     base: str | None = typer.Option(
         None, "--base", help="base model when MODEL is a folder (default: assistant.model)"

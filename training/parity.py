@@ -66,18 +66,24 @@ def hf_logits(gen, ids: Sequence[int]):
         return gen.model(input_ids=torch.tensor([list(ids)], device=gen.device)).logits[0].float().cpu().numpy()
 
 
-def teacher_forced_agreement(logits_of, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]) -> float:
-    """Fed each reference output after its prompt, how often the model's argmax (``logits_of(ids)``:
-    [positions, vocab]) is the reference's next token, over all generated positions (1.0 when none)."""
+def teacher_forced_agreement(next_logits, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]) -> float:
+    """Fed each reference output after its prompt, how often the model's argmax is the reference's
+    next token, over all generated positions (1.0 when none). ``next_logits(prompt, reply)``: the
+    logits predicting each token of ``reply`` from the prompt and the reply before it, [len(reply), vocab]."""
     agree = total = 0
     for p, r in zip(prompts, outputs):
         if not r:
             continue
-        logits = logits_of(list(p) + list(r[:-1]) if len(r) > 1 else list(p))
-        preds = logits[len(p) - 1 : len(p) - 1 + len(r)].argmax(-1)
+        preds = next_logits(list(p), list(r)).argmax(-1)
         agree += int(sum(int(a) == b for a, b in zip(preds, r)))
         total += len(r)
     return agree / total if total else 1.0
+
+
+def hf_next_logits(gen, prompt: Sequence[int], reply: Sequence[int]):
+    """``teacher_forced_agreement``'s logits from one forward of the torch model over prompt + reply."""
+    logits = hf_logits(gen, list(prompt) + list(reply[:-1]))
+    return logits[len(prompt) - 1 : len(prompt) - 1 + len(reply)]
 
 
 def check_parity(
@@ -91,7 +97,7 @@ def check_parity(
     """Compare every variant (format -> folder) with base + adapter; returns a JSON-able report
     {"passed", "prompts", "max_new_tokens", "variants": {fmt: {...}}}."""
     from assistant.generators.hf import HFGenerator
-    from training.export import OnnxGenerator
+    from assistant.generators.onnx_lm import OnnxLM
 
     params = GenParams(
         max_new_tokens=max_new_tokens, temperature=0.0, no_repeat_ngram=0
@@ -109,17 +115,19 @@ def check_parity(
         if fmt not in CRITERIA:
             continue
         if fmt.startswith("onnx"):
-            gen = OnnxGenerator(folder)
-            logits_of = gen.logits
+            # the graph of a checkpoint: merged/onnx, or the int8 graph of the merged checkpoint
+            checkpoint = Path(variants.get("merged", Path(folder).parent))
+            gen = OnnxLM(checkpoint, graph_dir=folder, no_repeat_ngram=0, prefix_cache=False)
+            next_logits = gen.teacher_forced_logits
         else:
             gen = HFGenerator(folder, device="cpu")
-            logits_of = lambda ids, g=gen: hf_logits(g, ids)  # noqa: E731
+            next_logits = lambda p, r, g=gen: hf_next_logits(g, p, r)  # noqa: E731
         mine = [gen.prompt_ids(m) for m in parity_messages()]
         same_prompt = mine == prompts  # the same chat template and tokenizer
         outs = [list(gen.tokens(p, params)) for p in prompts]
         exact = sum(o == r for o, r in zip(outs, ref_out))
         prefix = [(common_prefix(o, r) / max(1, len(r))) for o, r in zip(outs, ref_out)]
-        tf = teacher_forced_agreement(logits_of, prompts, ref_out)
+        tf = teacher_forced_agreement(next_logits, prompts, ref_out)
         criterion = CRITERIA[fmt]
         passed = same_prompt and (exact == len(prompts) if criterion == "exact" else tf >= tolerance)
         report["variants"][fmt] = {

@@ -347,6 +347,16 @@ class OnnxLM:
         row.past, row.length = out[1:], row.length + q
         return out[0][0]
 
+    def teacher_forced_logits(self, prompt: Sequence[int], reply: Sequence[int]):
+        """The logits predicting each token of ``reply`` from ``prompt`` and the reply before it,
+        [len(reply), vocab] (a parity check's teacher forcing, through the cache)."""
+        import numpy as np
+
+        row = _Row(self._empty(), 0)
+        out = [self._forward(row, list(prompt))]
+        out += [self._forward(row, [t]) for t in list(reply)[:-1]]
+        return np.stack(out)
+
     def _take_prefix(self, prompt: Sequence[int]) -> tuple[_Row, int] | None:
         """The kept row cut to the prefix this prompt shares with the last one (at least one
         token is left to prefill), or None."""
