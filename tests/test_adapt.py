@@ -74,12 +74,31 @@ def _acfg(world, out: str, **kw) -> A.AdaptConfig:
     return A.AdaptConfig(**base).validated()
 
 
+HELD_OUT = [  # another corpus's labelled set, with its contexts (no retrieval needed over its data dir)
+    {"id": f"h{i}", "question": q, "answers": [a], "contexts": [c], "split": split}
+    for i, (q, a, c, split) in enumerate(
+        [
+            ("How long is the warranty?", "two years", "The warranty lasts two years from delivery.", "dev"),
+            ("Who signs the contract?", "the director", "Contracts are signed by the director.", "dev"),
+            ("What colour is the logo?", "green", "The logo is green on white.", "test"),
+        ]
+    )
+]
+
+
 @pytest.fixture(scope="module")
 def adapted(world):
+    from tether.config import load_config
+    from tether.db import connect
+
     acfg = _acfg(world, "run")
+    held = load_config(world["tmp"] / "held-out")
+    connect(held.db_path).close()
+    qa = world["tmp"] / "held-out.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in HELD_OUT))
     seen: list[str] = []
-    res = A.run(world["cfg"], acfg, progress=lambda stage, i, n: seen.append(stage))
-    return acfg, res, seen
+    res = A.run(world["cfg"], acfg, held_out=[(held.data_dir, qa)], progress=lambda stage, i, n: seen.append(stage))
+    return acfg, res, seen, held
 
 
 def _examples(out: Path) -> list[A.Example]:
@@ -87,7 +106,7 @@ def _examples(out: Path) -> list[A.Example]:
 
 
 def test_every_stage_ran_and_the_final_model_was_gated(world, adapted):
-    acfg, res, seen = adapted
+    acfg, res, seen, held = adapted
     assert seen == list(A.STAGES)
     report = res.report
     assert report["sft"]["steps"] >= 1 and report["sft"]["model_id"]
@@ -107,6 +126,15 @@ def test_every_stage_ran_and_the_final_model_was_gated(world, adapted):
     assert {report["sft"]["model_id"], res.model_id} <= ids
     assert jobs and jobs[0]["status"] == "done"
     assert (Path(acfg.out_dir) / "run.yaml").is_file()
+    # the held-out corpus gated it too: its dev rows only, both models answered over its data dir
+    assert gate["suite"]["held_out_0"] == 2
+    rows = (Path(acfg.out_dir) / "gate-held-out-0.jsonl").read_text().splitlines()
+    assert sorted(json.loads(r)["id"] for r in rows) == ["h0", "h1"]
+    from tether.db import connect
+
+    db = connect(held.db_path)
+    labels = sorted(r[0].split(":")[0] for r in db.execute("SELECT label FROM eval_runs"))
+    assert labels == ["held-out baseline", "held-out candidate"]
 
 
 def test_training_prompts_are_the_engines_answer_time_prompts(world, adapted):
@@ -116,7 +144,7 @@ def test_training_prompts_are_the_engines_answer_time_prompts(world, adapted):
     from assistant.generators.hf import HFGenerator
     from assistant.types import Conversation
 
-    acfg, _, _ = adapted
+    acfg, *_ = adapted
     examples = _examples(Path(acfg.out_dir))
     kinds = {e.kind for e in examples}
     assert {"answer", "near_miss"} <= kinds, kinds
@@ -133,7 +161,7 @@ def test_training_prompts_are_the_engines_answer_time_prompts(world, adapted):
 
 
 def test_near_misses_lack_the_fact_and_teach_the_refusal(adapted):
-    acfg, _, _ = adapted
+    acfg, *_ = adapted
     near = [e for e in _examples(Path(acfg.out_dir)) if e.kind == "near_miss"]
     assert near
     for ex in near:
@@ -144,7 +172,7 @@ def test_near_misses_lack_the_fact_and_teach_the_refusal(adapted):
 
 
 def test_rows_on_disk_are_sft_chat_rows_with_the_targets(adapted):
-    acfg, _, _ = adapted
+    acfg, *_ = adapted
     out = Path(acfg.out_dir)
     rows = [json.loads(x) for x in (out / "data" / "sft" / "train.jsonl").read_text().splitlines()]
     assert rows
@@ -161,7 +189,7 @@ def test_rows_on_disk_are_sft_chat_rows_with_the_targets(adapted):
 def test_conflict_rows_carry_the_engines_statement(world, adapted):
     """A value-swapped copy of a chunk added as another document: where the detector finds the
     conflict, the target ends with the engine's conflict statement citing both passages."""
-    acfg, _, _ = adapted
+    acfg, *_ = adapted
     conflicts = [e for e in _examples(Path(acfg.out_dir)) if e.kind == "conflict"]
     if not conflicts:
         pytest.skip("the detector found no conflict between the tiny corpus's swapped copies")

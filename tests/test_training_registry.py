@@ -120,6 +120,58 @@ def test_promote_refused_by_a_failing_gate_then_forced_then_rolled_back(world):
         rollback(cfg)
 
 
+def test_a_held_out_corpus_can_refuse_what_the_training_corpus_passes(world, tmp_path):
+    """The gate on the model's own corpus passes (both models miss an unreachable answer), the gate on
+    a held-out corpus finds the regression: refused, nothing promoted, both held-out runs stored in
+    that corpus's data dir; forced, the promotion records the failed held-out gate."""
+    from tether.config import load_config
+    from tether.db import connect
+    from training.registry import PromotionRefused, promote, promoted_model, rollback
+
+    cfg, candidate = world["cfg"], world["ids"][0]
+    own = tmp_path / "own.jsonl"  # neither the served extractive answerer nor the tiny model can say this
+    own.write_text(json.dumps({**SUITE[0], "id": "own", "answers": ["zz-no-such-answer"]}) + "\n")
+    held = load_config(tmp_path / "held")
+    connect(held.db_path).close()  # a data dir of another corpus (the suite carries its contexts)
+    assert promoted_model(cfg) is None
+    metrics = ["answers.contains"]
+    passed_alone = promote(cfg, candidate, own, metrics=metrics, force=False)  # the own-corpus gate alone passes
+    assert passed_alone["gate"]["passed"] and "held_out" not in passed_alone["gate"]
+    rollback(cfg)
+    with pytest.raises(PromotionRefused, match="held-out corpus") as err:
+        promote(cfg, candidate, own, metrics=metrics, held_out=[(held.data_dir, world["suite"])])
+    assert any(r.regressed for r in err.value.gate.rows)
+    assert promoted_model(cfg) is None
+    db = connect(held.db_path)
+    labels = sorted(r[0].split(":")[0] for r in db.execute("SELECT label FROM eval_runs"))
+    assert labels == ["held-out baseline", "held-out candidate"]
+    forced = promote(cfg, candidate, own, metrics=metrics, held_out=[(held.data_dir, world["suite"])], force=True)
+    assert forced["forced"] and not forced["gate"]["passed"]
+    [h] = forced["gate"]["held_out"]
+    assert h["passed"] is False and h["data_dir"] == str(held.data_dir)
+    assert rollback(cfg) is None
+
+
+def test_held_out_arguments_are_checked_on_the_command_line(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from tether.errors import ConfigError
+
+    args = [
+        "--data-dir",
+        str(world["cfg"].data_dir),
+        "models",
+        "promote",
+        world["ids"][0],
+        "--suite",
+        str(world["suite"]),
+    ]
+    for bad, message in (("no-colon", "give DATA_DIR:FILE"), (f"{tmp_path}:x.jsonl", "holds no tether.db")):
+        res = CliRunner().invoke(app, [*args, "--held-out", bad])
+        assert isinstance(res.exception, ConfigError) and message in str(res.exception)
+
+
 def test_exports_the_engine_cannot_serve_are_not_promoted(world):
     from tether.errors import TetherError
     from training.registry import promote

@@ -651,11 +651,14 @@ def run(
     acfg: AdaptConfig,
     *,
     gate_qa: Sequence[Path] = (),
+    held_out: Sequence[tuple[Path, Path]] = (),
     promote: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> AdaptResult:
     """Every stage, resumable: questions -> SFT rows -> SFT -> on-policy preference rows -> DPO/KTO ->
-    gate (-> promote). ``progress(stage, i, n)`` is called as each stage starts.
+    gate (-> promote). ``progress(stage, i, n)`` is called as each stage starts. ``held_out``: (data
+    dir, labelled QA set) pairs of other corpora whose dev rows gate the model too
+    (``training.registry.promote``).
 
     Raises:
         ConfigError / TetherError: bad settings, an empty collection, no row survived the filters.
@@ -839,8 +842,13 @@ def run(
             from training.registry import promote as promote_model
 
             suite, sizes = gate_suite(held, gate_qa, out / "gate.jsonl")
+            others = []
+            for n, (data_dir, qa) in enumerate(held_out):
+                other, other_sizes = gate_suite((), [qa], out / f"gate-held-out-{n}.jsonl")
+                others.append((Path(data_dir), other))
+                sizes[f"held_out_{n}"] = other_sizes["labelled"]
             try:
-                res = promote_model(cfg, model_id, suite)
+                res = promote_model(cfg, model_id, suite, held_out=others)
                 promoted = True
                 report["gate"] = state.finish("gate", {"model_id": model_id, "promoted": True, "suite": sizes, **res})
             except PromotionRefused as exc:

@@ -26,7 +26,7 @@ from typing import Any
 import typer
 
 from tether.cli import config_flags, load
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 from training.adapt import AdaptConfig
 from training.config import TrainConfig, load_train_config
 from training.detector import DetectorConfig
@@ -362,6 +362,12 @@ def adapt_cmd(
         "--gate-qa",
         help="labelled QA JSONL sets whose dev rows (split: dev) join the gate's held-out questions (repeatable)",
     ),
+    held_out: list[str] | None = typer.Option(
+        None,
+        "--held-out",
+        help="DATA_DIR:QA_JSONL of a corpus the model does not learn (ingested in DATA_DIR): its dev rows gate "
+        "promotion too (repeatable)",
+    ),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="gate and promote when it wins"),
     admin_password: str | None = ADMIN,
     **overrides: Any,
@@ -381,8 +387,9 @@ def adapt_cmd(
     missing = [str(p) for p in gate_qa or () if not Path(p).is_file()]
     if missing:
         raise TetherError(f"--gate-qa: no such file {', '.join(missing)}")
+    others = _held_out(held_out)
     with _training_log():
-        res = run(cfg, acfg, gate_qa=list(gate_qa or ()), promote=promote)
+        res = run(cfg, acfg, gate_qa=list(gate_qa or ()), held_out=others, promote=promote)
     typer.echo(json.dumps({"model_id": res.model_id, "promoted": res.promoted, **res.report}, indent=2, default=str))
 
 
@@ -486,6 +493,24 @@ def _gate_line(gate: dict) -> str:
     return f"{verdict}: " + ", ".join(parts) if parts else f"{verdict}: {gate.get('reason', '')}"
 
 
+def _held_out(values: list[str] | None) -> list[tuple[Path, Path]]:
+    """``--held-out DATA_DIR:FILE`` values as (data dir, file) pairs, both checked."""
+    out, problems = [], []
+    for value in values or ():
+        data_dir, sep, suite = value.partition(":")
+        if not sep or not data_dir or not suite:
+            problems.append(f"--held-out {value!r}: give DATA_DIR:FILE")
+        elif not (Path(data_dir) / "tether.db").is_file():
+            problems.append(f"--held-out {value!r}: {data_dir} holds no tether.db (ingest the corpus there first)")
+        elif not Path(suite).is_file():
+            problems.append(f"--held-out {value!r}: no such file {suite}")
+        else:
+            out.append((Path(data_dir), Path(suite)))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
 def models_promote(
     ctx: typer.Context,
     model_id: str = typer.Argument(..., help="registered model id"),
@@ -494,6 +519,12 @@ def models_promote(
     metrics: str | None = typer.Option(None, "--metrics", help="comma-separated gate metrics (default: the gate's)"),
     tolerance: float = typer.Option(0.02, "--tolerance"),
     baseline_run: str | None = typer.Option(None, "--baseline-run", help="reuse this eval run as the baseline"),
+    held_out: list[str] | None = typer.Option(
+        None,
+        "--held-out",
+        help="DATA_DIR:SUITE: also gate on SUITE answered over DATA_DIR's collection, a corpus the model was "
+        "not trained on (repeatable)",
+    ),
     admin_password: str | None = ADMIN,
 ) -> None:
     """Evaluate MODEL against the served model; promote it unless the gate finds a regression."""
@@ -501,6 +532,7 @@ def models_promote(
 
     cfg = load(ctx)
     _admin(cfg, admin_password)
+    others = _held_out(held_out)
     try:
         res = promote(
             cfg,
@@ -510,6 +542,7 @@ def models_promote(
             metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
             tolerance=tolerance,
             baseline_run=baseline_run,
+            held_out=others,
         )
     except PromotionRefused as exc:
         typer.echo(f"refused: {exc}", err=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 from tether.clock import now_iso
 from tether.db import connect, transaction
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 from training import jobs
 
 log = logging.getLogger(__name__)
@@ -512,15 +512,20 @@ def promote(
     user: str | None = None,
     baseline_run: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    held_out: Sequence[tuple[Path, Path]] = (),
 ) -> dict[str, Any]:
     """Evaluate ``model_id`` and the model served now on ``suite``, gate, and promote on a pass (or ``force``).
 
     ``baseline_run``: an eval run id to use as the baseline instead of running the served model again.
-    ``progress(done, total)``: the two evaluation runs' progress as one (the app's promotion job).
-    Returns {"model_id", "previous_id", "forced", "gate": {...}, "candidate_run", "baseline_run"}.
+    ``progress(done, total)``: the evaluation runs' progress as one (the app's promotion job).
+    ``held_out``: (data dir, suite) pairs of corpora the model was not trained on: both models answer
+    each suite over that data dir's collection (``held_out_config``; the runs are stored there), and
+    each of these gates must pass too. A gate on the training corpus's own questions cannot tell
+    whether a fine-tuned model generalizes; one on another corpus can.
+    Returns {"model_id", "previous_id", "forced", "gate": {... "held_out": [...]}, "candidate_run", "baseline_run"}.
 
     Raises:
-        PromotionRefused: the gate failed and ``force`` is False.
+        PromotionRefused: a gate failed and ``force`` is False.
     """
     run_suite, gate = _evaluation()
     with TrainingStore.open(cfg.db_path) as store:
@@ -530,7 +535,7 @@ def promote(
         prev_rec = store.get_model(previous) if previous else None
     if previous == model_id:
         raise TetherError(f"{model_id} is already the promoted model")
-    runs = 1 if baseline_run else 2
+    runs = (1 if baseline_run else 2) + 2 * len(held_out)
 
     def phase(i: int):
         if progress is None:
@@ -551,26 +556,85 @@ def promote(
         kwargs["metrics"] = list(metrics)
     result = gate(cand, base, **kwargs)
     gate_json = _gate_json(result)
+    failed = (
+        None
+        if result.passed
+        else (result, f"{result.reason} (candidate run {cand.run_id} vs baseline run {base.run_id})")
+    )
+    held: list[dict[str, Any]] = []
+    for n, (data_dir, held_suite) in enumerate(held_out):
+        hcfg = held_out_config(cfg, Path(data_dir))
+        i = (1 if baseline_run else 2) + 2 * n
+        hc = run_suite(
+            config_for(hcfg, rec), Path(held_suite), label=f"held-out candidate:{model_id}", progress=phase(i)
+        )
+        hb = run_suite(
+            config_for(hcfg, prev_rec),
+            Path(held_suite),
+            label=f"held-out baseline:{previous or 'default'}",
+            progress=phase(i + 1),
+        )
+        hres = gate(hc, hb, **kwargs)
+        held.append(
+            {
+                "data_dir": str(data_dir),
+                "suite": str(held_suite),
+                "candidate_run": hc.run_id,
+                "baseline_run": hb.run_id,
+                **_gate_json(hres),
+            }
+        )
+        if not hres.passed and failed is None:
+            failed = (hres, f"on the held-out corpus {data_dir} ({held_suite}): {hres.reason}")
+    if held:
+        gate_json["held_out"] = held
+        gate_json["passed"] = failed is None
+    passed = failed is None
     with TrainingStore.open(cfg.db_path) as store:
         store.link_eval_run(model_id, cand.run_id, "candidate")
         if previous:
             store.link_eval_run(previous, base.run_id, "baseline")
-        if not result.passed and not force:
+        if not passed and not force:
             raise PromotionRefused(
-                f"promotion of {model_id} refused by the evaluation gate: {result.reason} "
-                f"(candidate run {cand.run_id} vs baseline run {base.run_id}; `--force` promotes anyway)",
-                result,
+                f"promotion of {model_id} refused by the evaluation gate: {failed[1]}; `--force` promotes anyway",
+                failed[0],
             )
-        store.record_promotion(model_id, previous, forced=force and not result.passed, gate=gate_json, user=user)
-    log.info("promoted %s (previous %s, gate %s)", model_id, previous, "passed" if result.passed else "FAILED, forced")
+        store.record_promotion(model_id, previous, forced=force and not passed, gate=gate_json, user=user)
+    log.info("promoted %s (previous %s, gate %s)", model_id, previous, "passed" if passed else "FAILED, forced")
     return {
         "model_id": model_id,
         "previous_id": previous,
-        "forced": bool(force and not result.passed),
+        "forced": bool(force and not passed),
         "gate": gate_json,
         "candidate_run": cand.run_id,
         "baseline_run": base.run_id,
     }
+
+
+def held_out_config(cfg: Any, data_dir: Path) -> Any:
+    """The configuration that answers over ``data_dir``'s collection (its own retrieval settings,
+    which its index was built with) with ``cfg``'s answering sections (assistant, extractive, hf),
+    the configured model resolved in ``cfg``'s models folder: the same two models, another corpus.
+
+    Raises:
+        ConfigError: ``data_dir`` holds no Tether database (nothing was ingested there).
+    """
+    from dataclasses import replace
+
+    from tether.config import load_config
+
+    if not (Path(data_dir) / "tether.db").is_file():
+        raise ConfigError(
+            [
+                f"held-out data dir {data_dir} holds no tether.db: ingest the held-out corpus there first (`tether --data-dir {data_dir} ingest DOCS`)"
+            ]
+        )
+    assistant = cfg.assistant
+    if assistant.generator == "hf":
+        from assistant.models import resolve_model
+
+        assistant = replace(assistant, model=str(resolve_model(assistant.model, cfg.models_dir)))
+    return replace(load_config(Path(data_dir)), assistant=assistant, extractive=cfg.extractive, hf=cfg.hf)
 
 
 def _gate_json(result: Any) -> dict[str, Any]:
