@@ -85,6 +85,7 @@ def test_the_onnx_export_is_the_graph_the_hf_generator_serves(exported):
         assert generate(served, messages, params) == generate(ref, messages, params)
     int8 = OnnxLM(paths["merged"], graph_dir=paths["onnx-int8"])
     assert generate(int8, parity_messages()[0], params)
+    assert (served.identity.runtime, int8.identity.runtime) == ("onnx", "onnx-int8")
 
 
 def test_merged_is_plain_safetensors_and_everything_is_registered(exported):

@@ -309,7 +309,8 @@ class OnnxLM:
         self._kept: tuple[list[int], _Row] | None = None
         self._lock = threading.Lock()
         self.load_ms = (time.perf_counter() - t0) * 1000
-        self.identity = GeneratorIdentity(backend="hf", model=str(model_dir), runtime="onnx")
+        runtime = "onnx-int8" if self.info.get("quantization") else "onnx"  # an int8 graph is another model
+        self.identity = GeneratorIdentity(backend="hf", model=str(model_dir), runtime=runtime)
         self.last_stats: dict[str, float] = {}
         log.info("loaded %s on ONNX Runtime (CPU) in %.0f ms", folder, self.load_ms)
 
