@@ -82,9 +82,7 @@ class GeneratorIdentity:
     adapter: str | None = None  # adapter dir
     adapter_hash: str | None = None  # sha256 of the adapter weights, first 16 hex
     decoding: str = "greedy"  # greedy | sample | cad(alpha=0.5) | cad(alpha=0.5),sample
-    runtime: str | None = (
-        None  # hf: torch (None) | onnx | onnx-int8 (the model exported, assistant/generators/onnx_lm.py)
-    )
+    runtime: str | None = None  # hf: None (torch) | onnx | onnx-int8 (generators/onnx_lm.py)
 
 
 @dataclass(frozen=True)
