@@ -590,11 +590,25 @@ def test_promote_is_blocked_by_the_gate(home, tmp_path_factory):
         at = _admin_session()
         at.selectbox(key="promote_pick").set_value(model_id)
         at.selectbox(key="promote_suite").set_value("gate.jsonl (data dir)")
+        at.text_area(key="promote_held_out").set_value("no-colon-here")
+        at.button(key="promote").click().run()
+        _ok(at)
+        assert any("give DATA_DIR:FILE" in e.value for e in at.error) and not any(
+            "Promotion job" in s.value for s in at.success
+        )
+        # a held-out corpus (here the same data dir, for speed): its two runs are part of the job
+        at.text_area(key="promote_held_out").set_value(f"{home}:{home / 'eval' / 'gate.jsonl'}")
         at.button(key="promote").click().run()
         _ok(at)
         assert any("Promotion job" in s.value for s in at.success), [e.value for e in at.error]
         job = _wait_job(home, "promote", timeout=300)  # in the background: the page did not wait
         assert job["status"] == "failed" and job["result"]["refused"], job
+        db = connect(home / "tether.db")
+        try:
+            labels = {r[0].split(":")[0] for r in db.execute("SELECT label FROM eval_runs")}
+        finally:
+            db.close()
+        assert {"held-out candidate", "held-out baseline"} <= labels
         at.run()
         _ok(at)
         assert any("Promotion refused by the gate" in e.value for e in at.error), [e.value for e in at.error]

@@ -26,7 +26,7 @@ from typing import Any
 import typer
 
 from tether.cli import config_flags, load
-from tether.errors import ConfigError, TetherError
+from tether.errors import TetherError
 from training.adapt import AdaptConfig
 from training.config import TrainConfig, load_train_config
 from training.detector import DetectorConfig
@@ -494,21 +494,9 @@ def _gate_line(gate: dict) -> str:
 
 
 def _held_out(values: list[str] | None) -> list[tuple[Path, Path]]:
-    """``--held-out DATA_DIR:FILE`` values as (data dir, file) pairs, both checked."""
-    out, problems = [], []
-    for value in values or ():
-        data_dir, sep, suite = value.partition(":")
-        if not sep or not data_dir or not suite:
-            problems.append(f"--held-out {value!r}: give DATA_DIR:FILE")
-        elif not (Path(data_dir) / "tether.db").is_file():
-            problems.append(f"--held-out {value!r}: {data_dir} holds no tether.db (ingest the corpus there first)")
-        elif not Path(suite).is_file():
-            problems.append(f"--held-out {value!r}: no such file {suite}")
-        else:
-            out.append((Path(data_dir), Path(suite)))
-    if problems:
-        raise ConfigError(problems)
-    return out
+    from training.registry import parse_held_out
+
+    return parse_held_out(values or ())
 
 
 def models_promote(

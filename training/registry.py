@@ -611,6 +611,28 @@ def promote(
     }
 
 
+def parse_held_out(values: Sequence[str]) -> list[tuple[Path, Path]]:
+    """``DATA_DIR:FILE`` values (``--held-out``, the Admin page) as (data dir, file) pairs, both checked.
+
+    Raises:
+        ConfigError: every malformed value, data dir without a database, or missing file, at once.
+    """
+    out, problems = [], []
+    for value in values:
+        data_dir, sep, suite = value.strip().partition(":")
+        if not sep or not data_dir or not suite:
+            problems.append(f"held-out {value!r}: give DATA_DIR:FILE")
+        elif not (Path(data_dir) / "tether.db").is_file():
+            problems.append(f"held-out {value!r}: {data_dir} holds no tether.db (ingest the corpus there first)")
+        elif not Path(suite).is_file():
+            problems.append(f"held-out {value!r}: no such file {suite}")
+        else:
+            out.append((Path(data_dir), Path(suite)))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
 def held_out_config(cfg: Any, data_dir: Path) -> Any:
     """The configuration that answers over ``data_dir``'s collection (its own retrieval settings,
     which its index was built with) with ``cfg``'s answering sections (assistant, extractive, hf),

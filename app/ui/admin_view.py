@@ -191,16 +191,32 @@ def _models(cfg: TetherConfig) -> None:
         pick = st.selectbox("Model to promote", servable, key="promote_pick")
         suites = suite_files(cfg.data_dir)
         suite = st.selectbox("Gate suite", list(suites), key="promote_suite")
+        held_text = st.text_area(
+            "Held-out corpora (optional): one DATA_DIR:SUITE per line",
+            key="promote_held_out",
+            help="a corpus the model was not trained on, ingested in DATA_DIR; both models answer SUITE over it "
+            "and that gate must pass too",
+        )
         if st.button("Promote (runs the gate)", type="primary", key="promote", disabled=not servable):
-            job = jobs.launch_job(
-                cfg.data_dir,
-                "promote",
-                {"model_id": pick, "suite": str(suites[suite]), "user": session.viewer().username or "web-admin"},
-            )
-            st.success(
-                f"Promotion job {job} started: it evaluates the candidate and the served model, then runs the gate. "
-                "It keeps running if you leave or reload the page."
-            )
+            try:
+                held = registry.parse_held_out([x for x in held_text.splitlines() if x.strip()])
+            except TetherError as exc:
+                st.error(str(exc))
+            else:
+                job = jobs.launch_job(
+                    cfg.data_dir,
+                    "promote",
+                    {
+                        "model_id": pick,
+                        "suite": str(suites[suite]),
+                        "user": session.viewer().username or "web-admin",
+                        "held_out": [[str(d), str(f)] for d, f in held],
+                    },
+                )
+                st.success(
+                    f"Promotion job {job} started: it evaluates the candidate and the served model, then runs the "
+                    "gate. It keeps running if you leave or reload the page."
+                )
     with right:
         if st.button("Roll back the last promotion", key="rollback"):
             try:

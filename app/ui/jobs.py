@@ -183,7 +183,12 @@ def _background(cfg, method: str, settings: dict[str, Any]) -> int:
                 result = _evaluate(cfg, settings, progress)
             else:
                 result = registry.promote(
-                    cfg, settings["model_id"], settings["suite"], user=settings.get("user"), progress=progress
+                    cfg,
+                    settings["model_id"],
+                    settings["suite"],
+                    user=settings.get("user"),
+                    progress=progress,
+                    held_out=[(Path(d), Path(f)) for d, f in settings.get("held_out", [])],
                 )
         except registry.PromotionRefused as exc:
             gate = getattr(exc, "gate", None)
