@@ -118,8 +118,16 @@ def quantize_int8(graph_dir: Path, out: Path) -> Path:
     from assistant.generators.onnx_lm import GRAPH_FILE, MANIFEST
 
     tmp = _fresh(Path(out))
+    import onnx
+
     quantize_dynamic(
-        str(Path(graph_dir) / GRAPH_FILE), str(tmp / GRAPH_FILE), weight_type=QuantType.QInt8, per_channel=True
+        str(Path(graph_dir) / GRAPH_FILE),
+        str(tmp / GRAPH_FILE),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # the graph is saved optimized: shape inference cannot type the outputs of its fused
+        # (com.microsoft) operators, which are float
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     info = json.loads((Path(graph_dir) / MANIFEST).read_text(encoding="utf-8"))
     info["quantization"] = "onnxruntime quantize_dynamic QInt8 per-channel"

@@ -14,9 +14,10 @@ The graph (``export_graph``; ``tether models export-generator``), kept in ``<mod
              past.<layer>.key / past.<layer>.value [1, kv_heads, past, head_dim] (past may be 0)
     outputs  logits [1, vocab] (the last position only), present.<layer>.key / .value [1, kv_heads, past + q, head_dim]
 
-written by ``torch.onnx.export`` (dynamo=False, opset 17; weights in ``model.onnx.data``) with a
-manifest (``tether-onnx.json``) that names the checkpoint's files by size and mtime, so a changed
-checkpoint makes the graph stale and the ``auto`` runtime goes back to torch.
+written by ``torch.onnx.export`` (dynamo=False, opset 17), optimized once by ONNX Runtime
+(``ORT_ENABLE_EXTENDED``) and saved with its weights in ``model.onnx.data``, with a manifest
+(``tether-onnx.json``) that names the checkpoint's files by size and mtime and the onnxruntime
+release, so a changed checkpoint (or runtime) makes the graph stale and ``auto`` goes back to torch.
 
 The decode loop is ``hf.py``'s, in NumPy: the prompt (the checkpoint's own chat template, rendered
 with jinja2 as transformers renders it, tokenized by ``tokenizers``), prefill, then per step CAD
@@ -55,6 +56,8 @@ MANIFEST = "tether-onnx.json"
 FORMAT = "tether-causal-lm-kv/1"
 OPSET = 17
 EXPORT_COMMAND = "tether models export-generator"
+# saved already optimized: the fusions of this level are not tied to the CPU's instruction set (ALL's are)
+OPTIMIZATION = "ORT_ENABLE_EXTENDED"
 # generic prompts the export's parity check decodes (greedy), through the chat template
 PARITY_PROMPTS = (
     "Explain in two sentences what a write-ahead log is for.",
@@ -88,6 +91,12 @@ def graph_problem(model_dir: Path, folder: Path | None = None) -> str | None:
         return f"{folder} holds a graph of another format ({info.get('format')!r}): run `{EXPORT_COMMAND}` again"
     if info.get("checkpoint") != checkpoint_files(model_dir):
         return f"the checkpoint in {model_dir} changed since its ONNX graph was exported: run `{EXPORT_COMMAND}` again"
+    if info.get("optimized") and info.get("onnxruntime") != _ort_version():
+        # an optimized graph may hold this release's fused operators
+        return (
+            f"the ONNX graph in {folder} was optimized by onnxruntime {info.get('onnxruntime')}, this is "
+            f"{_ort_version()}: run `{EXPORT_COMMAND}` again"
+        )
     return None
 
 
@@ -526,9 +535,12 @@ def export_graph(model_dir: Path, *, threads: int = 0) -> Path:
             )
         graph = onnx.load(str(single))
         single.unlink()
-        # weights beside the graph: ONNX Runtime loads them much faster than from inside the protobuf
-        onnx.save_model(graph, str(tmp / GRAPH_FILE), save_as_external_data=True, location=DATA_FILE)
+        raw = tmp / "raw"
+        raw.mkdir()
+        onnx.save_model(graph, str(raw / GRAPH_FILE), save_as_external_data=True, location=DATA_FILE)
         del graph
+        optimize_graph(raw / GRAPH_FILE, tmp / GRAPH_FILE)
+        shutil.rmtree(raw)
         eos = model.generation_config.eos_token_id
         eos_ids = sorted(set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []))
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -545,6 +557,8 @@ def export_graph(model_dir: Path, *, threads: int = 0) -> Path:
             "eos_ids": eos_ids,
             "opset": OPSET,
             "exporter": f"torch.onnx.export(dynamo=False), torch {torch.__version__}",
+            "optimized": OPTIMIZATION,
+            "onnxruntime": _ort_version(),
         }
         (tmp / MANIFEST).write_text(json.dumps(info, indent=1), encoding="utf-8")
         parity = _parity(model, tokenizer, tmp, model_dir, threads=threads)
@@ -559,6 +573,30 @@ def export_graph(model_dir: Path, *, threads: int = 0) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s in %.1f s (parity: %s)", folder, time.perf_counter() - t0, info["parity"])
     return folder
+
+
+def optimize_graph(src: Path, dst: Path) -> None:
+    """ONNX Runtime's graph optimizations (``OPTIMIZATION``: fusions that hold on any CPU) applied
+    once and saved as ``dst`` with its weights beside it, so a session opens without redoing them
+    (0.9 -> 0.5 s for SmolLM2 on a 2-core x86_64)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION)
+    options.optimized_model_filepath = str(dst)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_version() -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version("onnxruntime")
+    except md.PackageNotFoundError:
+        return None
 
 
 def _parity(model, tokenizer, graph_dir: Path, model_dir: Path, *, threads: int) -> dict[str, Any]:
