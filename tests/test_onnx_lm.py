@@ -175,6 +175,19 @@ def test_a_changed_checkpoint_makes_the_graph_stale(tmp_path):
     assert isinstance(hf_generator(model_dir, None, HFConfig(device="cpu")), HFGenerator)  # auto: back to torch
 
 
+def test_a_graph_optimized_by_another_onnxruntime_is_stale(tmp_path):
+    from assistant.generators.onnx_lm import GRAPH_DIR, MANIFEST, choose_runtime, export_graph, graph_problem
+
+    model_dir = make_tiny_llm(tmp_path / "m")
+    export_graph(model_dir)
+    manifest = model_dir / GRAPH_DIR / MANIFEST
+    info = json.loads(manifest.read_text())
+    assert info["optimized"] == "ORT_ENABLE_EXTENDED" and info["onnxruntime"]
+    manifest.write_text(json.dumps({**info, "onnxruntime": "0.0.1"}))
+    assert "optimized by onnxruntime 0.0.1" in graph_problem(model_dir)
+    assert choose_runtime(HFConfig(device="cpu"), model_dir, None)[0] == "torch"
+
+
 def test_a_failed_check_keeps_the_previous_graph(tmp_path, monkeypatch):
     from assistant.generators import onnx_lm
 
