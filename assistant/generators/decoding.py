@@ -14,6 +14,7 @@ with a list of ids and a copy are asked of them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,6 +138,18 @@ class Plan:
     max_new: int
     ngram: int
     decoding: str
+
+    def record_step(self, stats: dict[str, float], step: int, token_id: int, eos_ids, t0: float) -> bool:
+        """Note the ``step``-th chosen token in ``stats`` (time to first token, total, new tokens);
+        True when it is an EOS, which ends the reply without being yielded."""
+        now = (time.perf_counter() - t0) * 1000
+        if step == 0:
+            stats["ttft_ms"] = now
+        stats["total_ms"] = now
+        if token_id in eos_ids:
+            return True
+        stats["new_tokens"] = step + 1
+        return False
 
     def new_stats(self, reused_prefix_tokens: int) -> dict[str, float]:
         """The ``last_stats`` a generation starts with (the loop fills in tokens and times)."""

@@ -424,13 +424,8 @@ class OnnxLM:
                 scores = blocker.block(scores)
                 token_id = sample_token(scores, params, rng)
                 blocker.add(token_id)
-                now = (time.perf_counter() - t0) * 1000
-                if step == 0:
-                    stats["ttft_ms"] = now
-                stats["total_ms"] = now
-                if token_id in self.eos_ids:
+                if plan.record_step(stats, step, token_id, self.eos_ids, t0):
                     break
-                stats["new_tokens"] = step + 1
                 yield token_id
                 if step + 1 == max_new:
                     break
