@@ -387,7 +387,9 @@ def adapt_cmd(
     missing = [str(p) for p in gate_qa or () if not Path(p).is_file()]
     if missing:
         raise TetherError(f"--gate-qa: no such file {', '.join(missing)}")
-    others = _held_out(held_out)
+    from training.registry import parse_held_out
+
+    others = parse_held_out(held_out or ())
     with _training_log():
         res = run(cfg, acfg, gate_qa=list(gate_qa or ()), held_out=others, promote=promote)
     typer.echo(json.dumps({"model_id": res.model_id, "promoted": res.promoted, **res.report}, indent=2, default=str))
@@ -493,12 +495,6 @@ def _gate_line(gate: dict) -> str:
     return f"{verdict}: " + ", ".join(parts) if parts else f"{verdict}: {gate.get('reason', '')}"
 
 
-def _held_out(values: list[str] | None) -> list[tuple[Path, Path]]:
-    from training.registry import parse_held_out
-
-    return parse_held_out(values or ())
-
-
 def models_promote(
     ctx: typer.Context,
     model_id: str = typer.Argument(..., help="registered model id"),
@@ -516,11 +512,11 @@ def models_promote(
     admin_password: str | None = ADMIN,
 ) -> None:
     """Evaluate MODEL against the served model; promote it unless the gate finds a regression."""
-    from training.registry import PromotionRefused, promote
+    from training.registry import PromotionRefused, parse_held_out, promote
 
     cfg = load(ctx)
     _admin(cfg, admin_password)
-    others = _held_out(held_out)
+    others = parse_held_out(held_out or ())
     try:
         res = promote(
             cfg,

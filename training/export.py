@@ -103,13 +103,6 @@ def save_bnb4(merged: Path, out: Path) -> Path:
     return _commit(tmp, Path(out))
 
 
-def export_onnx(merged: Path) -> Path:
-    """The KV-cache graph of ``merged`` in ``merged/onnx`` (checked against torch by the exporter)."""
-    from assistant.generators.onnx_lm import export_graph
-
-    return export_graph(Path(merged))
-
-
 def quantize_int8(graph_dir: Path, out: Path) -> Path:
     """Dynamic int8 quantization of the graph's weights (activations quantized at run time): ``out``
     holds ``model.onnx`` and the graph's manifest, so ``OnnxLM(checkpoint, graph_dir=out)`` serves it."""
@@ -171,7 +164,9 @@ def export(
     if "bnb4" in formats:
         paths["bnb4"] = save_bnb4(merged, out_dir / "bnb4")
     if "onnx" in formats or "onnx-int8" in formats:
-        paths["onnx"] = export_onnx(merged)
+        from assistant.generators.onnx_lm import export_graph
+
+        paths["onnx"] = export_graph(merged)  # merged/onnx: the graph the hf generator serves
         if "onnx-int8" in formats:
             paths["onnx-int8"] = quantize_int8(paths["onnx"], out_dir / "onnx-int8")
     report = None

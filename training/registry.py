@@ -535,7 +535,8 @@ def promote(
         prev_rec = store.get_model(previous) if previous else None
     if previous == model_id:
         raise TetherError(f"{model_id} is already the promoted model")
-    runs = (1 if baseline_run else 2) + 2 * len(held_out)
+    own_runs = 1 if baseline_run else 2
+    runs = own_runs + 2 * len(held_out)
 
     def phase(i: int):
         if progress is None:
@@ -564,7 +565,7 @@ def promote(
     held: list[dict[str, Any]] = []
     for n, (data_dir, held_suite) in enumerate(held_out):
         hcfg = held_out_config(cfg, Path(data_dir))
-        i = (1 if baseline_run else 2) + 2 * n
+        i = own_runs + 2 * n
         hc = run_suite(
             config_for(hcfg, rec), Path(held_suite), label=f"held-out candidate:{model_id}", progress=phase(i)
         )
