@@ -114,7 +114,7 @@ def main() -> int:
     import torch
 
     from assistant.generators.base import GenParams
-    from assistant.generators.hf import common_prefix
+    from assistant.generators.decoding import common_prefix
     from training.parity import hf_next_logits, parity_messages, teacher_forced_agreement
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

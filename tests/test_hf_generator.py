@@ -212,8 +212,8 @@ def test_prefix_reuse_gives_identical_output(tiny_dir):
     for messages in (OTHER, MESSAGES, MESSAGES):
         ids = reuse.prompt_ids(messages)
         shared = (
-            next(i for i, (a, b) in enumerate(zip(ids, reuse._kept[0])) if a != b)
-            if ids != reuse._kept[0]
+            next(i for i, (a, b) in enumerate(zip(ids, reuse._prefix.ids)) if a != b)
+            if ids != reuse._prefix.ids
             else len(ids) - 1
         )
         ours = list(reuse.tokens(ids, params))

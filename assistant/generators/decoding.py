@@ -5,6 +5,7 @@ runtimes (torch in ``hf.py``, ONNX Runtime in ``onnx_lm.py``) so both decode the
 * ``Detokenizer``: token ids in, text pieces out, never half a multi-byte character;
 * ``stop_cut``: where a reply stops at one of ``GenParams.stop``, holding back a partial stop string;
 * ``common_prefix``: how many leading ids two prompts share (the reusable part of a KV cache);
+* ``KeptPrefix``: the last generation's prompt and KV state, handed to the next one that shares its start;
 * ``plan_decoding``: the checks and settings every generation starts from (rows, token budget, the
   decoding label recorded in the generator's identity).
 
@@ -14,6 +15,7 @@ with a list of ids and a copy are asked of them.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +64,38 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+class KeptPrefix:
+    """The prompt ids and KV state (whatever the runtime keeps: a cache, a list of arrays) of the last
+    generation, for the next prompt that starts the same way (the system prompt and chat header are
+    the same every turn). Taking it empties it, so two concurrent generations never share a state."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._kept: tuple[list[int], object] | None = None
+
+    @property
+    def ids(self) -> list[int] | None:
+        """The kept prompt's ids (None: nothing kept)."""
+        kept = self._kept
+        return kept[0] if kept else None
+
+    def keep(self, ids: Sequence[int], state: object) -> None:
+        with self._lock:
+            self._kept = (list(ids), state)
+
+    def take(self, ids: Sequence[int]) -> tuple[object, int] | None:
+        """``(state, n)``: the kept state and how many leading tokens ``ids`` shares with its prompt
+        (at least one token is left to prefill); None when nothing is kept or nothing is shared. The
+        caller cuts the state to ``n`` tokens."""
+        with self._lock:
+            kept, self._kept = self._kept, None
+        if kept is None:
+            return None
+        old, state = kept
+        n = min(common_prefix(old, ids), len(ids) - 1)
+        return (state, n) if n > 0 else None
 
 
 class Detokenizer:

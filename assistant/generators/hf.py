@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Literal
 
 from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
-from assistant.generators.decoding import NgramBlock, common_prefix, plan_decoding, stream_text
+from assistant.generators.decoding import KeptPrefix, NgramBlock, plan_decoding, stream_text
 from tether.config import HF_CACHES as CACHES
 from tether.config import HF_DEVICES as DEVICES
 from tether.config import HF_DTYPES as DTYPES
@@ -508,8 +507,7 @@ class HFGenerator:
         self.no_repeat_ngram = no_repeat_ngram  # the default; GenParams.no_repeat_ngram overrides it
         self.restrict_numbers = restrict_numbers  # numbers only from GenParams.grounding's passages
         self._number_vocab = None  # (digit tokens, mask), found on first use
-        self._kept = None  # (prompt ids, DynamicCache) of the last generation, for prefix reuse
-        self._lock = threading.Lock()
+        self._prefix = KeptPrefix()  # the last generation's prompt and DynamicCache, for prefix reuse
         self._static: dict = {}  # (rows, length) -> StaticCache, reset and reused
         self._step_fn = None  # the compiled decode step, built on first use
         self.load_ms = (time.perf_counter() - t0) * 1000
@@ -637,16 +635,10 @@ class HFGenerator:
     def _take_prefix(self, prompt_ids: Sequence[int]):
         """``(cache, n)``: the kept cache cropped to the first ``n`` tokens this prompt shares with the
         last one (at least one token is left to prefill), or None."""
-        if not self.prefix_cache:
+        taken = self._prefix.take(prompt_ids) if self.prefix_cache else None
+        if taken is None:
             return None
-        with self._lock:
-            kept, self._kept = self._kept, None  # taken: a concurrent generation starts fresh
-        if kept is None:
-            return None
-        old_ids, cache = kept
-        n = min(common_prefix(old_ids, prompt_ids), len(prompt_ids) - 1)
-        if n <= 0:
-            return None
+        cache, n = taken
         cache.crop(n - cache.get_seq_length())
         return cache, n
 
@@ -735,8 +727,7 @@ class HFGenerator:
         finally:
             stats["total_ms"] = (time.perf_counter() - t0) * 1000
             if self.prefix_cache and len(rows) == 1 and state.cache is not None:
-                with self._lock:
-                    self._kept = (rows[0], state.cache)
+                self._prefix.keep(rows[0], state.cache)
 
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]:
         """The reply as text pieces, as the tokens come; stops at EOS, ``max_new_tokens`` or the

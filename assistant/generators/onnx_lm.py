@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import shutil
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.generators.base import Capabilities, GeneratorIdentity, GenParams, Message
-from assistant.generators.decoding import NgramBlock, common_prefix, plan_decoding, stream_text
+from assistant.generators.decoding import KeptPrefix, NgramBlock, plan_decoding, stream_text
 from tether.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -315,8 +314,7 @@ class OnnxLM:
         self.eos_ids = set(self.info.get("eos_ids", []))
         self.no_repeat_ngram = no_repeat_ngram
         self.prefix_cache = prefix_cache
-        self._kept: tuple[list[int], _Row] | None = None
-        self._lock = threading.Lock()
+        self._prefix = KeptPrefix()  # the last generation's prompt and _Row, for prefix reuse
         self.load_ms = (time.perf_counter() - t0) * 1000
         runtime = "onnx-int8" if self.info.get("quantization") else "onnx"  # an int8 graph is another model
         self.identity = GeneratorIdentity(backend="hf", model=str(model_dir), runtime=runtime)
@@ -370,16 +368,10 @@ class OnnxLM:
     def _take_prefix(self, prompt: Sequence[int]) -> tuple[_Row, int] | None:
         """The kept row cut to the prefix this prompt shares with the last one (at least one
         token is left to prefill), or None."""
-        if not self.prefix_cache:
+        taken = self._prefix.take(prompt) if self.prefix_cache else None
+        if taken is None:
             return None
-        with self._lock:
-            kept, self._kept = self._kept, None  # taken: a concurrent generation starts fresh
-        if kept is None:
-            return None
-        old, row = kept
-        n = min(common_prefix(old, prompt), len(prompt) - 1, row.length)
-        if n <= 0:
-            return None
+        row, n = taken  # n <= the kept prompt's length <= row.length
         return _Row([p[:, :, :n, :] for p in row.past], n), n
 
     # -- decoding --------------------------------------------------------------------------------
@@ -434,8 +426,7 @@ class OnnxLM:
         finally:
             stats["total_ms"] = (time.perf_counter() - t0) * 1000
             if self.prefix_cache and len(rows) == 1:
-                with self._lock:
-                    self._kept = (prompts[0], rows[0])
+                self._prefix.keep(prompts[0], rows[0])
 
     def stream(self, messages: Sequence[Message], params: GenParams) -> Iterator[str]:
         """The reply as text pieces (``HFGenerator.stream``'s contract)."""
