@@ -454,6 +454,8 @@ def export_graph(model_dir: Path, *, threads: int = 0) -> Path:
         import onnx
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+        from assistant.generators.hf import next_token_logits
     except ImportError as exc:
         raise BackendUnavailable(f"exporting the generator needs torch, transformers and onnx ({exc})") from exc
     t0 = time.perf_counter()
@@ -474,16 +476,11 @@ def export_graph(model_dir: Path, *, threads: int = 0) -> Path:
             cache = DynamicCache()
             for i in range(layers):
                 cache.update(past[2 * i], past[2 * i + 1], i)
-            out = self.m(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
+            # the torch runtime's own step (the cache is extended in place: it holds the presents)
+            logits = next_token_logits(
+                self.m, input_ids, cache, attention_mask=attention_mask, position_ids=position_ids
             )
-            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-            return (out.logits[:, -1, :], *present)
+            return (logits, *[t for layer in cache.layers for t in (layer.keys, layer.values)])
 
     past_names = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     present_names = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
